@@ -1,0 +1,26 @@
+"""lazycache: a write-behind cache that is nearly as fast as a dict.
+
+The compiled core is used when it is importable and LAZYCACHE_NO_EXTENSIONS is not
+set; `IMPLEMENTATION` says which core is active ("cython" or "python").
+"""
+from ._sentinels import MISSING
+from .cache import IMPLEMENTATION, LazyWriterCache, implementation_class
+from .stats import CacheStats
+from .stores import GeneratedFields, MemoryStore, Store
+from .writer import FlushError, FlushResult, merge_fields
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IMPLEMENTATION",
+    "MISSING",
+    "CacheStats",
+    "FlushError",
+    "FlushResult",
+    "GeneratedFields",
+    "LazyWriterCache",
+    "MemoryStore",
+    "Store",
+    "implementation_class",
+    "merge_fields",
+]

@@ -1,0 +1,494 @@
+"""Pure-Python twin of the compiled core (``_core.pyx``).
+
+This module is the specification: the compiled core must behave exactly like it,
+and every test runs against both. It is deliberately plain.
+
+The core owns three structures:
+
+* the map, ``key -> Entry``;
+* the dirty queue, a FIFO of entries whose latest change has not been handed to
+  the writer (``DIRTY``); entries the writer is saving are ``INFLIGHT``;
+* the eviction ring for CLOCK (second chance): one slot per entry, a hand that
+  sweeps the slots, a reference bit set on every access.
+
+A delete leaves a *tombstone* (``DELETED``) in the map until the delete has been
+written, so that a read never falls through to the stale row in the store.
+Entries that are dirty, in flight or deleted are pinned: eviction skips them.
+
+Every operation holds one re-entrant lock, so compound operations are atomic
+even for keys whose ``__hash__``/``__eq__`` run Python code. The lock is never
+held while user code other than a key's hash/eq runs: the hooks
+``_load_missing``, ``_delete_missing`` and ``_wake`` are called after it is
+released, and replaced or evicted values are dropped after it is released.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, Callable, Hashable, Iterator, List, Optional, Tuple
+
+from ._sentinels import ABSENT, MISSING
+
+DIRTY = 1  # queued for the writer
+INFLIGHT = 2  # in a batch the writer is saving now
+DELETED = 4  # tombstone: the delete has not reached the store yet
+REF = 8  # CLOCK reference bit: accessed since the hand last passed
+PINNED = DIRTY | INFLIGHT | DELETED
+
+SIGNAL_PRUNE = 1  # the map grew past maxsize
+SIGNAL_WRITE = 2  # the dirty queue reached write_threshold
+
+# One pending item handed to the writer: (key, value or MISSING for a delete, entry, seq).
+Pending = Tuple[Any, Any, "Entry", int]
+
+
+class Entry:
+    __slots__ = ("key", "value", "flags", "seq", "slot")
+
+    def __init__(self, key: Any, value: Any, flags: int, seq: int, slot: int) -> None:
+        self.key = key
+        self.value = value
+        self.flags = flags
+        self.seq = seq
+        self.slot = slot
+
+
+def _check_size(name: str, value: Optional[int]) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    return value
+
+
+class Core:
+    """Map, dirty queue and CLOCK eviction bookkeeping (pure Python)."""
+
+    def __init__(self, maxsize: Optional[int] = None, write_threshold: Optional[int] = None) -> None:
+        self._maxsize = _check_size("maxsize", maxsize)
+        self._write_threshold = _check_size("write_threshold", write_threshold)
+        self._lock = threading.RLock()
+        self._map: dict = {}
+        self._dirty: deque = deque()
+        self._ring: List[Optional[Entry]] = []
+        self._free: List[int] = []
+        self._hand = 0
+        self._seq = 0
+        self._epoch = 0
+        self._ntomb = 0
+        self._ninflight = 0
+        self._signals = 0
+        self._closed = False
+        self._hits = 0
+        self._misses = 0
+        self._sets = 0
+        self._deletes = 0
+        self._evictions = 0
+
+    # ----------------------------------------------------------- hooks
+    def _load_missing(self, key: Any) -> Any:
+        """Called (without the lock) on a read miss; returns the value or MISSING."""
+        return MISSING
+
+    def _delete_missing(self, key: Any) -> None:
+        """Called (without the lock) when deleting a key that has no entry in memory."""
+        raise KeyError(key)
+
+    def _wake(self, signal: int) -> None:
+        """Called (without the lock) when SIGNAL_PRUNE or SIGNAL_WRITE is first raised."""
+
+    # ----------------------------------------------------------- internals (lock held)
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise RuntimeError("the cache is closed: it accepts no more writes")
+
+    def _new_entry(self, key: Any, value: Any, flags: int) -> Entry:
+        self._seq += 1
+        if self._free:
+            slot = self._free.pop()
+            entry = Entry(key, value, flags, self._seq, slot)
+            self._ring[slot] = entry
+        else:
+            entry = Entry(key, value, flags, self._seq, len(self._ring))
+            self._ring.append(entry)
+        try:
+            self._map[key] = entry
+        except BaseException:
+            self._ring[entry.slot] = None
+            self._free.append(entry.slot)
+            raise
+        if flags & DIRTY:
+            self._dirty.append(entry)
+        if flags & DELETED:
+            self._ntomb += 1
+        return entry
+
+    def _detach(self, entry: Entry) -> None:
+        del self._map[entry.key]
+        self._ring[entry.slot] = None
+        self._free.append(entry.slot)
+        if entry.flags & DELETED:
+            self._ntomb -= 1
+        self._epoch += 1
+
+    def _mark_dirty(self, entry: Entry) -> None:
+        if not entry.flags & DIRTY:
+            entry.flags |= DIRTY
+            self._dirty.append(entry)
+
+    def _signal(self) -> int:
+        """Raises the signals whose threshold has been crossed; returns the new ones."""
+        raised = 0
+        if self._maxsize and len(self._map) - self._ntomb > self._maxsize and not self._signals & SIGNAL_PRUNE:
+            raised |= SIGNAL_PRUNE
+        if self._write_threshold and len(self._dirty) >= self._write_threshold and not self._signals & SIGNAL_WRITE:
+            raised |= SIGNAL_WRITE
+        self._signals |= raised
+        return raised
+
+    def _set_locked(self, key: Any, value: Any) -> Tuple[Any, int]:
+        self._check_writable()
+        old = MISSING
+        entry = self._map.get(key)
+        if entry is None:
+            self._new_entry(key, value, DIRTY | REF)
+        else:
+            old = entry.value
+            if entry.flags & DELETED:
+                entry.flags &= ~DELETED
+                self._ntomb -= 1
+            self._seq += 1
+            entry.value = value
+            entry.seq = self._seq
+            entry.flags |= REF
+            self._mark_dirty(entry)
+        self._sets += 1
+        return old, self._signal()
+
+    def _tombstone(self, entry: Entry) -> Any:
+        old = entry.value
+        self._seq += 1
+        entry.value = None
+        entry.seq = self._seq
+        entry.flags |= DELETED
+        self._ntomb += 1
+        self._mark_dirty(entry)
+        self._deletes += 1
+        return old
+
+    def _read(self, key: Any, count: bool) -> Any:
+        """Value in memory, MISSING for a tombstone, ABSENT when memory knows nothing."""
+        with self._lock:
+            entry = self._map.get(key)
+            if entry is None:
+                if count:
+                    self._misses += 1
+                return ABSENT
+            if entry.flags & DELETED:
+                if count:
+                    self._misses += 1
+                return MISSING
+            if count:
+                entry.flags |= REF
+                self._hits += 1
+            return entry.value
+
+    # ----------------------------------------------------------- dict protocol (hot path)
+    def __getitem__(self, key: Any) -> Any:
+        value = self._read(key, True)
+        if value is ABSENT:
+            value = self._load_missing(key)
+        if value is MISSING:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        value = self._read(key, True)
+        if value is ABSENT:
+            value = self._load_missing(key)
+        return default if value is MISSING else value
+
+    def __contains__(self, key: Any) -> bool:
+        value = self._read(key, False)
+        if value is ABSENT:
+            value = self._load_missing(key)
+        return value is not MISSING
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        with self._lock:
+            old, raised = self._set_locked(key, value)
+        del old  # a replaced value's __del__ runs outside the lock
+        if raised:
+            self._wake(raised)
+
+    def __delitem__(self, key: Any) -> None:
+        old = self._remove(key)
+        if old is MISSING:
+            raise KeyError(key)
+        if old is ABSENT:
+            self._delete_missing(key)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._map) - self._ntomb
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._keys())
+
+    # ----------------------------------------------------------- compound operations
+    def _remove(self, key: Any) -> Any:
+        """Deletes a live entry and returns its value; MISSING if already deleted; ABSENT if unknown."""
+        with self._lock:
+            self._check_writable()
+            entry = self._map.get(key)
+            if entry is None:
+                return ABSENT
+            if entry.flags & DELETED:
+                return MISSING
+            old = self._tombstone(entry)
+            raised = self._signal()
+        if raised:
+            self._wake(raised)
+        return old
+
+    def _discard(self, key: Any) -> Any:
+        """Records a delete whether or not memory knows the key; returns the old value or MISSING."""
+        with self._lock:
+            self._check_writable()
+            entry = self._map.get(key)
+            if entry is None:
+                self._new_entry(key, None, DIRTY | DELETED)
+                self._deletes += 1
+                old = MISSING
+            elif entry.flags & DELETED:
+                old = MISSING
+            else:
+                old = self._tombstone(entry)
+            raised = self._signal()
+        if raised:
+            self._wake(raised)
+        return old
+
+    def _insert_loaded(self, key: Any, value: Any, epoch: int) -> Any:
+        """Caches a value read from the store as clean, unless memory changed meanwhile.
+
+        Returns the value a reader should see: the loaded one, or a newer one in memory,
+        or MISSING if the key has been deleted since.
+        """
+        with self._lock:
+            entry = self._map.get(key)
+            if entry is not None:
+                return MISSING if entry.flags & DELETED else entry.value
+            if epoch == self._epoch and not self._closed:
+                self._new_entry(key, value, REF)
+                raised = self._signal()
+            else:
+                raised = 0
+        if raised:
+            self._wake(raised)
+        return value
+
+    def _insert_if_absent(self, key: Any, value: Any) -> Tuple[bool, Any]:
+        """Sets key to value unless a live value is in memory; returns (inserted, current value)."""
+        with self._lock:
+            entry = self._map.get(key)
+            if entry is not None and not entry.flags & DELETED:
+                entry.flags |= REF
+                return False, entry.value
+            old, raised = self._set_locked(key, value)
+        if raised:
+            self._wake(raised)
+        return True, value
+
+    def _read_versioned(self, key: Any) -> Tuple[Any, int]:
+        """(value or MISSING or ABSENT, version) for optimistic read-modify-write."""
+        with self._lock:
+            entry = self._map.get(key)
+            if entry is None:
+                return ABSENT, self._epoch
+            if entry.flags & DELETED:
+                return MISSING, entry.seq
+            return entry.value, entry.seq
+
+    def _compare_and_set(self, key: Any, value: Any, expected: Any, version: int) -> bool:
+        """Sets key to value if memory still holds what _read_versioned saw."""
+        with self._lock:
+            entry = self._map.get(key)
+            if expected is ABSENT:
+                if entry is not None or self._epoch != version:
+                    return False
+            elif entry is None or entry.seq != version:
+                return False
+            old, raised = self._set_locked(key, value)
+        del old
+        if raised:
+            self._wake(raised)
+        return True
+
+    def _popitem(self) -> Tuple[Any, Any]:
+        """Deletes and returns the most recently inserted live item."""
+        with self._lock:
+            self._check_writable()
+            for key in reversed(self._map):
+                entry = self._map[key]
+                if not entry.flags & DELETED:
+                    value = self._tombstone(entry)
+                    raised = self._signal()
+                    break
+            else:
+                raise KeyError("popitem(): cache is empty")
+        if raised:
+            self._wake(raised)
+        return key, value
+
+    def _delete_all(self) -> int:
+        """Deletes every live entry in memory; returns how many."""
+        with self._lock:
+            self._check_writable()
+            live = [e for e in self._map.values() if not e.flags & DELETED]
+            olds = [self._tombstone(e) for e in live]
+            raised = self._signal()
+        del olds
+        if raised:
+            self._wake(raised)
+        return len(live)
+
+    # ----------------------------------------------------------- snapshots
+    def _keys(self) -> List[Any]:
+        with self._lock:
+            return [k for k, e in self._map.items() if not e.flags & DELETED]
+
+    def _values(self) -> List[Any]:
+        with self._lock:
+            return [e.value for e in self._map.values() if not e.flags & DELETED]
+
+    def _items(self) -> List[Tuple[Any, Any]]:
+        with self._lock:
+            return [(k, e.value) for k, e in self._map.items() if not e.flags & DELETED]
+
+    def _pending_keys(self) -> List[Any]:
+        """Keys whose latest change has not been written (queued or in flight)."""
+        with self._lock:
+            return [k for k, e in self._map.items() if e.flags & (DIRTY | INFLIGHT)]
+
+    # ----------------------------------------------------------- writer side
+    def _take_batch(self, limit: int) -> List[Pending]:
+        """Moves up to limit entries from the dirty queue to in flight, oldest first."""
+        batch: List[Pending] = []
+        with self._lock:
+            while self._dirty and len(batch) < limit:
+                entry = self._dirty.popleft()
+                entry.flags = (entry.flags & ~DIRTY) | INFLIGHT
+                value = MISSING if entry.flags & DELETED else entry.value
+                batch.append((entry.key, value, entry, entry.seq))
+            self._ninflight += len(batch)
+            self._signals &= ~SIGNAL_WRITE
+        return batch
+
+    def _finish(self, entry: Entry) -> None:
+        entry.flags &= ~INFLIGHT
+        self._ninflight -= 1
+        if entry.flags & DELETED and not entry.flags & (DIRTY | INFLIGHT):
+            self._detach(entry)
+
+    def _commit(self, batch: List[Pending]) -> None:
+        """The batch is in the store: its entries are clean unless changed meanwhile."""
+        with self._lock:
+            for _key, _value, entry, _seq in batch:
+                self._finish(entry)
+
+    def _requeue(self, batch: List[Pending]) -> None:
+        """The batch failed: unchanged entries go back to the front of the queue, in order."""
+        with self._lock:
+            for _key, _value, entry, seq in reversed(batch):
+                if entry.seq == seq and not entry.flags & DIRTY:
+                    entry.flags |= DIRTY
+                    self._dirty.appendleft(entry)
+                self._finish(entry)
+
+    def _current(self, entry: Entry, seq: int) -> Tuple[Any, bool]:
+        """(live value or MISSING, whether it changed since seq) for merging store-generated fields."""
+        with self._lock:
+            if entry.flags & DELETED or self._map.get(entry.key) is not entry:
+                return MISSING, True
+            return entry.value, entry.seq != seq
+
+    def _swap_value(self, entry: Entry, expected: Any, value: Any) -> bool:
+        """Replaces the value without marking it dirty, if it is still `expected`."""
+        with self._lock:
+            if entry.value is not expected or entry.flags & DELETED:
+                return False
+            old = entry.value
+            entry.value = value
+        del old
+        return True
+
+    def _clear_dirty(self) -> int:
+        """Forgets every queued write; returns how many. In-flight writes are not recalled."""
+        with self._lock:
+            forgotten = list(self._dirty)
+            self._dirty.clear()
+            for entry in forgotten:
+                entry.flags &= ~DIRTY
+                if entry.flags & DELETED and not entry.flags & INFLIGHT:
+                    self._detach(entry)
+            self._signals &= ~SIGNAL_WRITE
+        return len(forgotten)
+
+    # ----------------------------------------------------------- pruner side
+    def _evict(self, limit: int) -> List[Tuple[Any, Any]]:
+        """CLOCK: evicts up to limit clean, unreferenced entries; returns them as (key, value)."""
+        victims: List[Tuple[Any, Any]] = []
+        with self._lock:
+            ring = self._ring
+            size = len(ring)
+            hand = self._hand
+            steps = 0
+            while len(victims) < limit and steps < 2 * size:
+                entry = ring[hand]
+                if entry is not None and not entry.flags & PINNED:
+                    if entry.flags & REF:
+                        entry.flags &= ~REF
+                    else:
+                        victims.append((entry.key, entry.value))
+                        self._detach(entry)
+                hand = (hand + 1) % size
+                steps += 1
+            self._hand = hand
+            self._evictions += len(victims)
+            if not self._maxsize or len(self._map) - self._ntomb <= self._maxsize:
+                self._signals &= ~SIGNAL_PRUNE
+        return victims
+
+    def _drop_clean(self) -> int:
+        """Removes every entry with no pending write from memory; returns how many."""
+        with self._lock:
+            clean = [e for e in self._map.values() if not e.flags & PINNED]
+            for entry in clean:
+                self._detach(entry)
+            self._signals &= ~SIGNAL_PRUNE
+        return len(clean)
+
+    # ----------------------------------------------------------- state
+    def _mark_closed(self) -> None:
+        self._closed = True
+
+    @property
+    def pending(self) -> int:
+        """Entries whose latest change has not reached the store yet."""
+        return len(self._dirty) + self._ninflight
+
+    @property
+    def _queued(self) -> int:
+        """Entries in the dirty queue (pending, not yet in flight)."""
+        return len(self._dirty)
+
+    def _counters(self) -> Tuple[int, int, int, int, int]:
+        """(hits, misses, sets, deletes, evictions)."""
+        return self._hits, self._misses, self._sets, self._deletes, self._evictions
+
+    @property
+    def _memory_epoch(self) -> int:
+        return self._epoch

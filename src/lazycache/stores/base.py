@@ -1,0 +1,53 @@
+"""The Store interface: what the cache needs from durable storage."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Generic, Mapping, Optional, Sequence, Tuple, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+GeneratedFields = Mapping[Any, Mapping[str, Any]]
+"""What `Store.write` may return: per key, the fields the store generated (an id, a timestamp)."""
+
+
+class Store(ABC, Generic[K, V]):
+    """Durable storage behind a `LazyWriterCache`. Subclass it for your own backend.
+
+    The cache calls `load_many` on a read-through miss (from the reading thread) and
+    `write` from its writer thread, one batch at a time, never two batches at once.
+    """
+
+    @abstractmethod
+    def load_many(self, keys: Sequence[K]) -> Mapping[K, V]:
+        """Returns the stored values of `keys`; keys not in the store are left out.
+
+        Raise on a storage error: the cache reports it to the reader, never as a miss.
+        """
+
+    @abstractmethod
+    def write(self, upserts: Sequence[Tuple[K, V]], deletes: Sequence[K]) -> Optional[GeneratedFields]:
+        """Stores one batch as one unit (a transaction): all of it, or nothing and raise.
+
+        A key appears at most once per batch, in `upserts` or in `deletes`.
+        May return, per upserted key, the fields the store generated, which the cache
+        merges into the value it holds (see `LazyWriterCache(merge_generated=...)`).
+        """
+
+    def load(self, key: K) -> V:
+        """The stored value of one key; `KeyError` if the store does not have it."""
+        found = self.load_many([key])
+        if key not in found:
+            raise KeyError(key)
+        return found[key]
+
+    def is_recoverable(self, exc: BaseException) -> bool:
+        """Whether retrying the same batch later may succeed (a lost connection, a deadlock).
+
+        Unrecoverable errors (a constraint violation, a value the store cannot encode) are
+        the data's fault and will fail again.
+        """
+        return isinstance(exc, (ConnectionError, TimeoutError))
+
+    def close(self) -> None:
+        """Releases the store's resources. The cache does not call it unless it owns the store."""
