@@ -411,7 +411,7 @@ class Core:
     def _current(self, entry: Entry, seq: int) -> Tuple[Any, bool]:
         """(live value or MISSING, whether it changed since seq) for merging store-generated fields."""
         with self._lock:
-            if entry.flags & DELETED or self._map.get(entry.key) is not entry:
+            if entry.flags & DELETED or self._ring[entry.slot] is not entry:
                 return MISSING, True
             return entry.value, entry.seq != seq
 
@@ -465,7 +465,7 @@ class Core:
     def _drop_clean(self) -> int:
         """Removes every entry with no pending write from memory; returns how many."""
         with self._lock:
-            clean = [e for e in self._map.values() if not e.flags & PINNED]
+            clean = [e for e in self._ring if e is not None and not e.flags & PINNED]
             for entry in clean:
                 self._detach(entry)
             self._signals &= ~SIGNAL_PRUNE
