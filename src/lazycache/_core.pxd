@@ -47,6 +47,7 @@ cdef class Core:
     cdef unsigned long long _epoch
     cdef int _signals
     cdef bint _closed
+    cdef bint _read_through
     cdef unsigned long long _hits
     cdef unsigned long long _misses
     cdef unsigned long long _sets

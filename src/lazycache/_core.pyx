@@ -99,9 +99,10 @@ cdef class Core:
         if self._lock == NULL:
             raise MemoryError("cannot allocate the core's lock")
 
-    def __init__(self, maxsize=None, write_threshold=None):
+    def __init__(self, maxsize=None, write_threshold=None, read_through=False):
         self._maxsize = _check_size("maxsize", maxsize)
         self._write_threshold = _check_size("write_threshold", write_threshold)
+        self._read_through = bool(read_through)
 
     def __dealloc__(self):
         PyMem_Free(self._ring)
@@ -113,11 +114,11 @@ cdef class Core:
 
     # ----------------------------------------------------------- hooks
     def _load_missing(self, key):
-        """Called (without the lock) on a read miss; returns the value or MISSING."""
+        """Called (without the lock) on a read miss when read_through is on; returns the value or MISSING."""
         return _MISSING
 
     def _delete_missing(self, key):
-        """Called (without the lock) when deleting a key that has no entry in memory."""
+        """Called (without the lock) when read_through is on and a deleted key has no entry in memory."""
         raise KeyError(key)
 
     def _wake(self, int signal):
@@ -353,6 +354,8 @@ cdef class Core:
             self._misses += 1
             raise KeyError(key)
         self._misses += 1
+        if not self._read_through:
+            raise KeyError(key)
         value = self._load_missing(key)
         if value is _MISSING:
             raise KeyError(key)
@@ -370,6 +373,8 @@ cdef class Core:
             self._misses += 1
             return default
         self._misses += 1
+        if not self._read_through:
+            return default
         value = self._load_missing(key)
         return default if value is _MISSING else value
 
@@ -377,7 +382,7 @@ cdef class Core:
         cdef PyObject *p = PyDict_GetItemWithError(self._map, key)
         if p != NULL:
             return not self._flags[(<Entry>p).slot] & DELETED
-        return self._load_missing(key) is not _MISSING
+        return self._read_through and self._load_missing(key) is not _MISSING
 
     def __setitem__(self, key, value):
         cdef int raised
@@ -397,7 +402,7 @@ cdef class Core:
 
     def __delitem__(self, key):
         old = self._remove_impl(key)
-        if old is _MISSING:
+        if old is _MISSING or (old is _ABSENT and not self._read_through):
             raise KeyError(key)
         if old is _ABSENT:
             self._delete_missing(key)
@@ -778,6 +783,11 @@ cdef class Core:
     def pending(self):
         """Entries whose latest change has not reached the store yet."""
         return self._qlen + self._ninflight
+
+    @property
+    def read_through(self):
+        """Whether a miss reads through to the store (fixed at construction)."""
+        return self._read_through
 
     @property
     def _queued(self):

@@ -66,9 +66,12 @@ def _check_size(name: str, value: Optional[int]) -> int:
 class Core:
     """Map, dirty queue and CLOCK eviction bookkeeping (pure Python)."""
 
-    def __init__(self, maxsize: Optional[int] = None, write_threshold: Optional[int] = None) -> None:
+    def __init__(
+        self, maxsize: Optional[int] = None, write_threshold: Optional[int] = None, read_through: bool = False
+    ) -> None:
         self._maxsize = _check_size("maxsize", maxsize)
         self._write_threshold = _check_size("write_threshold", write_threshold)
+        self._read_through = bool(read_through)
         self._lock = threading.RLock()
         self._map: dict = {}
         self._dirty: deque = deque()
@@ -89,11 +92,11 @@ class Core:
 
     # ----------------------------------------------------------- hooks
     def _load_missing(self, key: Any) -> Any:
-        """Called (without the lock) on a read miss; returns the value or MISSING."""
+        """Called (without the lock) on a read miss when read_through is on; returns the value or MISSING."""
         return MISSING
 
     def _delete_missing(self, key: Any) -> None:
-        """Called (without the lock) when deleting a key that has no entry in memory."""
+        """Called (without the lock) when read_through is on and a deleted key has no entry in memory."""
         raise KeyError(key)
 
     def _wake(self, signal: int) -> None:
@@ -149,22 +152,29 @@ class Core:
         return raised
 
     def _set_locked(self, key: Any, value: Any) -> Tuple[Any, int]:
-        self._check_writable()
-        old = MISSING
+        """Sets key; returns (replaced value or MISSING, signals raised)."""
+        if self._closed:
+            raise RuntimeError("the cache is closed: it accepts no more writes")
+        self._sets += 1
         entry = self._map.get(key)
         if entry is None:
             self._new_entry(key, value, DIRTY | REF)
-        else:
-            old = entry.value
-            if entry.flags & DELETED:
-                entry.flags &= ~DELETED
-                self._ntomb -= 1
-            self._seq += 1
-            entry.value = value
-            entry.seq = self._seq
-            entry.flags |= REF
-            self._mark_dirty(entry)
-        self._sets += 1
+            return MISSING, self._signal()
+        old = entry.value
+        flags = entry.flags
+        revived = flags & DELETED
+        if revived:
+            flags &= ~DELETED
+            self._ntomb -= 1
+        self._seq += 1
+        entry.value = value
+        entry.seq = self._seq
+        if flags & DIRTY:
+            entry.flags = flags | REF
+            # Unless a tombstone came back to life, neither size nor queue grew.
+            return old, self._signal() if revived else 0
+        entry.flags = flags | DIRTY | REF
+        self._dirty.append(entry)
         return old, self._signal()
 
     def _tombstone(self, entry: Entry) -> Any:
@@ -199,7 +209,7 @@ class Core:
     def __getitem__(self, key: Any) -> Any:
         value = self._read(key, True)
         if value is ABSENT:
-            value = self._load_missing(key)
+            value = self._load_missing(key) if self._read_through else MISSING
         if value is MISSING:
             raise KeyError(key)
         return value
@@ -207,13 +217,13 @@ class Core:
     def get(self, key: Any, default: Any = None) -> Any:
         value = self._read(key, True)
         if value is ABSENT:
-            value = self._load_missing(key)
+            value = self._load_missing(key) if self._read_through else MISSING
         return default if value is MISSING else value
 
     def __contains__(self, key: Any) -> bool:
         value = self._read(key, False)
         if value is ABSENT:
-            value = self._load_missing(key)
+            value = self._load_missing(key) if self._read_through else MISSING
         return value is not MISSING
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -225,7 +235,7 @@ class Core:
 
     def __delitem__(self, key: Any) -> None:
         old = self._remove(key)
-        if old is MISSING:
+        if old is MISSING or (old is ABSENT and not self._read_through):
             raise KeyError(key)
         if old is ABSENT:
             self._delete_missing(key)
@@ -479,6 +489,11 @@ class Core:
     def pending(self) -> int:
         """Entries whose latest change has not reached the store yet."""
         return len(self._dirty) + self._ninflight
+
+    @property
+    def read_through(self) -> bool:
+        """Whether a miss reads through to the store (fixed at construction)."""
+        return self._read_through
 
     @property
     def _queued(self) -> int:

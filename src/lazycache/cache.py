@@ -81,11 +81,10 @@ class _CacheLayer:
             raise TypeError("merge_generated must be callable")
         write_interval = _check_interval("write_interval", write_interval)
         prune_interval = _check_interval("prune_interval", prune_interval)
-        super().__init__(maxsize=maxsize, write_threshold=batch_size)  # type: ignore[call-arg]
+        super().__init__(maxsize=maxsize, write_threshold=batch_size, read_through=read_through)  # type: ignore[call-arg]
         self.store = store
         self.maxsize = maxsize
         self.batch_size = batch_size
-        self.read_through = bool(read_through)
         self.flush_on_close = bool(flush_on_close)
         self.merge_generated = merge_generated
         self._loads = self._writes = self._failed_writes = self._flushes = 0
@@ -101,7 +100,7 @@ class _CacheLayer:
     # ----------------------------------------------------------- hooks called by the core
     def _fetch(self, key: Any) -> Any:
         """Reads key from the store without caching it; MISSING if absent or read-through is off."""
-        if not self.read_through:
+        if not self.read_through:  # type: ignore[attr-defined]
             return MISSING
         found = self.store.load_many([key])
         if key not in found:
@@ -217,6 +216,8 @@ class _CacheLayer:
 
     def _background_flush(self) -> None:
         self._flush()  # failures are logged with their keys and retried next interval
+        if self.maxsize and len(self) > self.maxsize:  # type: ignore[arg-type]
+            self._pruner.wake()  # what was just written can be evicted now
 
     def prune(self) -> int:
         """Evicts clean entries until the cache is back at maxsize; returns how many. Run by the pruner."""
