@@ -41,6 +41,7 @@ cdef class Core:
     cdef Py_ssize_t _qhead
     cdef Py_ssize_t _qlen
     cdef Py_ssize_t _ninflight
+    cdef Py_ssize_t _npending
     cdef Py_ssize_t _ntomb
     cdef Py_ssize_t _nslow
     cdef unsigned long long _seq

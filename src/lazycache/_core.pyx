@@ -253,6 +253,7 @@ cdef class Core:
             self._nslow += 1
         if flags & DIRTY:
             self._push_dirty(e, False)
+            self._npending += 1
         if flags & DELETED:
             self._ntomb += 1
         return None
@@ -274,9 +275,12 @@ cdef class Core:
         return 0
 
     cdef int _mark_dirty(self, Entry e) except -1:
-        if not self._flags[e.slot] & DIRTY:
+        cdef uint8_t f = self._flags[e.slot]
+        if not f & DIRTY:
             self._push_dirty(e, False)
-            self._flags[e.slot] |= DIRTY
+            if not f & INFLIGHT:
+                self._npending += 1
+            self._flags[e.slot] = f | DIRTY
         return 0
 
     cdef int _signal(self) noexcept:
@@ -313,6 +317,8 @@ cdef class Core:
         e.seq = self._seq
         if not f & DIRTY:
             self._push_dirty(e, False)
+            if not f & INFLIGHT:
+                self._npending += 1
             f |= DIRTY
         self._flags[e.slot] = f | REF
         self._sets += 1
@@ -646,8 +652,10 @@ cdef class Core:
         cdef uint8_t f = self._flags[e.slot] & ~INFLIGHT
         self._flags[e.slot] = f
         self._ninflight -= 1
-        if f & DELETED and not f & DIRTY:
-            self._detach(e)
+        if not f & DIRTY:
+            self._npending -= 1
+            if f & DELETED:
+                self._detach(e)
         return 0
 
     def _commit(self, list batch):
@@ -703,16 +711,20 @@ cdef class Core:
         """Forgets every queued write; returns how many. In-flight writes are not recalled."""
         cdef Entry e
         cdef Py_ssize_t n = 0
+        cdef uint8_t f
         cdef list dropped = []
         self._acquire()
         try:
             while self._qlen:
                 e = self._pop_dirty()
                 n += 1
-                self._flags[e.slot] &= ~DIRTY
-                if self._flags[e.slot] & DELETED and not self._flags[e.slot] & INFLIGHT:
-                    dropped.append(e)
-                    self._detach(e)
+                f = self._flags[e.slot] & ~DIRTY
+                self._flags[e.slot] = f
+                if not f & INFLIGHT:
+                    self._npending -= 1
+                    if f & DELETED:
+                        dropped.append(e)
+                        self._detach(e)
             self._signals &= ~SIGNAL_WRITE
         finally:
             self._release()
@@ -782,7 +794,7 @@ cdef class Core:
     @property
     def pending(self):
         """Entries whose latest change has not reached the store yet."""
-        return self._qlen + self._ninflight
+        return self._npending
 
     @property
     def read_through(self):

@@ -82,6 +82,7 @@ class Core:
         self._epoch = 0
         self._ntomb = 0
         self._ninflight = 0
+        self._npending = 0  # entries DIRTY or INFLIGHT (or both)
         self._signals = 0
         self._closed = False
         self._hits = 0
@@ -124,6 +125,7 @@ class Core:
             raise
         if flags & DIRTY:
             self._dirty.append(entry)
+            self._npending += 1
         if flags & DELETED:
             self._ntomb += 1
         return entry
@@ -138,6 +140,8 @@ class Core:
 
     def _mark_dirty(self, entry: Entry) -> None:
         if not entry.flags & DIRTY:
+            if not entry.flags & INFLIGHT:
+                self._npending += 1
             entry.flags |= DIRTY
             self._dirty.append(entry)
 
@@ -155,8 +159,8 @@ class Core:
         """Sets key; returns (replaced value or MISSING, signals raised)."""
         if self._closed:
             raise RuntimeError("the cache is closed: it accepts no more writes")
-        self._sets += 1
         entry = self._map.get(key)
+        self._sets += 1
         if entry is None:
             self._new_entry(key, value, DIRTY | REF)
             return MISSING, self._signal()
@@ -173,6 +177,8 @@ class Core:
             entry.flags = flags | REF
             # Unless a tombstone came back to life, neither size nor queue grew.
             return old, self._signal() if revived else 0
+        if not flags & INFLIGHT:
+            self._npending += 1
         entry.flags = flags | DIRTY | REF
         self._dirty.append(entry)
         return old, self._signal()
@@ -400,8 +406,10 @@ class Core:
     def _finish(self, entry: Entry) -> None:
         entry.flags &= ~INFLIGHT
         self._ninflight -= 1
-        if entry.flags & DELETED and not entry.flags & (DIRTY | INFLIGHT):
-            self._detach(entry)
+        if not entry.flags & DIRTY:
+            self._npending -= 1
+            if entry.flags & DELETED:
+                self._detach(entry)
 
     def _commit(self, batch: List[Pending]) -> None:
         """The batch is in the store: its entries are clean unless changed meanwhile."""
@@ -442,8 +450,10 @@ class Core:
             self._dirty.clear()
             for entry in forgotten:
                 entry.flags &= ~DIRTY
-                if entry.flags & DELETED and not entry.flags & INFLIGHT:
-                    self._detach(entry)
+                if not entry.flags & INFLIGHT:
+                    self._npending -= 1
+                    if entry.flags & DELETED:
+                        self._detach(entry)
             self._signals &= ~SIGNAL_WRITE
         return len(forgotten)
 
@@ -488,7 +498,7 @@ class Core:
     @property
     def pending(self) -> int:
         """Entries whose latest change has not reached the store yet."""
-        return len(self._dirty) + self._ninflight
+        return self._npending
 
     @property
     def read_through(self) -> bool:

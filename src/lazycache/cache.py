@@ -136,7 +136,9 @@ class _CacheLayer:
         if value is ABSENT:
             value = self._fetch(key)
             if value is not MISSING:
-                self._discard(key)  # type: ignore[attr-defined]
+                newer = self._discard(key)  # type: ignore[attr-defined]
+                if newer is not MISSING:  # set by another thread while we read: that is what we deleted
+                    value = newer
         if value is MISSING:
             if default is _UNSET:
                 raise KeyError(key)

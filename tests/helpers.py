@@ -1,0 +1,200 @@
+"""Shared test helpers: polling with a deadline, stores with switches, keys with Python hash/eq.
+
+Every store here is a real `MemoryStore` subclass (no mocks): a switch makes it fail or
+block, and it records what it was asked to do.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import pytest
+
+from lazycache import MemoryStore
+from lazycache.cache import implementation_class
+
+NO_EXTENSIONS = bool(os.environ.get("LAZYCACHE_NO_EXTENSIONS"))
+"""Same rule as lazycache.cache: any non-empty value turns the compiled core off."""
+
+SHORT = 0.02
+"""Default write/prune interval of caches made by the `make_cache` fixture."""
+
+LONG = 3600.0
+"""An interval long enough that a background thread never runs on its own during a test."""
+
+TIMEOUT = 5.0
+"""How long polling helpers wait for background behaviour before failing."""
+
+HOT_METHODS = ("__getitem__", "__setitem__", "__delitem__", "__contains__", "__len__", "get")
+
+
+def require_implementation(name: str) -> type:
+    """The LazyWriterCache class on core `name`.
+
+    The compiled core is required: if `lazycache._core` cannot be imported the calling test
+    FAILS, unless LAZYCACHE_NO_EXTENSIONS is set, in which case it is skipped.
+    """
+    if name == "cython":
+        if NO_EXTENSIONS:
+            pytest.skip("LAZYCACHE_NO_EXTENSIONS is set: the compiled core is deliberately not tested")
+        try:
+            importlib.import_module("lazycache._core")
+        except ImportError as exc:
+            pytest.fail(
+                f"the compiled core lazycache._core cannot be imported ({exc}). Build it "
+                "(pip install -e .) or set LAZYCACHE_NO_EXTENSIONS=1 to test only the pure-Python core.",
+                pytrace=False,
+            )
+    return implementation_class(name)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT, message: str = "") -> None:
+    """Polls predicate until it is true; fails the test after timeout seconds (no speed asserted)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(message or f"condition not met within {timeout}s")
+        time.sleep(0.005)
+
+
+def run_threads(target: Callable[..., None], args_list: Sequence[Tuple[Any, ...]], timeout: float = 30.0) -> None:
+    """Runs target(*args) in one thread per args tuple, starting together; re-raises the first error."""
+    errors: List[BaseException] = []
+    barrier = threading.Barrier(len(args_list))
+
+    def run(*args: Any) -> None:
+        try:
+            barrier.wait()
+            target(*args)
+        except BaseException as exc:  # reported to the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=args, daemon=True) for args in args_list]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+        assert not thread.is_alive(), "a test thread hung"
+    if errors:
+        raise errors[0]
+
+
+def quiet_class(cache_cls: type) -> type:
+    """A subclass whose pruner thread never evicts on its own (only explicit `prune()` calls do).
+
+    Size pressure wakes the pruner even with a long prune_interval; tests that need an
+    exact, repeatable eviction sequence use this to keep eviction in the test's hands.
+    """
+
+    class QuietCache(cache_cls):  # type: ignore[misc,valid-type]
+        def prune(self) -> int:
+            if threading.current_thread().name.startswith("lazycache-pruner"):
+                return 0
+            return super().prune()
+
+    QuietCache.__name__ = QuietCache.__qualname__ = f"Quiet{cache_cls.__name__}"
+    return QuietCache
+
+
+class FailingStore(MemoryStore):
+    """A MemoryStore with switches: `fail` makes write raise, `fail_loads` makes load_many raise.
+
+    `error` builds the exception (ConnectionError, recoverable, by default). Every write call
+    is recorded in `write_calls` as (upserts, deletes), failed or not.
+    """
+
+    def __init__(self, data: Optional[Dict[Any, Any]] = None) -> None:
+        super().__init__(data)
+        self.fail = False
+        self.fail_loads = False
+        self.error: Callable[[], BaseException] = lambda: ConnectionError("store is down")
+        self.write_calls: List[Tuple[List[Tuple[Any, Any]], List[Any]]] = []
+        self.load_calls: List[List[Any]] = []
+
+    def load_many(self, keys: Sequence[Any]) -> Dict[Any, Any]:
+        self.load_calls.append(list(keys))
+        if self.fail_loads:
+            raise self.error()
+        return super().load_many(keys)
+
+    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
+        self.write_calls.append((list(upserts), list(deletes)))
+        if self.fail:
+            raise self.error()
+        return super().write(upserts, deletes)
+
+    @property
+    def upserted_keys(self) -> List[Any]:
+        return [key for upserts, _ in self.write_calls for key, _ in upserts]
+
+
+class BlockingStore(FailingStore):
+    """A FailingStore whose write can be held: after `hold()`, the next write signals
+    `entered` and waits for `release` (then fails if `fail` is set, else writes)."""
+
+    def __init__(self, data: Optional[Dict[Any, Any]] = None) -> None:
+        super().__init__(data)
+        self._holding = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def hold(self) -> None:
+        self.entered.clear()
+        self.release.clear()
+        self._holding = True
+
+    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
+        if self._holding:
+            self._holding = False
+            self.entered.set()
+            if not self.release.wait(TIMEOUT * 2):
+                raise TimeoutError("the test never released the blocked write")
+        return super().write(upserts, deletes)
+
+    def wait_entered(self) -> None:
+        assert self.entered.wait(TIMEOUT), "the store's write was never called"
+
+
+class IdStore(BlockingStore):
+    """Assigns autoincrement ids like a database and returns them as generated fields.
+
+    A value gets an id when it has none (dict item or attribute "id" missing or None).
+    """
+
+    def __init__(self, data: Optional[Dict[Any, Any]] = None) -> None:
+        super().__init__(data)
+        self.next_id = 1
+
+    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
+        super().write(upserts, deletes)
+        generated = {}
+        for key, value in upserts:
+            current = value.get("id") if isinstance(value, dict) else getattr(value, "id", None)
+            if current is None:
+                generated[key] = {"id": self.next_id}
+                self.next_id += 1
+        return generated
+
+
+class SlowKey:
+    """A key whose __eq__ is Python code that gives up the GIL, with many hash collisions."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __hash__(self) -> int:
+        return self.n % 3
+
+    def __eq__(self, other: object) -> bool:
+        time.sleep(0)  # invite a thread switch in the middle of a lookup
+        if not isinstance(other, SlowKey):
+            return NotImplemented
+        return self.n == other.n
+
+    def __repr__(self) -> str:
+        return f"SlowKey({self.n})"

@@ -1,0 +1,152 @@
+"""The writer and pruner threads: they run on their own, wake early under pressure, and survive errors."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from helpers import LONG, BlockingStore, FailingStore, wait_until
+
+from lazycache import MemoryStore
+
+
+def lazycache_threads() -> list:
+    return [t for t in threading.enumerate() if t.name.startswith("lazycache-")]
+
+
+def test_background_writer_writes_within_a_short_interval(make_cache) -> None:
+    store = MemoryStore()
+    cache = make_cache(store, write_interval=0.01)
+    cache["a"] = 1
+    del cache["a"]
+    cache["b"] = 2
+    wait_until(lambda: store.data == {"b": 2} and cache.pending == 0, message=f"store has {store.data}")
+    assert cache.stats.writes >= 2
+
+
+def test_full_batch_wakes_the_writer_early(make_cache) -> None:
+    store = MemoryStore()
+    cache = make_cache(store, write_interval=LONG, prune_interval=LONG, batch_size=10)
+    for i in range(9):
+        cache[i] = i
+    for i in range(9, 10):  # the 10th pending entry makes a full batch
+        cache[i] = i
+    wait_until(lambda: len(store.data) == 10, message="the writer was not woken by a full batch")
+    wait_until(lambda: cache.pending == 0)
+
+
+def test_writer_is_woken_again_by_each_full_batch(make_cache) -> None:
+    store = MemoryStore()
+    cache = make_cache(store, write_interval=LONG, prune_interval=LONG, batch_size=5)
+    for round_ in range(3):
+        for i in range(5):
+            cache[(round_, i)] = i
+        wait_until(lambda: len(store.data) == 5 * (round_ + 1), message=f"round {round_} not written")
+
+
+def test_pruner_evicts_loaded_entries_to_maxsize_when_woken_by_size_pressure(make_cache) -> None:
+    store = MemoryStore({i: i for i in range(100)})
+    cache = make_cache(store, write_interval=LONG, prune_interval=LONG, maxsize=10)
+    for i in range(100):  # clean entries read through from the store push the size past maxsize
+        assert cache[i] == i
+    wait_until(lambda: len(cache) <= 10, message=f"size stayed at {len(cache)} > maxsize 10")
+    assert cache.stats.evictions >= 90
+
+
+def test_pruner_evicts_to_maxsize_after_the_writer_catches_up(cache_cls) -> None:
+    # The size pressure arrives while every entry is still pending (unevictable), so the
+    # pruner, woken at once, can evict nothing. Once the writer has saved the entries they
+    # are evictable, and the cache must get back to maxsize without waiting for the
+    # pruner's (long) interval.
+    class CountingPrune(cache_cls):
+        prune_calls = 0
+
+        def prune(self) -> int:
+            self.prune_calls += 1
+            return super().prune()
+
+    store = BlockingStore()
+    store.hold()  # the writer's first batch stays in flight until released
+    cache = CountingPrune(store, write_interval=0.01, prune_interval=LONG, maxsize=10)
+    try:
+        for i in range(50):
+            cache[i] = i
+        store.wait_entered()
+        wait_until(lambda: cache.prune_calls >= 1, message="size pressure did not wake the pruner")
+        assert len(cache) == 50  # nothing was evictable yet
+        store.release.set()
+        wait_until(lambda: cache.pending == 0)
+        wait_until(
+            lambda: len(cache) <= 10,
+            message=f"size stayed at {len(cache)} > maxsize 10 with nothing pending (prune ran {cache.prune_calls}x)",
+        )
+    finally:
+        store.release.set()
+        cache.close()
+
+
+def test_writer_survives_a_non_recoverable_store_error_and_logs_the_key(make_cache, caplog) -> None:
+    caplog.set_level(logging.ERROR, logger="lazycache")
+    store = FailingStore()
+    store.error = lambda: ValueError("cannot encode this value")
+    assert not store.is_recoverable(store.error())
+    store.fail = True
+    cache = make_cache(store, write_interval=0.01)
+    cache["poison-key"] = object()
+    wait_until(lambda: len(store.write_calls) >= 2, message="the writer did not retry")
+    wait_until(lambda: any("'poison-key'" in r.getMessage() for r in caplog.records))
+    record = next(r for r in caplog.records if "'poison-key'" in r.getMessage())
+    assert record.levelno == logging.ERROR
+    assert record.name == "lazycache"
+    assert "cannot encode" in record.getMessage()
+    assert {t.name for t in lazycache_threads()} >= {"lazycache-writer", "lazycache-pruner"}
+    store.fail = False  # the store is fixed: later writes go through
+    cache["later"] = 2
+    wait_until(lambda: "later" in store.data, message="the writer stopped after the error")
+    wait_until(lambda: cache.pending == 0)
+
+
+def test_writer_survives_an_exception_raised_outside_the_store(make_cache, caplog) -> None:
+    caplog.set_level(logging.ERROR, logger="lazycache")
+
+    class BadMergeStore(MemoryStore):
+        def write(self, upserts, deletes):
+            super().write(upserts, deletes)
+            return {key: {"id": 1} for key, _ in upserts}
+
+    def broken_merge(value, generated, overwrite):
+        raise RuntimeError("merge is broken")
+
+    store = BadMergeStore()
+    cache = make_cache(store, write_interval=0.01, merge_generated=broken_merge)
+    cache["a"] = {"x": 1}
+    wait_until(lambda: "a" in store.data)
+    wait_until(lambda: any("'a'" in r.getMessage() and r.exc_info for r in caplog.records))
+    cache["b"] = {"x": 2}
+    wait_until(lambda: "b" in store.data and cache.pending == 0, message="the writer stopped after the error")
+    assert cache["a"] == {"x": 1}
+
+
+def test_pruner_survives_an_exception(cache_cls, caplog) -> None:
+    caplog.set_level(logging.ERROR, logger="lazycache")
+
+    class ExplodingPrune(cache_cls):
+        explode = True
+
+        def prune(self) -> int:
+            if self.explode:
+                self.explode = False
+                raise RuntimeError("prune exploded")
+            return super().prune()
+
+    store = MemoryStore({i: i for i in range(50)})
+    cache = ExplodingPrune(store, write_interval=LONG, prune_interval=0.01, maxsize=5)
+    try:
+        for i in range(50):
+            assert cache[i] == i
+        wait_until(lambda: not cache.explode)
+        wait_until(lambda: len(cache) <= 5, message=f"size stayed at {len(cache)}")
+        record = next(r for r in caplog.records if r.exc_info and "prune exploded" in str(r.exc_info[1]))
+        assert record.levelno == logging.ERROR and record.name == "lazycache"
+        assert "lazycache-pruner" in {t.name for t in lazycache_threads()}
+    finally:
+        cache.close()
