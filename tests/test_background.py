@@ -91,9 +91,14 @@ def test_writer_survives_a_non_recoverable_store_error_and_logs_the_key(make_cac
     assert not store.is_recoverable(store.error())
     store.fail = True
     cache = make_cache(store, write_interval=0.01)
-    cache["poison-key"] = object()
-    wait_until(lambda: len(store.write_calls) >= 2, message="the writer did not retry")
+    poison = object()
+    cache["poison-key"] = poison
     wait_until(lambda: any("'poison-key'" in r.getMessage() for r in caplog.records))
+    # an unrecoverable error is not retried: the entry took the error path, still readable
+    assert len(store.write_calls) == 1
+    assert cache["poison-key"] is poison
+    assert "poison-key" in cache.write_errors and cache.pending == 0
+    assert cache.stats.failed_writes == 1 and cache.stats.write_errors == 1
     record = next(r for r in caplog.records if "'poison-key'" in r.getMessage())
     assert record.levelno == logging.ERROR
     assert record.name == "lazycache"

@@ -68,7 +68,7 @@ def test_failed_flush_raises_flush_error_and_keeps_entries_pending(make_cache) -
     assert set(result.failed_keys) == {"a", "b"}
     assert not result.ok
     assert isinstance(result.errors[0], ConnectionError)
-    assert "'a'" in str(info.value) and "2 entries not written" in str(info.value)
+    assert "'a'" in str(info.value) and "2 entries still pending" in str(info.value)
     assert cache.pending == 2
     assert cache.stats.failed_writes == 2
     store.fail = False

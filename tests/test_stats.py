@@ -8,7 +8,10 @@ from helpers import FailingStore
 
 from lazycache import CacheStats, FlushError
 
-FIELDS = ["hits", "misses", "loads", "stores", "deletes", "evictions", "writes", "failed_writes", "flushes", "size", "pending"]
+FIELDS = [
+    "hits", "misses", "loads", "stores", "deletes", "evictions", "writes", "failed_writes", "flushes",
+    "retries", "write_errors", "size", "pending", "oldest_pending_age", "last_flush_duration", "last_batch_size",
+]
 
 
 def test_fresh_cache_has_zero_stats(make_cache) -> None:

@@ -7,20 +7,24 @@ from ._sentinels import MISSING
 from .cache import IMPLEMENTATION, LazyWriterCache, implementation_class
 from .stats import CacheStats
 from .stores import GeneratedFields, MemoryStore, Store
-from .writer import FlushError, FlushResult, merge_fields
+from .serializers import SerializationError
+from .writer import BackpressureError, FlushError, FlushResult, log_write_error, merge_fields
 
 __version__ = "0.1.0"
 
 __all__ = [
     "IMPLEMENTATION",
     "MISSING",
+    "BackpressureError",
     "CacheStats",
     "FlushError",
     "FlushResult",
     "GeneratedFields",
     "LazyWriterCache",
     "MemoryStore",
+    "SerializationError",
     "Store",
     "implementation_class",
+    "log_write_error",
     "merge_fields",
 ]

@@ -18,6 +18,7 @@ cdef class Entry:
     cdef readonly object key
     cdef readonly object value
     cdef readonly unsigned long long seq
+    cdef readonly long long since
     cdef Py_ssize_t slot
 
 
@@ -26,6 +27,8 @@ cdef class Core:
     cdef Entry _spare
     cdef Py_ssize_t _maxsize
     cdef Py_ssize_t _write_threshold
+    cdef Py_ssize_t _max_pending
+    cdef long long _clock
     # CLOCK ring: one slot per entry, borrowed pointers (the map owns the entries).
     cdef void **_ring
     cdef uint8_t *_flags

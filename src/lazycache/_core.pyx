@@ -99,9 +99,10 @@ cdef class Core:
         if self._lock == NULL:
             raise MemoryError("cannot allocate the core's lock")
 
-    def __init__(self, maxsize=None, write_threshold=None, read_through=False):
+    def __init__(self, maxsize=None, write_threshold=None, read_through=False, max_pending=None):
         self._maxsize = _check_size("maxsize", maxsize)
         self._write_threshold = _check_size("write_threshold", write_threshold)
+        self._max_pending = _check_size("max_pending", max_pending)
         self._read_through = bool(read_through)
 
     def __dealloc__(self):
@@ -123,6 +124,13 @@ cdef class Core:
 
     def _wake(self, int signal):
         """Called (without the lock) when SIGNAL_PRUNE or SIGNAL_WRITE is first raised."""
+
+    def _backpressure(self, key, value):
+        """Called (without the lock) before a write when max_pending entries are pending.
+
+        value is MISSING for a delete. Returns True if it performed the write itself.
+        """
+        return False
 
     # ----------------------------------------------------------- lock
     cdef int _acquire(self) except -1:
@@ -222,6 +230,7 @@ cdef class Core:
         cdef PyObject *existing
         e.key = key
         e.value = value
+        e.since = self._clock
         if self._nfree:
             self._nfree -= 1
             slot = self._free[self._nfree]
@@ -280,6 +289,7 @@ cdef class Core:
             self._push_dirty(e, False)
             if not f & INFLIGHT:
                 self._npending += 1
+            e.since = self._clock
             self._flags[e.slot] = f | DIRTY
         return 0
 
@@ -319,6 +329,7 @@ cdef class Core:
             self._push_dirty(e, False)
             if not f & INFLIGHT:
                 self._npending += 1
+            e.since = self._clock
             f |= DIRTY
         self._flags[e.slot] = f | REF
         self._sets += 1
@@ -392,6 +403,8 @@ cdef class Core:
 
     def __setitem__(self, key, value):
         cdef int raised
+        if self._max_pending and self._npending >= self._max_pending and self._backpressure(key, value):
+            return
         if self._lock_free(key):
             old = self._set(key, value)
         else:
@@ -407,6 +420,8 @@ cdef class Core:
         # `old` (a replaced value) is released only now, after every change is made.
 
     def __delitem__(self, key):
+        if self._max_pending and self._npending >= self._max_pending and self._backpressure(key, _MISSING):
+            return
         old = self._remove_impl(key)
         if old is _MISSING or (old is _ABSENT and not self._read_through):
             raise KeyError(key)
@@ -531,6 +546,50 @@ cdef class Core:
         if raised:
             self._wake(raised)
         return True
+
+    def _is_pending(self, key):
+        """Whether key's latest change has not reached the store yet."""
+        cdef PyObject *p
+        self._acquire()
+        try:
+            p = PyDict_GetItemWithError(self._map, key)
+            return p != NULL and (self._flags[(<Entry>p).slot] & (DIRTY | INFLIGHT)) != 0
+        finally:
+            self._release()
+
+    def _set_clean(self, key, value):
+        """Records a value (MISSING: a delete) the caller has just written to the store itself.
+
+        Does nothing if a newer change of key is pending: that one reaches the store later.
+        """
+        cdef PyObject *p
+        cdef Entry e = None
+        cdef int raised = 0
+        self._acquire()
+        try:
+            p = PyDict_GetItemWithError(self._map, key)
+            if p != NULL:
+                e = <Entry>p
+                if self._flags[e.slot] & (DIRTY | INFLIGHT):
+                    return
+            if value is _MISSING:
+                self._deletes += 1
+                if e is not None:
+                    self._detach(e)
+                return
+            self._sets += 1
+            if e is None:
+                self._insert(key, value, REF)
+                raised = self._signal()
+            else:
+                old = e.value
+                e.value = value
+                self._flags[e.slot] |= REF
+        finally:
+            self._release()
+        self._replenish()
+        if raised:
+            self._wake(raised)
 
     def _popitem(self):
         """Deletes and returns the most recently inserted live item."""
@@ -707,6 +766,32 @@ cdef class Core:
             self._release()
         return True
 
+    def _forget_pending(self):
+        """In a forked child: the parent writes what was pending at the fork, so the child must not."""
+        cdef Py_ssize_t slot
+        cdef Entry e
+        cdef list dropped = []
+        self._acquire()
+        try:
+            for slot in range(self._nslots):
+                if self._flags[slot] & (DIRTY | INFLIGHT):
+                    self._flags[slot] &= ~(DIRTY | INFLIGHT)
+                    if self._flags[slot] & DELETED:
+                        e = <Entry>self._ring[slot]
+                        dropped.append(e)
+                        self._detach(e)
+            self._qhead = self._qlen = 0
+            self._npending = self._ninflight = 0
+            self._signals = 0
+        finally:
+            self._release()
+
+    def _fork_prepare(self):
+        self._acquire()
+
+    def _fork_release(self):
+        self._release()
+
     def _clear_dirty(self):
         """Forgets every queued write; returns how many. In-flight writes are not recalled."""
         cdef Entry e
@@ -790,6 +875,18 @@ cdef class Core:
     # ----------------------------------------------------------- state
     def _mark_closed(self):
         self._closed = True
+
+    def _set_clock(self, long long now):
+        """Sets the coarse clock stamped on entries as they become pending (see _oldest_since)."""
+        self._clock = now
+
+    def _oldest_since(self):
+        """The clock stamp of the oldest queued (not in-flight) entry, or -1 if none."""
+        self._acquire()
+        try:
+            return (<Entry>self._queue[self._qhead]).since if self._qlen else -1
+        finally:
+            self._release()
 
     @property
     def pending(self):

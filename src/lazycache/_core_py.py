@@ -43,14 +43,15 @@ Pending = Tuple[Any, Any, "Entry", int]
 
 
 class Entry:
-    __slots__ = ("key", "value", "flags", "seq", "slot")
+    __slots__ = ("key", "value", "flags", "seq", "slot", "since")
 
-    def __init__(self, key: Any, value: Any, flags: int, seq: int, slot: int) -> None:
+    def __init__(self, key: Any, value: Any, flags: int, seq: int, slot: int, since: int) -> None:
         self.key = key
         self.value = value
         self.flags = flags
         self.seq = seq
         self.slot = slot
+        self.since = since  # the core's clock when the entry last became pending
 
 
 def _check_size(name: str, value: Optional[int]) -> int:
@@ -67,11 +68,17 @@ class Core:
     """Map, dirty queue and CLOCK eviction bookkeeping (pure Python)."""
 
     def __init__(
-        self, maxsize: Optional[int] = None, write_threshold: Optional[int] = None, read_through: bool = False
+        self,
+        maxsize: Optional[int] = None,
+        write_threshold: Optional[int] = None,
+        read_through: bool = False,
+        max_pending: Optional[int] = None,
     ) -> None:
         self._maxsize = _check_size("maxsize", maxsize)
         self._write_threshold = _check_size("write_threshold", write_threshold)
+        self._max_pending = _check_size("max_pending", max_pending)
         self._read_through = bool(read_through)
+        self._clock = 0
         self._lock = threading.RLock()
         self._map: dict = {}
         self._dirty: deque = deque()
@@ -103,6 +110,13 @@ class Core:
     def _wake(self, signal: int) -> None:
         """Called (without the lock) when SIGNAL_PRUNE or SIGNAL_WRITE is first raised."""
 
+    def _backpressure(self, key: Any, value: Any) -> bool:
+        """Called (without the lock) before a write when max_pending entries are pending.
+
+        value is MISSING for a delete. Returns True if it performed the write itself.
+        """
+        return False
+
     # ----------------------------------------------------------- internals (lock held)
     def _check_writable(self) -> None:
         if self._closed:
@@ -112,10 +126,10 @@ class Core:
         self._seq += 1
         if self._free:
             slot = self._free.pop()
-            entry = Entry(key, value, flags, self._seq, slot)
+            entry = Entry(key, value, flags, self._seq, slot, self._clock)
             self._ring[slot] = entry
         else:
-            entry = Entry(key, value, flags, self._seq, len(self._ring))
+            entry = Entry(key, value, flags, self._seq, len(self._ring), self._clock)
             self._ring.append(entry)
         try:
             self._map[key] = entry
@@ -142,6 +156,7 @@ class Core:
         if not entry.flags & DIRTY:
             if not entry.flags & INFLIGHT:
                 self._npending += 1
+            entry.since = self._clock
             entry.flags |= DIRTY
             self._dirty.append(entry)
 
@@ -179,6 +194,7 @@ class Core:
             return old, self._signal() if revived else 0
         if not flags & INFLIGHT:
             self._npending += 1
+        entry.since = self._clock
         entry.flags = flags | DIRTY | REF
         self._dirty.append(entry)
         return old, self._signal()
@@ -233,6 +249,8 @@ class Core:
         return value is not MISSING
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        if self._max_pending and self._npending >= self._max_pending and self._backpressure(key, value):
+            return
         with self._lock:
             old, raised = self._set_locked(key, value)
         del old  # a replaced value's __del__ runs outside the lock
@@ -240,6 +258,8 @@ class Core:
             self._wake(raised)
 
     def __delitem__(self, key: Any) -> None:
+        if self._max_pending and self._npending >= self._max_pending and self._backpressure(key, MISSING):
+            return
         old = self._remove(key)
         if old is MISSING or (old is ABSENT and not self._read_through):
             raise KeyError(key)
@@ -343,6 +363,38 @@ class Core:
             self._wake(raised)
         return True
 
+    def _is_pending(self, key: Any) -> bool:
+        """Whether key's latest change has not reached the store yet."""
+        with self._lock:
+            entry = self._map.get(key)
+            return entry is not None and bool(entry.flags & (DIRTY | INFLIGHT))
+
+    def _set_clean(self, key: Any, value: Any) -> None:
+        """Records a value (MISSING: a delete) the caller has just written to the store itself.
+
+        Does nothing if a newer change of key is pending: that one reaches the store later.
+        """
+        with self._lock:
+            entry = self._map.get(key)
+            if entry is not None and entry.flags & (DIRTY | INFLIGHT):
+                return
+            if value is MISSING:
+                self._deletes += 1
+                if entry is not None:
+                    self._detach(entry)
+                return
+            self._sets += 1
+            if entry is None:
+                self._new_entry(key, value, REF)
+                raised = self._signal()
+            else:
+                old = entry.value
+                entry.value = value
+                entry.flags |= REF
+                raised = 0
+        if raised:
+            self._wake(raised)
+
     def _popitem(self) -> Tuple[Any, Any]:
         """Deletes and returns the most recently inserted live item."""
         with self._lock:
@@ -443,6 +495,24 @@ class Core:
         del old
         return True
 
+    def _forget_pending(self) -> None:
+        """In a forked child: the parent writes what was pending at the fork, so the child must not."""
+        with self._lock:
+            for entry in list(self._map.values()):
+                if entry.flags & (DIRTY | INFLIGHT):
+                    entry.flags &= ~(DIRTY | INFLIGHT)
+                    if entry.flags & DELETED:
+                        self._detach(entry)
+            self._dirty.clear()
+            self._npending = self._ninflight = 0
+            self._signals = 0
+
+    def _fork_prepare(self) -> None:
+        self._lock.acquire()
+
+    def _fork_release(self) -> None:
+        self._lock.release()
+
     def _clear_dirty(self) -> int:
         """Forgets every queued write; returns how many. In-flight writes are not recalled."""
         with self._lock:
@@ -494,6 +564,15 @@ class Core:
     # ----------------------------------------------------------- state
     def _mark_closed(self) -> None:
         self._closed = True
+
+    def _set_clock(self, now: int) -> None:
+        """Sets the coarse clock stamped on entries as they become pending (see _oldest_since)."""
+        self._clock = now
+
+    def _oldest_since(self) -> int:
+        """The clock stamp of the oldest queued (not in-flight) entry, or -1 if none."""
+        with self._lock:
+            return self._dirty[0].since if self._dirty else -1
 
     @property
     def pending(self) -> int:

@@ -2,12 +2,15 @@
 
 It holds only a weak reference to the owner between runs, so a cache that the
 program drops is garbage-collected (and flushed by its finaliser) even though
-its threads are alive.
+its threads are alive. If the method returns a number of seconds (a backoff
+after a failure), the next run waits that long, and wake-ups before then are
+ignored: a store that is down is not hammered by every write.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from typing import Any, Optional
 
@@ -41,17 +44,31 @@ class Worker:
         return self._thread.is_alive()
 
     def _run(self) -> None:
+        wait = self._interval
+        not_before = 0.0
         while True:
-            self._wakeup.wait(self._interval)
-            self._wakeup.clear()
+            self._wakeup.wait(wait)
             if self._stopping:
                 return
+            early = not_before - time.monotonic()
+            if early > 0:  # woken during a backoff: keep waiting
+                self._wakeup.clear()
+                wait = early
+                continue
+            self._wakeup.clear()
             owner = self._owner()
             if owner is None:
                 return
+            backoff = None
             try:
-                getattr(owner, self._method)()
+                backoff = getattr(owner, self._method)()
             except BaseException:  # the thread must carry on; the method logs its own keys
                 log.exception("lazycache %s: unexpected error in %s", self._thread.name, self._method)
             finally:
                 del owner
+            if backoff:
+                wait = backoff
+                not_before = time.monotonic() + backoff
+            else:
+                wait = self._interval
+                not_before = 0.0

@@ -12,16 +12,28 @@ import logging
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import ItemsView, KeysView, MutableMapping, ValuesView
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple, Type, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Type, TypeVar
 
 from . import _core_py
 from ._sentinels import ABSENT, MISSING
 from ._worker import Worker
 from .stats import CacheStats
 from .stores.base import Store
-from .writer import FlushError, FlushResult, MergeGenerated, describe_keys, flush_pending, merge_fields
+from .writer import (
+    BackpressureError,
+    BatchWriter,
+    FlushError,
+    FlushResult,
+    MergeGenerated,
+    OnWriteError,
+    _check_seconds,
+    describe_keys,
+    log_write_error,
+    merge_fields,
+)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -43,14 +55,13 @@ if not NO_EXTENSIONS:
 IMPLEMENTATION = "cython" if "cython" in _cores else "python"
 
 _UNSET: Any = object()
+_NO_WRITE_THROUGH: Any = object()  # a write that backpressure may delay or refuse, but not perform
+
+ON_FULL_POLICIES = ("block", "raise", "write-through")
 
 
-def _check_interval(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)
 
 
 class _CacheLayer:
@@ -70,6 +81,13 @@ class _CacheLayer:
         batch_size: int = 1000,
         flush_on_close: bool = True,
         merge_generated: MergeGenerated = merge_fields,
+        on_write_error: OnWriteError = log_write_error,
+        retry_initial: float = 0.1,
+        retry_max: float = 30.0,
+        max_retries: Optional[int] = None,
+        max_pending: Optional[int] = None,
+        on_full: str = "block",
+        block_timeout: float = 30.0,
     ) -> None:
         if not isinstance(store, Store):
             raise TypeError(f"store must be a lazycache.Store, not {type(store).__name__}")
@@ -77,25 +95,50 @@ class _CacheLayer:
             raise TypeError(f"batch_size must be an int, not {type(batch_size).__name__}")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not callable(merge_generated):
-            raise TypeError("merge_generated must be callable")
-        write_interval = _check_interval("write_interval", write_interval)
-        prune_interval = _check_interval("prune_interval", prune_interval)
-        super().__init__(maxsize=maxsize, write_threshold=batch_size, read_through=read_through)  # type: ignore[call-arg]
+        if on_full not in ON_FULL_POLICIES:
+            raise ValueError(f"on_full must be one of {', '.join(map(repr, ON_FULL_POLICIES))}, got {on_full!r}")
+        write_interval = _check_seconds("write_interval", write_interval)
+        prune_interval = _check_seconds("prune_interval", prune_interval)
+        self.block_timeout = _check_seconds("block_timeout", block_timeout)
+        self._batch_writer = BatchWriter(
+            store,
+            batch_size=batch_size,
+            merge_generated=merge_generated,
+            on_write_error=on_write_error,
+            retry_initial=retry_initial,
+            retry_max=retry_max,
+            max_retries=max_retries,
+        )
+        super().__init__(  # type: ignore[call-arg]
+            maxsize=maxsize, write_threshold=batch_size, read_through=read_through, max_pending=max_pending
+        )
         self.store = store
         self.maxsize = maxsize
         self.batch_size = batch_size
+        self.max_pending = max_pending
+        self.on_full = on_full
         self.flush_on_close = bool(flush_on_close)
-        self.merge_generated = merge_generated
-        self._loads = self._writes = self._failed_writes = self._flushes = 0
-        self._flush_lock = threading.Lock()
+        self._loads = 0
         self._close_lock = threading.Lock()
         self._is_closed = False
-        self._writer = Worker(self, "_background_flush", write_interval, "lazycache-writer")
-        self._pruner = Worker(self, "prune", prune_interval, "lazycache-pruner")
+        self._write_interval = write_interval
+        self._prune_interval = prune_interval
+        self._start_threads()
         _open_caches[id(self)] = self
+
+    def _start_threads(self) -> None:
+        self._writer = Worker(self, "_background_flush", self._write_interval, "lazycache-writer")
+        self._pruner = Worker(self, "prune", self._prune_interval, "lazycache-pruner")
         self._writer.start()
         self._pruner.start()
+
+    @property
+    def merge_generated(self) -> MergeGenerated:
+        return self._batch_writer.merge_generated
+
+    @property
+    def on_write_error(self) -> OnWriteError:
+        return self._batch_writer.on_write_error
 
     # ----------------------------------------------------------- hooks called by the core
     def _fetch(self, key: Any) -> Any:
@@ -126,12 +169,60 @@ class _CacheLayer:
         if signal & _core_py.SIGNAL_WRITE:
             self._writer.wake()
 
+    def _backpressure(self, key: Any, value: Any) -> bool:
+        if self._is_pending(key):  # type: ignore[attr-defined]
+            return False  # changing an entry already pending adds nothing to the backlog
+        if self.on_full == "write-through" and value is not _NO_WRITE_THROUGH:
+            self._write_through(key, value)
+            return True
+        if self.on_full == "raise":
+            raise BackpressureError(
+                f"{self.pending} writes are waiting for the store (max_pending={self.max_pending}); "  # type: ignore[attr-defined]
+                f"refused the write of {key!r}"
+            )
+        deadline = time.monotonic() + self.block_timeout
+        while self.pending >= self.max_pending:  # type: ignore[attr-defined,operator]
+            if time.monotonic() >= deadline:
+                raise BackpressureError(
+                    f"waited {self.block_timeout}s for the writer to catch up ({self.pending} pending, "  # type: ignore[attr-defined]
+                    f"max_pending={self.max_pending}); refused the write of {key!r}"
+                )
+            self._writer.wake()
+            time.sleep(0.002)
+        return False
+
+    def _admit(self, key: Any) -> None:
+        """Backpressure for the compound writes (which never write through)."""
+        if self.max_pending and self.pending >= self.max_pending:  # type: ignore[attr-defined]
+            self._backpressure(key, _NO_WRITE_THROUGH)
+
+    def _write_through(self, key: Any, value: Any) -> None:
+        """Writes one entry to the store now, in order with the batches, then caches it clean."""
+        writer = self._batch_writer
+        with writer.lock:
+            if value is MISSING:
+                current, _ = self._read_versioned(key)  # type: ignore[attr-defined]
+                if current is ABSENT:
+                    current = self._fetch(key)
+                if current is MISSING:
+                    raise KeyError(key)
+                self.store.write([], [key])
+            else:
+                generated = self.store.write([(key, value)], [])
+                fields = generated.get(key) if generated else None
+                if fields:
+                    value = writer.merge_generated(value, fields, True)
+            writer.writes += 1
+            writer.flushes += 1
+            self._set_clean(key, value)  # type: ignore[attr-defined]
+
     # ----------------------------------------------------------- the rest of the mapping API
     def pop(self, key: Any, default: Any = _UNSET) -> Any:
         """Deletes key (the delete reaches the store in a later flush) and returns its value.
 
         Reads through to the store when memory does not know the key.
         """
+        self._admit(key)
         value = self._remove(key)  # type: ignore[attr-defined]
         if value is ABSENT:
             value = self._fetch(key)
@@ -147,6 +238,7 @@ class _CacheLayer:
 
     def popitem(self) -> Tuple[Any, Any]:
         """Deletes and returns the most recently inserted item in memory (the store is not consulted)."""
+        self._admit(None)
         return self._popitem()  # type: ignore[attr-defined,no-any-return]
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
@@ -154,10 +246,12 @@ class _CacheLayer:
         value = self.get(key, MISSING)  # type: ignore[attr-defined]
         if value is not MISSING:
             return value
+        self._admit(key)
         return self._insert_if_absent(key, default)[1]  # type: ignore[attr-defined]
 
     def discard(self, key: Any) -> None:
         """Deletes key from the cache and, in a later flush, from the store, whether or not memory holds it."""
+        self._admit(key)
         self._discard(key)  # type: ignore[attr-defined]
 
     def clear(self) -> None:
@@ -166,6 +260,7 @@ class _CacheLayer:
         Keys that only the store holds are not touched. To drop memory without deleting
         anything, use `invalidate()`.
         """
+        self._admit(None)
         self._delete_all()  # type: ignore[attr-defined]
 
     def copy(self) -> Dict[Any, Any]:
@@ -197,32 +292,60 @@ class _CacheLayer:
             if base is _UNSET:
                 raise KeyError(key)
             new = fn(base)
+            self._admit(key)
             if self._compare_and_set(key, new, expected, version):  # type: ignore[attr-defined]
                 return new
 
     # ----------------------------------------------------------- writing and pruning
-    def flush(self) -> FlushResult:
-        """Writes everything pending now to the store, in batches, and says what was written.
+    def flush(self, timeout: Optional[float] = None) -> FlushResult:
+        """Writes everything pending now to the store, in batches, and says what happened.
 
-        Raises FlushError (carrying the FlushResult) if the store failed; the entries it
-        could not write stay pending and are retried by the writer thread.
+        Without a timeout, each batch is tried once. With one, recoverable failures are
+        retried (with backoff) until the deadline, and the call returns by then even if
+        the store hangs. Raises FlushError (carrying the FlushResult) unless everything
+        pending at the call was written: `failed_keys` are still pending (the writer
+        thread keeps retrying them), `poisoned_keys` were rejected by the store and
+        handed to `on_write_error`.
         """
-        result = self._flush()
-        if result.errors:
+        self._set_clock(_now_ms())  # type: ignore[attr-defined]
+        if timeout is None:
+            result = self._batch_writer.flush(self)
+        else:
+            result = self._flush_within(_check_seconds("timeout", timeout))
+        if not result.ok:
             raise FlushError(result)
         return result
 
-    def _flush(self) -> FlushResult:
-        with self._flush_lock:
-            return flush_pending(self)  # type: ignore[arg-type]
+    def _flush_within(self, timeout: float) -> FlushResult:
+        # The store call cannot be interrupted, so it runs in a thread the caller need not wait for.
+        deadline = time.monotonic() + timeout
+        outcome: List[FlushResult] = []
+        worker = threading.Thread(
+            target=lambda: outcome.append(self._batch_writer.flush(self, deadline, persist=True)),
+            name="lazycache-flush",
+            daemon=True,
+        )
+        worker.start()
+        worker.join(timeout)
+        if outcome:
+            return outcome[0]
+        return FlushResult(
+            failed_keys=tuple(self._pending_keys()),  # type: ignore[attr-defined]
+            errors=(TimeoutError(f"the store did not finish writing within {timeout}s"),),
+            duration=timeout,
+        )
 
-    def _background_flush(self) -> None:
-        self._flush()  # failures are logged with their keys and retried next interval
+    def _background_flush(self) -> Optional[float]:
+        """One run of the writer thread; returns the backoff before the next run, if failing."""
+        self._set_clock(_now_ms())  # type: ignore[attr-defined]
+        self._batch_writer.flush(self)  # failures are logged with their keys
         if self.maxsize and len(self) > self.maxsize:  # type: ignore[arg-type]
             self._pruner.wake()  # what was just written can be evicted now
+        return self._batch_writer.backoff() or None
 
     def prune(self) -> int:
         """Evicts clean entries until the cache is back at maxsize; returns how many. Run by the pruner."""
+        self._set_clock(_now_ms())  # type: ignore[attr-defined]
         if not self.maxsize:
             return 0
         evicted = 0
@@ -243,9 +366,9 @@ class _CacheLayer:
         If the flush fails, FlushError is raised and the entries that could not be written
         stay in memory, still pending: nothing unwritten is dropped.
         """
-        result = self._flush()
+        result = self._batch_writer.flush(self)
         self._drop_clean()  # type: ignore[attr-defined]
-        if result.errors:
+        if not result.ok:
             raise FlushError(result)
         return result
 
@@ -258,8 +381,20 @@ class _CacheLayer:
         return self._clear_dirty()  # type: ignore[attr-defined,no-any-return]
 
     @property
+    def write_errors(self) -> Dict[Any, BaseException]:
+        """Keys whose write the store rejected for good (the error path), with the exception.
+
+        A key leaves this list when a later write of it succeeds.
+        """
+        return dict(self._batch_writer.write_errors)
+
+    @property
     def stats(self) -> CacheStats:
         """A snapshot of the counters."""
+        now = _now_ms()
+        self._set_clock(now)  # type: ignore[attr-defined]
+        writer = self._batch_writer
+        stamps = [s for s in (self._oldest_since(), writer.inflight_since) if s is not None and s >= 0]  # type: ignore[attr-defined]
         hits, misses, sets, deletes, evictions = self._counters()  # type: ignore[attr-defined]
         return CacheStats(
             hits=hits,
@@ -268,11 +403,16 @@ class _CacheLayer:
             stores=sets,
             deletes=deletes,
             evictions=evictions,
-            writes=self._writes,
-            failed_writes=self._failed_writes,
-            flushes=self._flushes,
+            writes=writer.writes,
+            failed_writes=writer.failed_writes,
+            flushes=writer.flushes,
+            retries=writer.retries,
+            write_errors=len(writer.write_errors),
             size=len(self),  # type: ignore[arg-type]
             pending=self.pending,  # type: ignore[attr-defined]
+            oldest_pending_age=max(0, now - min(stamps)) / 1000 if stamps and self.pending else 0.0,  # type: ignore[attr-defined]
+            last_flush_duration=writer.last_flush_duration,
+            last_batch_size=writer.last_batch_size,
         )
 
     # ----------------------------------------------------------- lifecycle
@@ -280,24 +420,35 @@ class _CacheLayer:
     def closed(self) -> bool:
         return self._is_closed
 
-    def close(self, flush: Optional[bool] = None) -> Optional[FlushResult]:
-        """Stops the threads and, unless told otherwise, flushes what is pending. Idempotent.
+    def close(self, flush: Optional[bool] = None, timeout: Optional[float] = None) -> Optional[FlushResult]:
+        """Refuses further writes, stops the threads and, unless told otherwise, flushes. Idempotent.
 
-        After close the cache still answers reads but refuses writes. Raises FlushError
-        naming the unwritten keys if the final flush fails; they stay in memory, and
-        `flush()` may be called again.
+        With a timeout, returns or raises within it even if the store is down or hangs.
+        After close the cache still answers reads. Raises FlushError naming the keys not
+        written; they stay in memory, and `flush()` may be called again.
         """
         with self._close_lock:
             if self._is_closed:
                 return None
             self._is_closed = True
+        deadline = None if timeout is None else time.monotonic() + _check_seconds("timeout", timeout)
         self._mark_closed()  # type: ignore[attr-defined]
-        self._writer.stop()
-        self._pruner.stop()
+        self._writer.stop(timeout)
+        self._pruner.stop(None if deadline is None else max(0.0, deadline - time.monotonic()))
         _open_caches.pop(id(self), None)
-        if self.flush_on_close if flush is None else flush:
+        if not (self.flush_on_close if flush is None else flush):
+            return None
+        if deadline is None:
             return self.flush()
-        return None
+        return self.flush(timeout=max(deadline - time.monotonic(), 1e-3))
+
+    def _after_fork_in_child(self) -> None:
+        """The parent writes what was pending at the fork; the child starts afresh with its own threads."""
+        self._forget_pending()  # type: ignore[attr-defined]
+        self._fork_release()  # type: ignore[attr-defined]
+        self._batch_writer.reset_after_fork()
+        self._close_lock = threading.Lock()
+        self._start_threads()
 
     def __enter__(self: T) -> T:
         return self
@@ -403,3 +554,25 @@ def _close_open_caches() -> None:
             log.error("lazycache: flush at exit failed; not written: %s", describe_keys(list(exc.result.failed_keys)))
         except Exception:
             log.exception("lazycache: closing a cache at exit failed")
+
+
+def _before_fork() -> None:
+    for cache in list(_open_caches.values()):
+        cache._fork_prepare()  # no core operation may be half done in the child
+
+
+def _after_fork_in_parent() -> None:
+    for cache in list(_open_caches.values()):
+        cache._fork_release()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_open_caches.values()):
+        try:
+            cache._after_fork_in_child()
+        except Exception:
+            log.exception("lazycache: could not restart a cache in the forked child")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict
+from typing import Dict, Union
 
 
 @dataclass(frozen=True)
@@ -27,17 +27,27 @@ class CacheStats:
     """Entries in batches the store failed to write (each failed attempt counts)."""
     flushes: int
     """Batches committed to the store (one transaction each)."""
+    retries: int
+    """Batches put back after a recoverable failure, to be retried with backoff."""
+    write_errors: int
+    """Keys in the error path now: rejected by the store, reported to `on_write_error`, not rewritten since."""
     size: int
     """Live entries in memory now."""
     pending: int
     """Entries whose latest change has not reached the store yet."""
+    oldest_pending_age: float
+    """Seconds since the oldest pending change was made (0.0 if none), to within the write interval."""
+    last_flush_duration: float
+    """Seconds the last flush that wrote something took."""
+    last_batch_size: int
+    """Entries in the last batch committed."""
 
     @property
     def hit_ratio(self) -> float:
         reads = self.hits + self.misses
         return self.hits / reads if reads else 0.0
 
-    def as_dict(self) -> Dict[str, int]:
+    def as_dict(self) -> Dict[str, Union[int, float]]:
         return asdict(self)
 
     def __str__(self) -> str:
@@ -45,5 +55,7 @@ class CacheStats:
             f"size={self.size} pending={self.pending} | hits={self.hits} misses={self.misses} "
             f"(hit ratio {self.hit_ratio:.1%}) loads={self.loads} | stores={self.stores} "
             f"deletes={self.deletes} evictions={self.evictions} | writes={self.writes} "
-            f"failed_writes={self.failed_writes} flushes={self.flushes}"
+            f"failed_writes={self.failed_writes} flushes={self.flushes} retries={self.retries} "
+            f"write_errors={self.write_errors} | oldest pending {self.oldest_pending_age:.3f}s, "
+            f"last flush {self.last_flush_duration * 1000:.1f} ms, last batch {self.last_batch_size}"
         )

@@ -1,22 +1,47 @@
-"""Flushing: how pending entries travel from the core to the store, one batch at a time."""
+"""Writing: how pending entries travel from the core to the store, and what happens when that fails.
+
+One `BatchWriter` per cache. It takes batches from the core's dirty queue (oldest
+first) and hands each to `Store.write` as one transaction. On failure:
+
+* recoverable (`store.is_recoverable(exc)`: a lost connection, a deadlock): the
+  batch goes back to the front of the queue, unless newer values replaced its
+  entries, and the writer thread retries after an exponential backoff with
+  jitter (`retry_initial` doubling up to `retry_max`). After `max_retries`
+  consecutive failures (default: never) the entries take the error path.
+* unrecoverable (a constraint violation, a value the store cannot encode): the
+  batch is split in halves until the offending entries are isolated; everything
+  else is committed, and each offending entry takes the error path.
+
+The error path: `on_write_error(key, value, exc)` is called (default: log at
+ERROR with the key), the entry is counted in `stats.failed_writes` and listed in
+`cache.write_errors` until a later write of the key succeeds. The value stays
+readable in the cache; it is not retried, and becomes evictable only after the
+callback has returned.
+"""
 from __future__ import annotations
 
 import dataclasses
 import logging
+import random
+import threading
 import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ._sentinels import MISSING
+from .serializers import SerializationError
 
 if TYPE_CHECKING:
-    from .cache import LazyWriterCache
+    from .stores.base import Store
 
 log = logging.getLogger("lazycache")
 
 MergeGenerated = Callable[[Any, Mapping[str, Any], bool], Any]
 """merge(current_value, generated_fields, overwrite) -> value to keep in the cache."""
+
+OnWriteError = Callable[[Any, Any, BaseException], None]
+"""on_write_error(key, value, exception); value is lazycache.MISSING for a delete."""
 
 _KEYS_IN_LOG = 20
 
@@ -32,7 +57,9 @@ class FlushResult:
     batches: int = 0
     """Batches (transactions) committed."""
     failed_keys: Tuple[Any, ...] = ()
-    """Keys still pending after the flush because their batch failed."""
+    """Keys still pending after the flush (their batch failed, or the deadline passed)."""
+    poisoned_keys: Tuple[Any, ...] = ()
+    """Keys whose write failed for good and went to `on_write_error`."""
     errors: Tuple[BaseException, ...] = field(default=(), repr=False)
     """The exceptions raised by the store."""
     duration: float = 0.0
@@ -40,20 +67,32 @@ class FlushResult:
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        """Everything pending at the time of the call reached the store."""
+        return not self.failed_keys and not self.poisoned_keys
 
 
 class FlushError(Exception):
-    """A flush (explicit, or on close) could not write everything; `result.failed_keys` says what."""
+    """A flush (explicit, or on close) could not write everything; `result` says exactly what."""
 
     def __init__(self, result: FlushResult) -> None:
         self.result = result
-        keys = ", ".join(map(repr, result.failed_keys[:_KEYS_IN_LOG]))
-        more = len(result.failed_keys) - _KEYS_IN_LOG
-        super().__init__(
-            f"{len(result.failed_keys)} entries not written ({keys}{f', ... {more} more' if more > 0 else ''}): "
-            f"{result.errors[0]!r}"
-        )
+        parts = []
+        if result.failed_keys:
+            parts.append(f"{len(result.failed_keys)} entries still pending ({describe_keys(list(result.failed_keys))})")
+        if result.poisoned_keys:
+            parts.append(f"{len(result.poisoned_keys)} rejected ({describe_keys(list(result.poisoned_keys))})")
+        cause = f": {result.errors[-1]!r}" if result.errors else ""
+        super().__init__("; ".join(parts) + cause)
+
+
+class BackpressureError(RuntimeError):
+    """A write was refused because `max_pending` entries are already waiting for the store."""
+
+
+def describe_keys(keys: List[Any]) -> str:
+    shown = ", ".join(map(repr, keys[:_KEYS_IN_LOG]))
+    more = len(keys) - _KEYS_IN_LOG
+    return f"{shown}, ... and {more} more" if more > 0 else shown
 
 
 def merge_fields(value: Any, generated: Mapping[str, Any], overwrite: bool) -> Any:
@@ -84,63 +123,219 @@ def merge_fields(value: Any, generated: Mapping[str, Any], overwrite: bool) -> A
     return value
 
 
-def describe_keys(keys: List[Any]) -> str:
-    shown = ", ".join(map(repr, keys[:_KEYS_IN_LOG]))
-    return f"{shown}, ... ({len(keys)} keys)" if len(keys) > _KEYS_IN_LOG else shown
+def log_write_error(key: Any, value: Any, exc: BaseException) -> None:
+    """The default `on_write_error`: one ERROR line on the `lazycache` logger, naming the key."""
+    what = "delete" if value is MISSING else "write"
+    log.error("lazycache: the store rejected the %s of %r; it will not be retried: %r", what, key, exc)
 
 
-def flush_pending(cache: "LazyWriterCache[Any, Any]") -> FlushResult:
-    """Writes every entry queued now, batch by batch; stops at the first failed batch.
+def _check_seconds(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
-    The caller holds the cache's flush lock, so batches never overlap.
-    """
-    started = time.perf_counter()
-    store = cache.store
-    written = deleted = batches = 0
-    failed: List[Any] = []
-    errors: List[BaseException] = []
-    todo = cache._queued
-    while todo > 0:
-        batch = cache._take_batch(min(cache.batch_size, todo))
-        if not batch:
-            break
-        todo -= len(batch)
+
+class _Accumulator:
+    """What one flush has done so far."""
+
+    __slots__ = ("written", "deleted", "batches", "poisoned", "errors", "incomplete")
+
+    def __init__(self) -> None:
+        self.written = self.deleted = self.batches = 0
+        self.poisoned: List[Any] = []
+        self.errors: List[BaseException] = []
+        self.incomplete = False  # something pending at the call was neither written nor rejected
+
+
+class BatchWriter:
+    """Flushes one cache's pending entries to its store, with retries and poison isolation."""
+
+    def __init__(
+        self,
+        store: "Store[Any, Any]",
+        *,
+        batch_size: int,
+        merge_generated: MergeGenerated,
+        on_write_error: OnWriteError,
+        retry_initial: float,
+        retry_max: float,
+        max_retries: Optional[int],
+    ) -> None:
+        if not callable(merge_generated):
+            raise TypeError("merge_generated must be callable")
+        if not callable(on_write_error):
+            raise TypeError("on_write_error must be callable")
+        self.retry_initial = _check_seconds("retry_initial", retry_initial)
+        self.retry_max = _check_seconds("retry_max", retry_max)
+        if self.retry_max < self.retry_initial:
+            raise ValueError(f"retry_max ({retry_max!r}) must not be less than retry_initial ({retry_initial!r})")
+        if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
+            raise ValueError(f"max_retries must be None (unlimited) or a non-negative integer, got {max_retries!r}")
+        self.store = store
+        self.batch_size = batch_size
+        self.merge_generated = merge_generated
+        self.on_write_error = on_write_error
+        self.max_retries = max_retries
+        self.lock = threading.Lock()  # one batch at a time, in queue order
+        self.writes = 0
+        self.failed_writes = 0
+        self.flushes = 0
+        self.retries = 0
+        self.consecutive_failures = 0
+        self.last_flush_duration = 0.0
+        self.last_batch_size = 0
+        self.inflight_since: Optional[int] = None
+        self.write_errors: Dict[Any, BaseException] = {}
+
+    def reset_after_fork(self) -> None:
+        self.lock = threading.Lock()
+        self.consecutive_failures = 0
+        self.inflight_since = None
+
+    # ----------------------------------------------------------- policy
+    def backoff(self) -> float:
+        """Seconds to wait before retrying after the current run of failures (with jitter)."""
+        if not self.consecutive_failures:
+            return 0.0
+        exponent = min(self.consecutive_failures - 1, 62)
+        delay = min(self.retry_max, self.retry_initial * 2.0**exponent)
+        return delay * random.uniform(0.5, 1.0)
+
+    def _retries_exhausted(self) -> bool:
+        return self.max_retries is not None and self.consecutive_failures > self.max_retries
+
+    # ----------------------------------------------------------- flushing
+    def flush(self, cache: Any, deadline: Optional[float] = None, persist: bool = False) -> FlushResult:
+        """Writes every entry queued now, batch by batch.
+
+        Stops at the first recoverable failure, unless `persist`, in which case it backs
+        off and retries until `deadline` (time.monotonic()). Never raises for store errors.
+        """
+        started = time.monotonic()
+        acc = _Accumulator()
+        timeout = -1 if deadline is None else max(0.0, deadline - started)
+        if not self.lock.acquire(timeout=timeout):
+            return self._result(cache, acc, started, TimeoutError("another flush is still running"))
+        try:
+            todo = cache._queued
+            while todo > 0:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return self._result(cache, acc, started, TimeoutError("flush deadline passed"))
+                batch = cache._take_batch(min(self.batch_size, todo))
+                if not batch:
+                    break
+                todo -= len(batch)
+                if self._write(cache, batch, acc):
+                    continue
+                todo = cache._queued  # the failed entries are back at the front
+                if not persist:
+                    acc.incomplete = True
+                    break
+                pause = self.backoff()
+                if deadline is not None:
+                    pause = min(pause, deadline - time.monotonic())
+                if pause > 0:
+                    time.sleep(pause)
+        finally:
+            self.lock.release()
+        return self._result(cache, acc, started)
+
+    def _result(self, cache: Any, acc: _Accumulator, started: float, extra: Optional[BaseException] = None) -> FlushResult:
+        if extra is not None:
+            acc.errors.append(extra)
+            acc.incomplete = True
+        failed = tuple(cache._pending_keys()) if acc.incomplete else ()
+        duration = time.monotonic() - started
+        if acc.batches:
+            self.last_flush_duration = duration
+        return FlushResult(acc.written, acc.deleted, acc.batches, failed, tuple(acc.poisoned), tuple(acc.errors), duration)
+
+    def _write(self, cache: Any, batch: list, acc: _Accumulator) -> bool:
+        """Writes one batch; isolates poison; returns False if it was requeued for a retry."""
         upserts = [(key, value) for key, value, _, _ in batch if value is not MISSING]
         deletes = [key for key, value, _, _ in batch if value is MISSING]
+        self.inflight_since = min(entry.since for _, _, entry, _ in batch)
         try:
-            generated = store.write(upserts, deletes)
+            generated = self.store.write(upserts, deletes)
         except Exception as exc:
-            cache._requeue(batch)
-            cache._failed_writes += len(batch)
-            keys = [key for key, _, _, _ in batch]
-            log.error("lazycache: writing %d entries failed, they stay pending: %s: %r", len(keys), describe_keys(keys), exc)
-            failed.extend(cache._pending_keys())
-            errors.append(exc)
-            break
+            acc.errors.append(exc)
+            self.failed_writes += len(batch)
+            return self._handle_failure(cache, batch, acc, exc)
+        finally:
+            self.inflight_since = None
         if generated:
-            _merge_generated(cache, batch, generated)
+            self._merge_generated(cache, batch, generated)
         cache._commit(batch)
-        cache._writes += len(batch)
-        cache._flushes += 1
-        written += len(upserts)
-        deleted += len(deletes)
-        batches += 1
-    return FlushResult(written, deleted, batches, tuple(failed), tuple(errors), time.perf_counter() - started)
+        self.consecutive_failures = 0
+        self.writes += len(batch)
+        self.flushes += 1
+        self.last_batch_size = len(batch)
+        if self.write_errors:
+            for key, _, _, _ in batch:
+                self.write_errors.pop(key, None)
+        acc.written += len(upserts)
+        acc.deleted += len(deletes)
+        acc.batches += 1
+        return True
 
+    def _handle_failure(self, cache: Any, batch: list, acc: _Accumulator, exc: Exception) -> bool:
+        poison_key = exc.key if isinstance(exc, SerializationError) else MISSING
+        recoverable = poison_key is MISSING and self.store.is_recoverable(exc)
+        if recoverable:
+            self.consecutive_failures += 1
+            if not self._retries_exhausted():
+                cache._requeue(batch)
+                self.retries += 1
+                keys = [key for key, _, _, _ in batch]
+                log.warning(
+                    "lazycache: writing %d entries failed (attempt %d), retrying in the background: %s: %r",
+                    len(keys), self.consecutive_failures, describe_keys(keys), exc,
+                )
+                return False
+            self._poison(cache, batch, acc, exc)  # retries exhausted: report every entry
+            return True
+        if len(batch) == 1:
+            self._poison(cache, batch, acc, exc)
+            return True
+        if poison_key is not MISSING:
+            culprits = [item for item in batch if item[0] == poison_key]
+            if culprits:
+                self._poison(cache, culprits, acc, exc)
+                rest = [item for item in batch if item[0] != poison_key]
+                return self._write(cache, rest, acc)
+        half = len(batch) // 2
+        left, right = batch[:half], batch[half:]
+        if not self._write(cache, left, acc):
+            cache._requeue(right)
+            return False
+        return self._write(cache, right, acc)
 
-def _merge_generated(cache: "LazyWriterCache[Any, Any]", batch: list, generated: Mapping[Any, Mapping[str, Any]]) -> None:
-    merge = cache.merge_generated
-    for key, _value, entry, seq in batch:
-        fields = generated.get(key)
-        if not fields:
-            continue
-        current, changed = cache._current(entry, seq)
-        if current is MISSING:
-            continue
-        try:
-            merged = merge(current, fields, not changed)
-        except Exception:
-            log.exception("lazycache: merging store-generated fields into %r failed", key)
-            continue
-        if merged is not current:
-            cache._swap_value(entry, current, merged)
+    def _poison(self, cache: Any, items: list, acc: _Accumulator, exc: BaseException) -> None:
+        """The error path: tell the user about each entry, then let it go (still readable)."""
+        for key, value, _, _ in items:
+            self.write_errors[key] = exc
+            acc.poisoned.append(key)
+            try:
+                self.on_write_error(key, value, exc)
+            except Exception:
+                log.exception("lazycache: on_write_error raised for %r (the entry was not written)", key)
+        cache._commit(items)  # unpins the entries: they are no longer pending
+
+    def _merge_generated(self, cache: Any, batch: list, generated: Mapping[Any, Mapping[str, Any]]) -> None:
+        merge = self.merge_generated
+        for key, _value, entry, seq in batch:
+            fields = generated.get(key)
+            if not fields:
+                continue
+            current, changed = cache._current(entry, seq)
+            if current is MISSING:
+                continue
+            try:
+                merged = merge(current, fields, not changed)
+            except Exception:
+                log.exception("lazycache: merging store-generated fields into %r failed", key)
+                continue
+            if merged is not current:
+                cache._swap_value(entry, current, merged)
