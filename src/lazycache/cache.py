@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 from . import _core_py
 from ._sentinels import ABSENT, MISSING
 from ._worker import Worker
+from .journal import Journal
 from .stats import CacheStats
 from .stores.base import Store
 from .writer import (
@@ -64,11 +65,60 @@ def _now_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
+class _NoJournal:
+    """The journaling scope of a cache without a journal: does nothing."""
+
+    enabled = False
+
+    def __enter__(self) -> "_NoJournal":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        return None
+
+    def encode(self, key: Any, value: Any) -> Optional[bytes]:
+        return None
+
+    def append(self, record: Optional[bytes]) -> None:
+        return None
+
+
+_NO_JOURNAL = _NoJournal()
+
+
+class _JournalScope(_NoJournal):
+    """Holds the journal's lock around a change of the cache and the append of its record."""
+
+    enabled = True
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    def __enter__(self) -> "_JournalScope":
+        self.journal.lock.acquire()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.journal.lock.release()
+
+    def encode(self, key: Any, value: Any) -> bytes:
+        return Journal.encode(key, value)
+
+    def append(self, record: Optional[bytes]) -> None:
+        self.journal.append(record)  # type: ignore[arg-type]
+
+
 class _CacheLayer:
     """Everything of LazyWriterCache that is not the core. See LazyWriterCache."""
 
     implementation: str
     """Which core this class is built on: "cython" or "python"."""
+    _journaled: type
+
+    def __new__(cls, *args: Any, journal: Optional[str] = None, **kwargs: Any) -> Any:
+        if journal is not None and not issubclass(cls, _JournaledLayer):
+            cls = cls._journaled
+        return super().__new__(cls)  # type: ignore[misc]
 
     def __init__(
         self,
@@ -88,6 +138,8 @@ class _CacheLayer:
         max_pending: Optional[int] = None,
         on_full: str = "block",
         block_timeout: float = 30.0,
+        journal: Optional[str] = None,
+        journal_fsync: str = "everysec",
     ) -> None:
         if not isinstance(store, Store):
             raise TypeError(f"store must be a lazycache.Store, not {type(store).__name__}")
@@ -109,8 +161,14 @@ class _CacheLayer:
             retry_max=retry_max,
             max_retries=max_retries,
         )
+        self._journal = None if journal is None else Journal(journal, journal_fsync)
+        self._batch_writer.journal = self._journal
         super().__init__(  # type: ignore[call-arg]
-            maxsize=maxsize, write_threshold=batch_size, read_through=read_through, max_pending=max_pending
+            maxsize=maxsize,
+            write_threshold=batch_size,
+            read_through=read_through,
+            # A journaled cache checks max_pending itself, before taking the journal's lock.
+            max_pending=None if journal is not None else max_pending,
         )
         self.store = store
         self.maxsize = maxsize
@@ -125,6 +183,25 @@ class _CacheLayer:
         self._prune_interval = prune_interval
         self._start_threads()
         _open_caches[id(self)] = self
+        if self._journal is not None:
+            self._replay_journal()
+
+    def _replay_journal(self) -> None:
+        """Re-applies the writes a previous process journaled but may not have written."""
+        journal = self._journal
+        replayed = 0
+        for key, value in journal.replay():  # type: ignore[union-attr]
+            if value is MISSING:
+                self.discard(key)
+            else:
+                self[key] = value  # type: ignore[index]
+            replayed += 1
+        if replayed:
+            log.info("lazycache: replayed %d journaled writes from %s", replayed, journal.path)  # type: ignore[union-attr]
+        journal.release_leftovers()  # type: ignore[union-attr]
+
+    def _journaling(self) -> _NoJournal:
+        return _NO_JOURNAL if self._journal is None else _JournalScope(self._journal)
 
     def _start_threads(self) -> None:
         self._writer = Worker(self, "_background_flush", self._write_interval, "lazycache-writer")
@@ -223,13 +300,17 @@ class _CacheLayer:
         Reads through to the store when memory does not know the key.
         """
         self._admit(key)
-        value = self._remove(key)  # type: ignore[attr-defined]
-        if value is ABSENT:
-            value = self._fetch(key)
+        with self._journaling() as journal:
+            record = journal.encode(key, MISSING)
+            value = self._remove(key)  # type: ignore[attr-defined]
+            if value is ABSENT:
+                value = self._fetch(key)
+                if value is not MISSING:
+                    newer = self._discard(key)  # type: ignore[attr-defined]
+                    if newer is not MISSING:  # set by another thread while we read: that is what we deleted
+                        value = newer
             if value is not MISSING:
-                newer = self._discard(key)  # type: ignore[attr-defined]
-                if newer is not MISSING:  # set by another thread while we read: that is what we deleted
-                    value = newer
+                journal.append(record)
         if value is MISSING:
             if default is _UNSET:
                 raise KeyError(key)
@@ -239,7 +320,10 @@ class _CacheLayer:
     def popitem(self) -> Tuple[Any, Any]:
         """Deletes and returns the most recently inserted item in memory (the store is not consulted)."""
         self._admit(None)
-        return self._popitem()  # type: ignore[attr-defined,no-any-return]
+        with self._journaling() as journal:
+            key, value = self._popitem()  # type: ignore[attr-defined]
+            journal.append(journal.encode(key, MISSING))
+        return key, value
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
         """Returns the value of key (reading through on a miss); sets it to default if there is none."""
@@ -247,12 +331,20 @@ class _CacheLayer:
         if value is not MISSING:
             return value
         self._admit(key)
-        return self._insert_if_absent(key, default)[1]  # type: ignore[attr-defined]
+        with self._journaling() as journal:
+            record = journal.encode(key, default)
+            inserted, value = self._insert_if_absent(key, default)  # type: ignore[attr-defined]
+            if inserted:
+                journal.append(record)
+        return value
 
     def discard(self, key: Any) -> None:
         """Deletes key from the cache and, in a later flush, from the store, whether or not memory holds it."""
         self._admit(key)
-        self._discard(key)  # type: ignore[attr-defined]
+        with self._journaling() as journal:
+            record = journal.encode(key, MISSING)
+            self._discard(key)  # type: ignore[attr-defined]
+            journal.append(record)
 
     def clear(self) -> None:
         """Deletes every key held in memory; each delete reaches the store in a later flush.
@@ -261,7 +353,11 @@ class _CacheLayer:
         anything, use `invalidate()`.
         """
         self._admit(None)
-        self._delete_all()  # type: ignore[attr-defined]
+        with self._journaling() as journal:
+            records = [journal.encode(key, MISSING) for key in self._keys()] if journal.enabled else []  # type: ignore[attr-defined]
+            self._delete_all()  # type: ignore[attr-defined]
+            for record in records:
+                journal.append(record)
 
     def copy(self) -> Dict[Any, Any]:
         """A plain dict snapshot of the live entries in memory (not a second cache: one store, one writer)."""
@@ -293,8 +389,11 @@ class _CacheLayer:
                 raise KeyError(key)
             new = fn(base)
             self._admit(key)
-            if self._compare_and_set(key, new, expected, version):  # type: ignore[attr-defined]
-                return new
+            with self._journaling() as journal:
+                record = journal.encode(key, new)
+                if self._compare_and_set(key, new, expected, version):  # type: ignore[attr-defined]
+                    journal.append(record)
+                    return new
 
     # ----------------------------------------------------------- writing and pruning
     def flush(self, timeout: Optional[float] = None) -> FlushResult:
@@ -436,17 +535,28 @@ class _CacheLayer:
         self._writer.stop(timeout)
         self._pruner.stop(None if deadline is None else max(0.0, deadline - time.monotonic()))
         _open_caches.pop(id(self), None)
-        if not (self.flush_on_close if flush is None else flush):
-            return None
-        if deadline is None:
-            return self.flush()
-        return self.flush(timeout=max(deadline - time.monotonic(), 1e-3))
+        committed = False
+        try:
+            if not (self.flush_on_close if flush is None else flush):
+                return None
+            if deadline is None:
+                result = self.flush()
+            else:
+                result = self.flush(timeout=max(deadline - time.monotonic(), 1e-3))
+            committed = True
+            return result
+        finally:
+            if self._journal is not None:
+                # Unwritten writes stay journaled, for the next process to replay.
+                self._journal.close(committed=committed and not self.pending)  # type: ignore[attr-defined]
 
     def _after_fork_in_child(self) -> None:
         """The parent writes what was pending at the fork; the child starts afresh with its own threads."""
         self._forget_pending()  # type: ignore[attr-defined]
         self._fork_release()  # type: ignore[attr-defined]
         self._batch_writer.reset_after_fork()
+        if self._journal is not None:
+            self._journal.reopen_in_child()
         self._close_lock = threading.Lock()
         self._start_threads()
 
@@ -474,6 +584,31 @@ class _CacheLayer:
             f"<LazyWriterCache ({self.implementation} core) size={len(self)} "  # type: ignore[arg-type]
             f"pending={self.pending} store={self.store!r}>"  # type: ignore[attr-defined]
         )
+
+
+class _JournaledLayer:
+    """A journaled cache's hot writes: Python methods that append to the journal before returning.
+
+    They replace the core's compiled `__setitem__`/`__delitem__`: journaling costs a pickle
+    and a write(2) per change anyway, and the journal's lock must span change and append.
+    """
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        journal = self._journal  # type: ignore[attr-defined]
+        record = Journal.encode(key, value)
+        if self.max_pending and self.pending >= self.max_pending and self._backpressure(key, value):  # type: ignore[attr-defined]
+            return  # written through to the store
+        with journal.lock:
+            super().__setitem__(key, value)  # type: ignore[misc]
+            journal.append(record)
+
+    def __delitem__(self, key: Any) -> None:
+        journal = self._journal  # type: ignore[attr-defined]
+        record = Journal.encode(key, MISSING)
+        self._admit(key)  # type: ignore[attr-defined]
+        with journal.lock:
+            super().__delitem__(key)  # type: ignore[misc]
+            journal.append(record)
 
 
 class _KeysView(KeysView):  # type: ignore[type-arg]
@@ -511,7 +646,10 @@ def _cache_class(implementation: str, core: type) -> type:
     # The core comes before MutableMapping in the MRO so that its compiled slots, not
     # the ABC's Python mixin methods, serve the hot dict operations.
     namespace = {"__doc__": _DOC, "__module__": __name__, "implementation": implementation}
-    return type("LazyWriterCache", (_CacheLayer, core, MutableMapping), namespace)
+    cls = type("LazyWriterCache", (_CacheLayer, core, MutableMapping), namespace)
+    # LazyWriterCache(..., journal=path) makes an instance of this subclass (see __new__).
+    cls._journaled = type("LazyWriterCache", (_JournaledLayer, cls), {"__module__": __name__})  # type: ignore[attr-defined]
+    return cls
 
 
 _classes: Dict[str, type] = {name: _cache_class(name, core) for name, core in _cores.items()}

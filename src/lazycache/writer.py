@@ -33,6 +33,7 @@ from ._sentinels import MISSING
 from .serializers import SerializationError
 
 if TYPE_CHECKING:
+    from .journal import Journal
     from .stores.base import Store
 
 log = logging.getLogger("lazycache")
@@ -188,6 +189,7 @@ class BatchWriter:
         self.last_batch_size = 0
         self.inflight_since: Optional[int] = None
         self.write_errors: Dict[Any, BaseException] = {}
+        self.journal: Optional["Journal"] = None
 
     def reset_after_fork(self) -> None:
         self.lock = threading.Lock()
@@ -219,6 +221,9 @@ class BatchWriter:
         if not self.lock.acquire(timeout=timeout):
             return self._result(cache, acc, started, TimeoutError("another flush is still running"))
         try:
+            # Every journaled change made before this point is queued now; once this pass
+            # has written all of them, the segments holding them can go.
+            covered = self.journal.rotate() if self.journal is not None else None
             todo = cache._queued
             while todo > 0:
                 if deadline is not None and time.monotonic() >= deadline:
@@ -238,6 +243,8 @@ class BatchWriter:
                     pause = min(pause, deadline - time.monotonic())
                 if pause > 0:
                     time.sleep(pause)
+            if covered is not None and not acc.incomplete:
+                self.journal.release(covered)  # type: ignore[union-attr]
         finally:
             self.lock.release()
         return self._result(cache, acc, started)
