@@ -309,6 +309,8 @@ cdef class Core:
         cdef Entry e
         cdef uint8_t f
         self._check_writable()
+        if value is _MISSING:
+            raise ValueError("lazycache.MISSING stands for 'no value' and cannot be stored")
         p = PyDict_GetItemWithError(self._map, key)
         if p == NULL:
             e = self._insert(key, value, DIRTY | REF)

@@ -15,9 +15,10 @@ A delete leaves a *tombstone* (``DELETED``) in the map until the delete has been
 written, so that a read never falls through to the stale row in the store.
 Entries that are dirty, in flight or deleted are pinned: eviction skips them.
 
-Every operation holds one re-entrant lock, so compound operations are atomic
-even for keys whose ``__hash__``/``__eq__`` run Python code. The lock is never
-held while user code other than a key's hash/eq runs: the hooks
+Every change holds one re-entrant lock, so compound operations are atomic even
+for keys whose ``__hash__``/``__eq__`` run Python code. Reads take no lock (see
+``__getitem__``). The lock is never held while user code other than a key's
+hash/eq runs: the hooks
 ``_load_missing``, ``_delete_missing`` and ``_wake`` are called after it is
 released, and replaced or evicted values are dropped after it is released.
 """
@@ -32,7 +33,6 @@ from ._sentinels import ABSENT, MISSING
 DIRTY = 1  # queued for the writer
 INFLIGHT = 2  # in a batch the writer is saving now
 DELETED = 4  # tombstone: the delete has not reached the store yet
-REF = 8  # CLOCK reference bit: accessed since the hand last passed
 PINNED = DIRTY | INFLIGHT | DELETED
 
 SIGNAL_PRUNE = 1  # the map grew past maxsize
@@ -43,12 +43,13 @@ Pending = Tuple[Any, Any, "Entry", int]
 
 
 class Entry:
-    __slots__ = ("key", "value", "flags", "seq", "slot", "since")
+    __slots__ = ("key", "value", "flags", "ref", "seq", "slot", "since")
 
     def __init__(self, key: Any, value: Any, flags: int, seq: int, slot: int, since: int) -> None:
         self.key = key
-        self.value = value
+        self.value = value  # MISSING for a tombstone
         self.flags = flags
+        self.ref = True  # CLOCK reference bit: accessed since the hand last passed
         self.seq = seq
         self.slot = slot
         self.since = since  # the core's clock when the entry last became pending
@@ -174,10 +175,12 @@ class Core:
         """Sets key; returns (replaced value or MISSING, signals raised)."""
         if self._closed:
             raise RuntimeError("the cache is closed: it accepts no more writes")
+        if value is MISSING:
+            raise ValueError("lazycache.MISSING stands for 'no value' and cannot be stored")
         entry = self._map.get(key)
         self._sets += 1
         if entry is None:
-            self._new_entry(key, value, DIRTY | REF)
+            self._new_entry(key, value, DIRTY)
             return MISSING, self._signal()
         old = entry.value
         flags = entry.flags
@@ -188,65 +191,72 @@ class Core:
         self._seq += 1
         entry.value = value
         entry.seq = self._seq
+        entry.ref = True
         if flags & DIRTY:
-            entry.flags = flags | REF
+            entry.flags = flags
             # Unless a tombstone came back to life, neither size nor queue grew.
             return old, self._signal() if revived else 0
         if not flags & INFLIGHT:
             self._npending += 1
         entry.since = self._clock
-        entry.flags = flags | DIRTY | REF
+        entry.flags = flags | DIRTY
         self._dirty.append(entry)
         return old, self._signal()
 
     def _tombstone(self, entry: Entry) -> Any:
         old = entry.value
         self._seq += 1
-        entry.value = None
-        entry.seq = self._seq
         entry.flags |= DELETED
+        entry.value = MISSING
+        entry.seq = self._seq
         self._ntomb += 1
         self._mark_dirty(entry)
         self._deletes += 1
         return old
 
-    def _read(self, key: Any, count: bool) -> Any:
-        """Value in memory, MISSING for a tombstone, ABSENT when memory knows nothing."""
-        with self._lock:
-            entry = self._map.get(key)
-            if entry is None:
-                if count:
-                    self._misses += 1
-                return ABSENT
-            if entry.flags & DELETED:
-                if count:
-                    self._misses += 1
-                return MISSING
-            if count:
-                entry.flags |= REF
-                self._hits += 1
-            return entry.value
-
     # ----------------------------------------------------------- dict protocol (hot path)
+    # Reads take no lock: a tombstone's value is MISSING, so one attribute read tells a
+    # live value from a deleted one, and the reference bit is an attribute of its own,
+    # so setting it cannot undo a writer's change to the flags.
     def __getitem__(self, key: Any) -> Any:
-        value = self._read(key, True)
-        if value is ABSENT:
-            value = self._load_missing(key) if self._read_through else MISSING
-        if value is MISSING:
+        entry = self._map.get(key)
+        if entry is not None:
+            value = entry.value
+            if value is not MISSING:
+                entry.ref = True
+                self._hits += 1
+                return value
+            self._misses += 1
             raise KeyError(key)
-        return value
+        self._misses += 1
+        if self._read_through:
+            value = self._load_missing(key)
+            if value is not MISSING:
+                return value
+        raise KeyError(key)
 
     def get(self, key: Any, default: Any = None) -> Any:
-        value = self._read(key, True)
-        if value is ABSENT:
-            value = self._load_missing(key) if self._read_through else MISSING
-        return default if value is MISSING else value
+        entry = self._map.get(key)
+        if entry is not None:
+            value = entry.value
+            if value is not MISSING:
+                entry.ref = True
+                self._hits += 1
+                return value
+            self._misses += 1
+            return default
+        self._misses += 1
+        if self._read_through:
+            value = self._load_missing(key)
+            if value is not MISSING:
+                return value
+        return default
 
     def __contains__(self, key: Any) -> bool:
-        value = self._read(key, False)
-        if value is ABSENT:
-            value = self._load_missing(key) if self._read_through else MISSING
-        return value is not MISSING
+        entry = self._map.get(key)
+        if entry is not None:
+            return entry.value is not MISSING
+        return self._read_through and self._load_missing(key) is not MISSING
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if self._max_pending and self._npending >= self._max_pending and self._backpressure(key, value):
@@ -295,7 +305,7 @@ class Core:
             self._check_writable()
             entry = self._map.get(key)
             if entry is None:
-                self._new_entry(key, None, DIRTY | DELETED)
+                self._new_entry(key, MISSING, DIRTY | DELETED)
                 self._deletes += 1
                 old = MISSING
             elif entry.flags & DELETED:
@@ -318,7 +328,7 @@ class Core:
             if entry is not None:
                 return MISSING if entry.flags & DELETED else entry.value
             if epoch == self._epoch and not self._closed:
-                self._new_entry(key, value, REF)
+                self._new_entry(key, value, 0)
                 raised = self._signal()
             else:
                 raised = 0
@@ -331,7 +341,7 @@ class Core:
         with self._lock:
             entry = self._map.get(key)
             if entry is not None and not entry.flags & DELETED:
-                entry.flags |= REF
+                entry.ref = True
                 return False, entry.value
             old, raised = self._set_locked(key, value)
         if raised:
@@ -385,12 +395,12 @@ class Core:
                 return
             self._sets += 1
             if entry is None:
-                self._new_entry(key, value, REF)
+                self._new_entry(key, value, 0)
                 raised = self._signal()
             else:
                 old = entry.value
                 entry.value = value
-                entry.flags |= REF
+                entry.ref = True
                 raised = 0
         if raised:
             self._wake(raised)
@@ -539,8 +549,8 @@ class Core:
             while len(victims) < limit and steps < 2 * size:
                 entry = ring[hand]
                 if entry is not None and not entry.flags & PINNED:
-                    if entry.flags & REF:
-                        entry.flags &= ~REF
+                    if entry.ref:
+                        entry.ref = False
                     else:
                         victims.append((entry.key, entry.value))
                         self._detach(entry)

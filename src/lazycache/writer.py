@@ -172,8 +172,11 @@ class BatchWriter:
         self.retry_max = _check_seconds("retry_max", retry_max)
         if self.retry_max < self.retry_initial:
             raise ValueError(f"retry_max ({retry_max!r}) must not be less than retry_initial ({retry_initial!r})")
-        if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
-            raise ValueError(f"max_retries must be None (unlimited) or a non-negative integer, got {max_retries!r}")
+        if max_retries is not None:
+            if isinstance(max_retries, bool) or not isinstance(max_retries, int):
+                raise TypeError(f"max_retries must be None (unlimited) or an int, not {type(max_retries).__name__}")
+            if max_retries < 0:
+                raise ValueError(f"max_retries must be None (unlimited) or a non-negative integer, got {max_retries!r}")
         self.store = store
         self.batch_size = batch_size
         self.merge_generated = merge_generated
