@@ -164,11 +164,13 @@ class Core:
     def _signal(self) -> int:
         """Raises the signals whose threshold has been crossed; returns the new ones."""
         raised = 0
-        if self._maxsize and len(self._map) - self._ntomb > self._maxsize and not self._signals & SIGNAL_PRUNE:
-            raised |= SIGNAL_PRUNE
-        if self._write_threshold and len(self._dirty) >= self._write_threshold and not self._signals & SIGNAL_WRITE:
+        signals = self._signals
+        if self._maxsize and not signals & SIGNAL_PRUNE and len(self._map) - self._ntomb > self._maxsize:
+            raised = SIGNAL_PRUNE
+        if self._write_threshold and not signals & SIGNAL_WRITE and len(self._dirty) >= self._write_threshold:
             raised |= SIGNAL_WRITE
-        self._signals |= raised
+        if raised:
+            self._signals = signals | raised
         return raised
 
     def _set_locked(self, key: Any, value: Any) -> Tuple[Any, int]:
@@ -206,11 +208,11 @@ class Core:
     def _tombstone(self, entry: Entry) -> Any:
         old = entry.value
         self._seq += 1
+        self._mark_dirty(entry)
         entry.flags |= DELETED
         entry.value = MISSING
         entry.seq = self._seq
         self._ntomb += 1
-        self._mark_dirty(entry)
         self._deletes += 1
         return old
 
