@@ -170,6 +170,7 @@ class _CacheLayer:
             # A journaled cache checks max_pending itself, before taking the journal's lock.
             max_pending=None if journal is not None else max_pending,
         )
+        self._set_clock(_now_ms())  # type: ignore[attr-defined]
         self.store = store
         self.maxsize = maxsize
         self.batch_size = batch_size
@@ -291,6 +292,7 @@ class _CacheLayer:
                     value = writer.merge_generated(value, fields, True)
             writer.writes += 1
             writer.flushes += 1
+            writer.write_errors.pop(key, None)
             self._set_clean(key, value)  # type: ignore[attr-defined]
 
     # ----------------------------------------------------------- the rest of the mapping API
@@ -526,11 +528,11 @@ class _CacheLayer:
         After close the cache still answers reads. Raises FlushError naming the keys not
         written; they stay in memory, and `flush()` may be called again.
         """
+        deadline = None if timeout is None else time.monotonic() + _check_seconds("timeout", timeout)
         with self._close_lock:
             if self._is_closed:
                 return None
             self._is_closed = True
-        deadline = None if timeout is None else time.monotonic() + _check_seconds("timeout", timeout)
         self._mark_closed()  # type: ignore[attr-defined]
         self._writer.stop(timeout)
         self._pruner.stop(None if deadline is None else max(0.0, deadline - time.monotonic()))

@@ -235,9 +235,12 @@ class BatchWriter:
                 if not batch:
                     break
                 todo -= len(batch)
-                if self._write(cache, batch, acc):
+                unwritten = self._write(cache, batch, acc)
+                if not unwritten:
                     continue
-                todo = cache._queued  # the failed entries are back at the front
+                cache._requeue(unwritten)  # back to the front of the queue, in order
+                self.retries += 1
+                todo = cache._queued
                 if not persist:
                     acc.incomplete = True
                     break
@@ -262,8 +265,8 @@ class BatchWriter:
             self.last_flush_duration = duration
         return FlushResult(acc.written, acc.deleted, acc.batches, failed, tuple(acc.poisoned), tuple(acc.errors), duration)
 
-    def _write(self, cache: Any, batch: list, acc: _Accumulator) -> bool:
-        """Writes one batch; isolates poison; returns False if it was requeued for a retry."""
+    def _write(self, cache: Any, batch: list, acc: _Accumulator) -> list:
+        """Writes one batch, isolating poison; returns the entries to retry later, in order."""
         upserts = [(key, value) for key, value, _, _ in batch if value is not MISSING]
         deletes = [key for key, value, _, _ in batch if value is MISSING]
         self.inflight_since = min(entry.since for _, _, entry, _ in batch)
@@ -288,38 +291,36 @@ class BatchWriter:
         acc.written += len(upserts)
         acc.deleted += len(deletes)
         acc.batches += 1
-        return True
+        return []
 
-    def _handle_failure(self, cache: Any, batch: list, acc: _Accumulator, exc: Exception) -> bool:
+    def _handle_failure(self, cache: Any, batch: list, acc: _Accumulator, exc: Exception) -> list:
         poison_key = exc.key if isinstance(exc, SerializationError) else MISSING
         recoverable = poison_key is MISSING and self.store.is_recoverable(exc)
         if recoverable:
             self.consecutive_failures += 1
             if not self._retries_exhausted():
-                cache._requeue(batch)
-                self.retries += 1
                 keys = [key for key, _, _, _ in batch]
                 log.warning(
                     "lazycache: writing %d entries failed (attempt %d), retrying in the background: %s: %r",
                     len(keys), self.consecutive_failures, describe_keys(keys), exc,
                 )
-                return False
+                return batch
             self._poison(cache, batch, acc, exc)  # retries exhausted: report every entry
-            return True
+            return []
         if len(batch) == 1:
             self._poison(cache, batch, acc, exc)
-            return True
+            return []
         if poison_key is not MISSING:
             culprits = [item for item in batch if item[0] == poison_key]
             if culprits:
                 self._poison(cache, culprits, acc, exc)
                 rest = [item for item in batch if item[0] != poison_key]
-                return self._write(cache, rest, acc)
+                return self._write(cache, rest, acc) if rest else []
         half = len(batch) // 2
         left, right = batch[:half], batch[half:]
-        if not self._write(cache, left, acc):
-            cache._requeue(right)
-            return False
+        unwritten = self._write(cache, left, acc)
+        if unwritten:
+            return unwritten + right  # the store went down: retry the rest later, in order
         return self._write(cache, right, acc)
 
     def _poison(self, cache: Any, items: list, acc: _Accumulator, exc: BaseException) -> None:
