@@ -857,6 +857,23 @@ cdef class Core:
             self._release()
         return victims
 
+    def _invalidate(self, keys):
+        """Drops the given keys from memory unless a change of theirs is pending; returns how many."""
+        cdef list dropped = []
+        cdef PyObject *p
+        cdef Entry e
+        self._acquire()
+        try:
+            for key in keys:
+                p = PyDict_GetItemWithError(self._map, key)
+                if p != NULL and not self._flags[(<Entry>p).slot] & PINNED:
+                    e = <Entry>p
+                    dropped.append(e)
+                    self._detach(e)
+        finally:
+            self._release()
+        return len(dropped)
+
     def _drop_clean(self):
         """Removes every entry with no pending write from memory; returns how many."""
         cdef list dropped = []

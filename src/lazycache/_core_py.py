@@ -564,6 +564,17 @@ class Core:
                 self._signals &= ~SIGNAL_PRUNE
         return victims
 
+    def _invalidate(self, keys: Any) -> int:
+        """Drops the given keys from memory unless a change of theirs is pending; returns how many."""
+        dropped = []
+        with self._lock:
+            for key in keys:
+                entry = self._map.get(key)
+                if entry is not None and not entry.flags & PINNED:
+                    dropped.append(entry)
+                    self._detach(entry)
+        return len(dropped)
+
     def _drop_clean(self) -> int:
         """Removes every entry with no pending write from memory; returns how many."""
         with self._lock:

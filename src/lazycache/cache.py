@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 from . import _core_py
 from ._sentinels import ABSENT, MISSING
 from ._worker import Worker
+from .coherence import Coherence
 from .journal import Journal
 from .stats import CacheStats
 from .stores.base import Store
@@ -140,6 +141,7 @@ class _CacheLayer:
         block_timeout: float = 30.0,
         journal: Optional[str] = None,
         journal_fsync: str = "everysec",
+        coherence: Optional[Coherence] = None,
     ) -> None:
         if not isinstance(store, Store):
             raise TypeError(f"store must be a lazycache.Store, not {type(store).__name__}")
@@ -161,8 +163,15 @@ class _CacheLayer:
             retry_max=retry_max,
             max_retries=max_retries,
         )
+        if coherence is not None and not isinstance(coherence, Coherence):
+            raise TypeError(f"coherence must be a lazycache.coherence.Coherence, not {type(coherence).__name__}")
         self._journal = None if journal is None else Journal(journal, journal_fsync)
         self._batch_writer.journal = self._journal
+        self._batch_writer.coherence = coherence
+        self._coherence = coherence
+        self._coherent = True  # False while the coherence channel is down: loads are not cached
+        self._loading: Dict[Any, "_Load"] = {}  # read-through loads in progress, one per key
+        self._loading_lock = threading.Lock()
         super().__init__(  # type: ignore[call-arg]
             maxsize=maxsize,
             write_threshold=batch_size,
@@ -184,8 +193,47 @@ class _CacheLayer:
         self._prune_interval = prune_interval
         self._start_threads()
         _open_caches[id(self)] = self
+        if coherence is not None:
+            self._subscribe(coherence)
         if self._journal is not None:
             self._replay_journal()
+
+    def _subscribe(self, coherence: Coherence) -> None:
+        # The channel's thread holds only weak references: it must not keep the cache alive.
+        ref = weakref.ref(self)
+
+        def on_keys(keys: Any) -> None:
+            cache = ref()
+            if cache is not None:
+                cache._invalidate(keys)
+
+        def on_lost() -> None:
+            cache = ref()
+            if cache is not None:
+                cache._coherence_lost()
+
+        def on_restored() -> None:
+            cache = ref()
+            if cache is not None:
+                cache._coherence_restored()
+
+        coherence.start(on_keys, on_lost, on_restored)
+
+    def _coherence_lost(self) -> None:
+        # Writes by other processes may go unannounced: forget what we read, and read through.
+        self._coherent = False
+        dropped = self._drop_clean()  # type: ignore[attr-defined]
+        log.warning("lazycache: the coherence channel is down; dropped %d clean entries, reads go to the store", dropped)
+
+    def _coherence_restored(self) -> None:
+        self._drop_clean()  # type: ignore[attr-defined]
+        self._coherent = True
+        log.warning("lazycache: the coherence channel is back; caching reads again")
+
+    @property
+    def coherent(self) -> bool:
+        """False while the coherence channel is down (reads then always go to the store)."""
+        return self._coherent
 
     def _replay_journal(self) -> None:
         """Re-applies the writes a previous process journaled but may not have written."""
@@ -230,11 +278,28 @@ class _CacheLayer:
         return found[key]
 
     def _load_missing(self, key: Any) -> Any:
-        epoch = self._memory_epoch  # type: ignore[attr-defined]
-        value = self._fetch(key)
-        if value is MISSING:
-            return MISSING
-        return self._insert_loaded(key, value, epoch)  # type: ignore[attr-defined]
+        # Concurrent misses of one key share one store load (no stampede on a hot key).
+        with self._loading_lock:
+            load = self._loading.get(key)
+            leader = load is None
+            if leader:
+                load = self._loading[key] = _Load()
+        if not leader:
+            return load.wait()  # type: ignore[union-attr]
+        try:
+            epoch = self._memory_epoch  # type: ignore[attr-defined]
+            value = self._fetch(key)
+            if value is not MISSING and self._coherent:
+                value = self._insert_loaded(key, value, epoch)  # type: ignore[attr-defined]
+        except BaseException as exc:
+            load.fail(exc)  # type: ignore[union-attr]
+            raise
+        else:
+            load.done(value)  # type: ignore[union-attr]
+            return value
+        finally:
+            with self._loading_lock:
+                del self._loading[key]
 
     def _delete_missing(self, key: Any) -> None:
         if self._fetch(key) is MISSING:
@@ -551,6 +616,8 @@ class _CacheLayer:
             if self._journal is not None:
                 # Unwritten writes stay journaled, for the next process to replay.
                 self._journal.close(committed=committed and not self.pending)  # type: ignore[attr-defined]
+            if self._coherence is not None:
+                self._coherence.close()
 
     def _after_fork_in_child(self) -> None:
         """The parent writes what was pending at the fork; the child starts afresh with its own threads."""
@@ -559,6 +626,13 @@ class _CacheLayer:
         self._batch_writer.reset_after_fork()
         if self._journal is not None:
             self._journal.reopen_in_child()
+        if self._coherence is not None:
+            # The channel's subscription did not survive the fork: without it the child
+            # cannot hear of other writers, so it keeps reading through to the store.
+            self._batch_writer.coherence = self._coherence = None
+            self._coherence_lost()
+        self._loading = {}
+        self._loading_lock = threading.Lock()
         self._close_lock = threading.Lock()
         self._start_threads()
 
@@ -586,6 +660,31 @@ class _CacheLayer:
             f"<LazyWriterCache ({self.implementation} core) size={len(self)} "  # type: ignore[arg-type]
             f"pending={self.pending} store={self.store!r}>"  # type: ignore[attr-defined]
         )
+
+
+class _Load:
+    """One read-through load that other readers of the same key wait for."""
+
+    __slots__ = ("_event", "_value", "_error")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._value: Any = MISSING
+        self._error: Optional[BaseException] = None
+
+    def done(self, value: Any) -> None:
+        self._value = value
+        self._event.set()
+
+    def fail(self, exc: BaseException) -> None:
+        self._error = exc
+        self._event.set()
+
+    def wait(self) -> Any:
+        self._event.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class _JournaledLayer:

@@ -33,6 +33,7 @@ from ._sentinels import MISSING
 from .serializers import SerializationError
 
 if TYPE_CHECKING:
+    from .coherence import Coherence
     from .journal import Journal
     from .stores.base import Store
 
@@ -193,6 +194,7 @@ class BatchWriter:
         self.inflight_since: Optional[int] = None
         self.write_errors: Dict[Any, BaseException] = {}
         self.journal: Optional["Journal"] = None
+        self.coherence: Optional["Coherence"] = None
 
     def reset_after_fork(self) -> None:
         self.lock = threading.Lock()
@@ -288,6 +290,11 @@ class BatchWriter:
         if self.write_errors:
             for key, _, _, _ in batch:
                 self.write_errors.pop(key, None)
+        if self.coherence is not None:
+            try:
+                self.coherence.publish([key for key, _, _, _ in batch])
+            except Exception:
+                log.exception("lazycache: publishing %d written keys on the coherence channel failed", len(batch))
         acc.written += len(upserts)
         acc.deleted += len(deletes)
         acc.batches += 1

@@ -58,7 +58,7 @@ if int(sa.__version__.split(".")[0]) < 2:  # pragma: no cover
 from ..serializers import SerializationError, Serializer, SerializerSpec, get_serializer
 from .base import GeneratedFields, Store
 
-__all__ = ["DEFAULT_URL", "SQLAlchemyStore", "configure_sqlite", "make_engine"]
+__all__ = ["DEFAULT_URL", "KeyConflictError", "SQLAlchemyStore", "configure_sqlite", "is_recoverable_error", "make_engine"]
 
 DEFAULT_URL = "sqlite:///lazycache.db"
 """The embedded default: a SQLite file in the current directory."""
@@ -164,21 +164,20 @@ _SQLITE_RECOVERABLE_CODES = {5, 6, 15}  # SQLITE_BUSY, SQLITE_LOCKED, SQLITE_PRO
 
 def _driver_error_recoverable(orig: BaseException) -> Optional[bool]:
     """What the driver's own error code says: True/False, or None when it says nothing."""
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if isinstance(sqlstate, str) and len(sqlstate) == 5:
-        return sqlstate in _PG_RECOVERABLE_STATES or sqlstate[:2] in _PG_RECOVERABLE_CLASSES
     module = type(orig).__module__.split(".")[0]
     if module in ("pymysql", "MySQLdb", "mysql", "mariadb", "asyncmy", "aiomysql"):
-        code = orig.args[0] if orig.args and isinstance(orig.args[0], int) else None
-        if code is not None:
-            return code in _MYSQL_RECOVERABLE_CODES
+        code = _mysql_code(orig)  # (their sqlstate, when set, is mostly the catch-all HY000)
+        return None if code is None else code in _MYSQL_RECOVERABLE_CODES
     if module in ("sqlite3", "pysqlite2", "aiosqlite"):
         code = getattr(orig, "sqlite_errorcode", None)
         if isinstance(code, int):
             return (code & 0xFF) in _SQLITE_RECOVERABLE_CODES
         message = str(orig).lower()
         return "database is locked" in message or "database table is locked" in message
-    if module == "psycopg" and sqlstate is None and type(orig).__name__ == "OperationalError":
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)  # psycopg, psycopg2, asyncpg
+    if isinstance(sqlstate, str) and len(sqlstate) == 5:
+        return sqlstate in _PG_RECOVERABLE_STATES or sqlstate[:2] in _PG_RECOVERABLE_CLASSES
+    if module == "psycopg" and type(orig).__name__ == "OperationalError":
         return True  # raised by the client without a server error: the connection failed
     return None
 
@@ -684,7 +683,12 @@ class SQLAlchemyStore(Store[Any, Any]):
             groups.setdefault(tuple(sorted(params)), []).append(params)
         generated: Dict[Any, Dict[str, Any]] = {}
         for columns, params in groups.items():
-            result = conn.execute(self._upsert_statement(columns), params)
+            try:
+                result = conn.execute(self._upsert_statement(columns), params)
+            except sa.exc.DBAPIError as exc:
+                if self._dialect_name in ("mysql", "mariadb") and _mysql_code(exc.orig) == _MYSQL_SUBQUERY_ROWS:
+                    raise KeyConflictError(exc, [column.name for column in self._key_columns]) from exc
+                raise
             if self._returning and self._generated:
                 self._collect(result, generated)
         if self._generated and not self._returning:
@@ -739,7 +743,17 @@ class SQLAlchemyStore(Store[Any, Any]):
             first = self._key_columns[0].key
             updates[first] = proposed[first]
         if name in ("mysql", "mariadb"):
-            statement = insert.on_duplicate_key_update(updates)
+            # ON DUPLICATE KEY UPDATE fires on a conflict with ANY unique key: a row that
+            # collides with another row on, say, a unique email would silently update that
+            # other row. The first assignment checks that the conflicting row has our key,
+            # and fails the statement otherwise (raising KeyConflictError), as PostgreSQL and
+            # SQLite do. MySQL evaluates IF lazily: the failing subquery runs only then.
+            first = self._key_columns[0]
+            same_row = sa.and_(*[column.is_not_distinct_from(proposed[column.key]) for column in self._key_columns])
+            own = self.engine.dialect.identifier_preparer.quote(first.name)
+            fail = sa.literal_column(f"(SELECT {own} UNION ALL SELECT {own})", type_=first.type)  # two rows: error 1242
+            guarded = [(first.key, sa.func.IF(same_row, first, fail))]
+            statement = insert.on_duplicate_key_update(guarded + [(k, v) for k, v in updates.items() if k != first.key])
         else:
             statement = insert.on_conflict_do_update(index_elements=list(self._key_columns), set_=updates)
         if self._returning and self._generated:
@@ -765,6 +779,32 @@ class SQLAlchemyStore(Store[Any, Any]):
             key = ", ".join(self._key_fields)
             what = f"rows of {self._mapper.class_.__name__ if self._mapper is not None else 'Table'} by ({key})"
         return f"SQLAlchemyStore({url}, {self.table.fullname!r}: {what})"
+
+
+_MYSQL_SUBQUERY_ROWS = 1242
+"""MySQL's "Subquery returns more than 1 row": how the row-mode upsert reports a conflict on another unique key."""
+
+
+def _mysql_code(orig: Any) -> Optional[int]:
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+class KeyConflictError(sa.exc.IntegrityError):
+    """MySQL/MariaDB, row mode: a written row collided with a different row on a unique key other than the cache key.
+
+    Raised instead of letting ON DUPLICATE KEY UPDATE overwrite that other row. Not recoverable.
+    """
+
+    def __init__(self, cause: "sa.exc.DBAPIError", key_columns: Sequence[str]) -> None:
+        super().__init__(cause.statement, None, cause.orig, hide_parameters=True)
+        self.key_columns = tuple(key_columns)
+
+    def __str__(self) -> str:
+        return (
+            f"a row of the batch conflicts with an existing row whose key ({', '.join(self.key_columns)}) differs, "
+            f"on another unique key; nothing was written ({self.orig!r})"
+        )
 
 
 @contextlib.contextmanager

@@ -1,0 +1,36 @@
+"""Coherence across processes: caches sharing a store tell each other which keys they wrote.
+
+A `Coherence` channel is opt-in (`LazyWriterCache(store, coherence=...)`). After each
+batch commits, the writer publishes the batch's keys; every other cache on the same
+channel drops those keys from memory, unless it holds a pending change of its own
+for them (its own write is newer and will reach the store after), so that its next
+read of them reads through to the store.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Sequence
+
+
+class Coherence(ABC):
+    """A publish/subscribe channel of written keys. Implementations: see lazycache.stores."""
+
+    @abstractmethod
+    def start(
+        self,
+        on_keys: Callable[[Sequence[Any]], None],
+        on_lost: Callable[[], None],
+        on_restored: Callable[[], None],
+    ) -> None:
+        """Subscribes; calls on_keys(keys) for every batch another cache publishes.
+
+        Calls on_lost() when the subscription breaks (messages may have been missed)
+        and on_restored() once it is back. Must not deliver this channel's own messages.
+        """
+
+    @abstractmethod
+    def publish(self, keys: Sequence[Any]) -> None:
+        """Tells the other caches that these keys were just written (or deleted) in the store."""
+
+    def close(self) -> None:
+        """Unsubscribes and releases the channel's connections."""
