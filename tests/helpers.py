@@ -6,9 +6,13 @@ block, and it records what it was asked to do.
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import select
+import signal
 import threading
 import time
+import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytest
@@ -198,3 +202,150 @@ class SlowKey:
 
     def __repr__(self) -> str:
         return f"SlowKey({self.n})"
+
+
+# ----------------------------------------------------------------- failure-pipeline helpers
+# (tests/test_failures.py, test_backpressure.py, test_shutdown.py, test_observability.py, test_fork.py)
+
+SLACK = 2.0
+"""Scheduling slack allowed on top of a documented deadline (close(timeout=...), block_timeout)."""
+
+
+class TimedStore(FailingStore):
+    """A FailingStore that records when each write was called (`call_times`, time.monotonic())
+    and can fail a given number of times: `fail_times(n)` makes the next n writes raise `error()`."""
+
+    def __init__(self, data: Optional[Dict[Any, Any]] = None) -> None:
+        super().__init__(data)
+        self.call_times: List[float] = []
+        self.failures_left = 0
+
+    def fail_times(self, count: int) -> None:
+        self.failures_left = count
+
+    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
+        self.call_times.append(time.monotonic())
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            self.write_calls.append((list(upserts), list(deletes)))
+            raise self.error()
+        return super().write(upserts, deletes)
+
+    def gaps(self) -> List[float]:
+        """Seconds between consecutive write calls."""
+        return [b - a for a, b in zip(self.call_times, self.call_times[1:])]
+
+
+class RejectingStore(FailingStore):
+    """Rejects, like a constraint violation (ValueError: not recoverable), every batch that upserts
+    a key in `poison` or a value in `poison_values`, or deletes a key in `poison_deletes`.
+
+    All or nothing per batch, like a database transaction. Every call is recorded in
+    `write_calls`; the ones that succeeded also in `committed_calls`.
+    """
+
+    def __init__(self, data: Optional[Dict[Any, Any]] = None, poison: Sequence[Any] = ()) -> None:
+        super().__init__(data)
+        self.poison = set(poison)
+        self.poison_values: set = set()
+        self.poison_deletes: set = set()
+        self.committed_calls: List[Tuple[List[Tuple[Any, Any]], List[Any]]] = []
+
+    def rejected(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> List[Any]:
+        bad = [k for k, v in upserts if k in self.poison or (_hashable(v) and v in self.poison_values)]
+        return bad + [k for k in deletes if k in self.poison_deletes]
+
+    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
+        bad = self.rejected(upserts, deletes)
+        if bad:
+            self.write_calls.append((list(upserts), list(deletes)))
+            raise ValueError(f"constraint violated by {bad!r}")
+        result = super().write(upserts, deletes)
+        self.committed_calls.append((list(upserts), list(deletes)))
+        return result
+
+    @property
+    def committed_keys(self) -> List[Any]:
+        """Every key committed, in commit order, once per commit (upserts and deletes)."""
+        return [k for upserts, deletes in self.committed_calls for k in [k for k, _ in upserts] + list(deletes)]
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+class SharedLogStore(BlockingStore):
+    """A BlockingStore that also appends one JSON line per committed write to the file `path`,
+    with the pid of the writing process: forked processes share it, so a test can see who wrote what."""
+
+    def __init__(self, path: Any, data: Optional[Dict[Any, Any]] = None) -> None:
+        super().__init__(data)
+        self.path = str(path)
+
+    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
+        result = super().write(upserts, deletes)
+        line = json.dumps({"pid": os.getpid(), "upserts": [[k, v] for k, v in upserts], "deletes": list(deletes)})
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())  # one write(2) on an O_APPEND file: lines never interleave
+        finally:
+            os.close(fd)
+        return result
+
+    def log(self) -> List[Dict[str, Any]]:
+        """The committed writes of every process, in order."""
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+
+def run_in_forked_child(child: Callable[[], Any], timeout: float = TIMEOUT * 2) -> Any:
+    """Forks; the child runs child() and leaves by os._exit, whatever happens, so it never
+    returns into pytest. Returns what child() returned (JSON-serialisable); re-raises its
+    failure as an AssertionError carrying the child's traceback. A child still running after
+    timeout seconds is killed (by its pid) and the test fails."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        status = 70
+        try:
+            os.close(read_fd)
+            try:
+                payload: Dict[str, Any] = {"ok": True, "result": child()}
+            except BaseException:  # reported to the parent below
+                payload = {"ok": False, "error": traceback.format_exc()}
+            data = json.dumps(payload, default=repr).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(write_fd, view):]
+            os.close(write_fd)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    chunks: List[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssertionError(f"the forked child hung for {timeout}s and was killed")
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"the forked child failed (wait status {status})"
+    payload = json.loads(b"".join(chunks))
+    if not payload["ok"]:
+        raise AssertionError("in the forked child:\n" + payload["error"])
+    return payload["result"]

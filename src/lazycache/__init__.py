@@ -3,6 +3,7 @@
 The compiled core is used when it is importable and LAZYCACHE_NO_EXTENSIONS is not
 set; `IMPLEMENTATION` says which core is active ("cython" or "python").
 """
+from ._open import open
 from ._sentinels import MISSING
 from .cache import IMPLEMENTATION, LazyWriterCache, implementation_class
 from .stats import CacheStats
@@ -27,4 +28,5 @@ __all__ = [
     "implementation_class",
     "log_write_error",
     "merge_fields",
+    "open",
 ]

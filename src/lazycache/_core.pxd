@@ -1,53 +1,64 @@
 # Declarations of the compiled core, so that other Cython modules can cimport it.
+from cpython.object cimport PyObject
 from cpython.pythread cimport PyThread_type_lock
-from libc.stdint cimport uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 
 cdef enum:
     DIRTY = 1       # queued for the writer
     INFLIGHT = 2    # in a batch the writer is saving now
     DELETED = 4     # tombstone: the delete has not reached the store yet
-    REF = 8         # CLOCK reference bit
-    USED = 16       # the slot holds an entry
+    USED = 16       # the ring slot holds an entry
     VICTIM = 32     # chosen by the current eviction scan
     PINNED = DIRTY | INFLIGHT | DELETED
     SIGNAL_PRUNE = 1
     SIGNAL_WRITE = 2
 
 
-cdef class Entry:
-    cdef readonly object key
-    cdef readonly object value
-    cdef readonly unsigned long long seq
-    cdef readonly long long since
-    cdef Py_ssize_t slot
+ctypedef struct Entry:
+    PyObject *key       # NULL: a hole left by a removed entry
+    PyObject *value     # NULL: a tombstone (a delete waiting for the store)
+    Py_hash_t hash
+    uint32_t seq        # version of the entry's latest change
+    uint32_t ring       # the entry's ring slot, and REF_BIT (CLOCK reference bit)
 
 
 cdef class Core:
-    cdef dict _map
-    cdef Entry _spare
+    # The map: a compact hash table laid out like CPython's dict, an index array into an
+    # array of entries kept in insertion order (so iteration order is a dict's).
+    cdef int32_t *_indices
+    cdef size_t _mask
+    cdef Entry *_entries
+    cdef Py_ssize_t _nentries       # entries appended, holes included
+    cdef Py_ssize_t _usable         # capacity of _entries
+    cdef Py_ssize_t _used           # live entries and tombstones
     cdef Py_ssize_t _maxsize
     cdef Py_ssize_t _write_threshold
     cdef Py_ssize_t _max_pending
-    cdef long long _clock
-    # CLOCK ring: one slot per entry, borrowed pointers (the map owns the entries).
-    cdef void **_ring
+    cdef int64_t _clock
+    # The CLOCK ring: one slot per entry, a stable id (entries move when the table is
+    # compacted, ring slots never do); per slot: its entry, its flags, when it became pending.
+    cdef uint32_t *_pos
     cdef uint8_t *_flags
-    cdef Py_ssize_t *_free
+    cdef int64_t *_since
+    cdef uint32_t *_free
     cdef Py_ssize_t _cap
     cdef Py_ssize_t _nslots
     cdef Py_ssize_t _nfree
     cdef Py_ssize_t _hand
-    # Dirty queue: a growable circular buffer of borrowed entry pointers (dirty entries
-    # are pinned in the map, so the pointers stay valid while queued).
-    cdef void **_queue
+    # Dirty queue: a growable circular buffer of ring slots.
+    cdef uint32_t *_queue
     cdef Py_ssize_t _qcap
     cdef Py_ssize_t _qhead
     cdef Py_ssize_t _qlen
+    # References to release once the current operation is complete (see _bury).
+    cdef PyObject **_grave
+    cdef Py_ssize_t _ngrave
+    cdef Py_ssize_t _gravecap
     cdef Py_ssize_t _ninflight
     cdef Py_ssize_t _npending
     cdef Py_ssize_t _ntomb
     cdef Py_ssize_t _nslow
-    cdef unsigned long long _seq
+    cdef uint32_t _seq
     cdef unsigned long long _epoch
     cdef int _signals
     cdef bint _closed
@@ -65,17 +76,23 @@ cdef class Core:
     cdef int _acquire(self) except -1
     cdef void _release(self) noexcept
     cdef inline bint _lock_free(self, object key) noexcept
-    cdef inline void _replenish(self) noexcept
-    cdef object _remove_impl(self, object key)
+    cdef int _bury(self) except -1
+    cdef int _to_grave(self, PyObject *obj) except -1
     cdef int _check_writable(self) except -1
+    cdef Py_ssize_t _lookup(self, object key, Py_hash_t h) except -2
+    cdef int _resize(self, Py_ssize_t minused) except -1
     cdef int _grow_ring(self) except -1
-    cdef int _push_dirty(self, Entry e, bint front) except -1
-    cdef Entry _pop_dirty(self)
-    cdef Entry _insert(self, object key, object value, uint8_t flags)
-    cdef int _detach(self, Entry e) except -1
-    cdef int _mark_dirty(self, Entry e) except -1
+    cdef int _push_dirty(self, uint32_t r, bint front) except -1
+    cdef uint32_t _pop_dirty(self) noexcept
+    cdef Py_ssize_t _insert(self, object key, Py_hash_t h, object value, uint8_t flags) except -1
+    cdef int _detach(self, uint32_t r) except -1
+    cdef int _mark_dirty(self, uint32_t r) except -1
     cdef int _signal(self) noexcept
-    cdef object _set(self, object key, object value)
-    cdef object _tombstone(self, Entry e)
+    cdef int _set(self, object key, object value, PyObject **old) except -1
+    cdef int _tombstone(self, uint32_t r, PyObject **old) except -1
+    cdef object _remove_impl(self, object key)
     cdef object _remove_unlocked(self, object key)
-    cdef int _finish(self, Entry e) except -1
+    cdef int _finish(self, uint32_t r) except -1
+    cdef Py_ssize_t _find(self, object key) except -2
+    cdef inline object _outcome(self, Py_ssize_t ix, bint count)
+    cdef object _read(self, object key, bint count)

@@ -5,32 +5,33 @@ It behaves exactly like its pure-Python twin, ``_core_py`` (read that first: it
 is the specification, and every test runs against both). What differs is how
 the work is done:
 
-* Entries live in a dict ``key -> Entry``; per-entry state (dirty, in flight,
-  deleted, referenced) lives in a C byte array indexed by the entry's ring slot,
-  and the dirty queue is a C circular buffer of entry pointers. Setting an entry
-  dirty or referenced is a byte write, not a container operation.
-* Reads (``[]``, ``get``, ``in``, ``len``) never take a lock: one dict lookup,
-  then C code that cannot release the GIL, so they see each entry either before
-  or after any concurrent change.
-* Writes (``[]=``, ``del``) with keys of an exact builtin type (str, int, bytes,
-  float) take no lock either, as long as no key with Python-level ``__hash__`` /
-  ``__eq__`` is in the map and no other thread holds the lock: then neither the
-  lookup nor the update can run Python code, so the GIL makes the whole compound
-  operation atomic. New entries are allocated before the map is touched, and
-  replaced values are released only at the end, because an allocation (garbage
-  collection) or a ``__del__`` could run Python code and switch threads.
-  Every other operation takes the core's re-entrant lock; a thread waiting for
-  it releases the GIL.
+* The map is a hash table of its own, laid out like CPython's dict: an index
+  array into an array of entries kept in insertion order. An entry holds the key,
+  the value, the hash, the version of its latest change and its ring slot with the
+  CLOCK reference bit, in 32 bytes; a read touches the same memory a dict read
+  does, and marking the entry referenced is a write to a line already loaded.
+* Per-entry state (dirty, in flight, deleted) lives in C arrays indexed by the
+  entry's ring slot, a stable id (entries move when the table is compacted, ring
+  slots do not). The dirty queue is a C circular buffer of ring slots.
+* Reads (``[]``, ``get``, ``in``, ``len``) and writes (``[]=``, ``del``) of keys of
+  an exact builtin type (str, int, bytes, float) take no lock, as long as no key
+  with Python-level ``__hash__``/``__eq__`` is in the map (and, for writes, no
+  other thread holds the lock): then neither the lookup nor the update can run
+  Python code, so the GIL makes the whole compound operation atomic. Nothing in
+  such an operation allocates a Python object (a garbage collection could run
+  finalisers, hence other threads), and released references are dropped only
+  once the operation is complete (``_bury``). Every other operation takes the
+  core's re-entrant lock; a thread waiting for it releases the GIL.
 
 The GIL is released while choosing eviction victims: the CLOCK hand sweeps the
-C flag array under the core's lock (which keeps writers out) but without the
-GIL, so readers carry on. The other operations cannot release it: they look
-keys up in a dict, run Python ``__hash__``/``__eq__`` or create Python objects.
+C arrays under the core's lock (which keeps writers out) but without the GIL,
+so readers carry on. The other operations cannot release it: they compare keys
+(which may run Python ``__eq__``), create Python objects, or are a few
+nanoseconds long.
 """
 cimport cython
-from cpython.dict cimport PyDict_GetItemWithError, PyDict_DelItem, PyDict_Next, PyDict_Size
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from cpython.object cimport PyObject
+from cpython.object cimport Py_EQ, PyObject, PyObject_Hash, PyObject_RichCompareBool
 from cpython.pythread cimport (
     NOWAIT_LOCK,
     WAIT_LOCK,
@@ -40,17 +41,23 @@ from cpython.pythread cimport (
     PyThread_get_thread_ident,
     PyThread_release_lock,
 )
-from libc.stdint cimport uint8_t
+from cpython.ref cimport Py_XDECREF, Py_XINCREF
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
+from libc.string cimport memset
 
 from lazycache._core_py import _check_size
 from lazycache._sentinels import ABSENT, MISSING
 
-cdef extern from "Python.h":
-    PyObject* PyDict_SetDefault(object mp, object key, object default_value) except NULL
-
-
 cdef object _MISSING = MISSING
 cdef object _ABSENT = ABSENT
+
+cdef enum:
+    EMPTY = -1      # index slot never used
+    DUMMY = -2      # index slot of a removed entry
+    MINSIZE = 8
+
+cdef uint32_t REF_BIT = 0x80000000u
+cdef uint32_t RING_MASK = 0x7fffffffu
 
 
 cdef inline bint _simple(object key) noexcept:
@@ -59,24 +66,23 @@ cdef inline bint _simple(object key) noexcept:
     return t is str or t is int or t is bytes or t is float
 
 
-@cython.final
-cdef class Entry:
-    """One cached key: its value and the version (seq) of its latest change."""
-
-    def __repr__(self):
-        return f"Entry({self.key!r}, {self.value!r}, seq={self.seq})"
+cdef inline size_t _next_probe(size_t i, size_t *perturb, size_t mask) noexcept nogil:
+    perturb[0] >>= 5
+    return (i * 5 + perturb[0] + 1) & mask
 
 
-cdef Py_ssize_t _clock_scan(uint8_t *flags, Py_ssize_t size, Py_ssize_t *hand,
-                            Py_ssize_t limit, Py_ssize_t *chosen) noexcept nogil:
+cdef Py_ssize_t _clock_scan(uint8_t *flags, uint32_t *pos, Entry *entries, Py_ssize_t size,
+                            Py_ssize_t *hand, Py_ssize_t limit, Py_ssize_t *chosen) noexcept nogil:
     """Sweeps the CLOCK hand: clears reference bits, marks up to limit victims."""
     cdef Py_ssize_t n = 0, steps = 0, h = hand[0]
     cdef uint8_t f
+    cdef Entry *ep
     while n < limit and steps < 2 * size:
         f = flags[h]
         if f & USED and not f & (PINNED | VICTIM):
-            if f & REF:
-                flags[h] = f & ~REF
+            ep = &entries[pos[h]]
+            if ep.ring & REF_BIT:
+                ep.ring &= RING_MASK
             else:
                 flags[h] = f | VICTIM
                 chosen[n] = h
@@ -93,8 +99,6 @@ cdef class Core:
     """Map, dirty queue and CLOCK eviction bookkeeping (compiled)."""
 
     def __cinit__(self, *args, **kwargs):
-        self._map = {}
-        self._spare = Entry.__new__(Entry)
         self._lock = PyThread_allocate_lock()
         if self._lock == NULL:
             raise MemoryError("cannot allocate the core's lock")
@@ -106,10 +110,22 @@ cdef class Core:
         self._read_through = bool(read_through)
 
     def __dealloc__(self):
-        PyMem_Free(self._ring)
+        cdef Py_ssize_t ix
+        if self._entries != NULL:
+            for ix in range(self._nentries):
+                Py_XDECREF(self._entries[ix].key)
+                Py_XDECREF(self._entries[ix].value)
+        while self._ngrave:
+            self._ngrave -= 1
+            Py_XDECREF(self._grave[self._ngrave])
+        PyMem_Free(self._indices)
+        PyMem_Free(self._entries)
+        PyMem_Free(self._pos)
         PyMem_Free(self._flags)
+        PyMem_Free(self._since)
         PyMem_Free(self._free)
         PyMem_Free(self._queue)
+        PyMem_Free(self._grave)
         if self._lock != NULL:
             PyThread_free_lock(self._lock)
 
@@ -132,7 +148,7 @@ cdef class Core:
         """
         return False
 
-    # ----------------------------------------------------------- lock
+    # ----------------------------------------------------------- lock and released references
     cdef int _acquire(self) except -1:
         cdef unsigned long me = PyThread_get_thread_ident()
         if self._owner == me:
@@ -152,46 +168,140 @@ cdef class Core:
             PyThread_release_lock(self._lock)
 
     cdef inline bint _lock_free(self, object key) noexcept:
-        # The spare entry lets an insert proceed without allocating (see _insert).
-        return self._owner == 0 and self._nslow == 0 and self._spare is not None and _simple(key)
+        return self._owner == 0 and self._nslow == 0 and _simple(key)
 
-    cdef inline void _replenish(self) noexcept:
-        # Called after an operation's changes are complete, when allocating is harmless.
-        if self._spare is None:
-            try:
-                self._spare = Entry.__new__(Entry)
-            except MemoryError:
-                pass
+    cdef int _to_grave(self, PyObject *obj) except -1:
+        """Keeps a reference to release after the operation (its __del__ may run Python code)."""
+        cdef Py_ssize_t cap
+        cdef PyObject **grave
+        if obj == NULL:
+            return 0
+        if self._ngrave == self._gravecap:
+            cap = self._gravecap * 2 if self._gravecap else 64
+            grave = <PyObject **>PyMem_Realloc(self._grave, cap * sizeof(PyObject *))
+            if grave == NULL:
+                raise MemoryError()
+            self._grave = grave
+            self._gravecap = cap
+        self._grave[self._ngrave] = obj
+        self._ngrave += 1
+        return 0
 
-    # ----------------------------------------------------------- internals
-    cdef int _check_writable(self) except -1:
-        if self._closed:
-            raise RuntimeError("the cache is closed: it accepts no more writes")
+    cdef int _bury(self) except -1:
+        """Releases the references the last operations let go of; call without the lock."""
+        cdef PyObject *obj
+        while self._ngrave:  # one at a time: a __del__ may run an operation that adds more
+            self._ngrave -= 1
+            obj = self._grave[self._ngrave]
+            Py_XDECREF(obj)
+        return 0
+
+    # ----------------------------------------------------------- the hash table
+    cdef Py_ssize_t _lookup(self, object key, Py_hash_t h) except -2:
+        """The index of key's entry, or -1. Restarts if a comparison changed the table."""
+        cdef size_t mask, i, perturb
+        cdef int32_t ix
+        cdef Entry *ep
+        cdef Entry *entries
+        cdef PyObject *startkey
+        cdef int cmp
+        while True:
+            if self._indices == NULL:
+                return -1
+            mask = self._mask
+            i = <size_t>h & mask
+            perturb = <size_t>h
+            while True:
+                ix = self._indices[i]
+                if ix == EMPTY:
+                    return -1
+                if ix >= 0:
+                    ep = &self._entries[ix]
+                    if ep.key == <PyObject *>key:
+                        return ix
+                    if ep.hash == h:
+                        startkey = ep.key
+                        entries = self._entries
+                        Py_XINCREF(startkey)
+                        try:
+                            cmp = PyObject_RichCompareBool(<object>startkey, key, Py_EQ)
+                        finally:
+                            Py_XDECREF(startkey)
+                        if entries != self._entries or self._entries[ix].key != startkey:
+                            break  # the comparison changed the table: look again
+                        if cmp:
+                            return ix
+                i = _next_probe(i, &perturb, mask)
+
+    cdef Py_ssize_t _find(self, object key) except -2:
+        return self._lookup(key, PyObject_Hash(key))
+
+    cdef int _resize(self, Py_ssize_t minused) except -1:
+        """Rebuilds the table for at least minused entries, compacting out the holes."""
+        cdef size_t newsize = MINSIZE, i, perturb, mask
+        cdef Py_ssize_t usable, ix, j = 0
+        cdef int32_t *indices
+        cdef Entry *entries
+        cdef Entry *ep
+        while newsize < <size_t>(minused * 2):
+            newsize <<= 1
+        usable = (newsize * 2) // 3
+        indices = <int32_t *>PyMem_Malloc(newsize * sizeof(int32_t))
+        entries = <Entry *>PyMem_Malloc(usable * sizeof(Entry))
+        if indices == NULL or entries == NULL:
+            PyMem_Free(indices)
+            PyMem_Free(entries)
+            raise MemoryError()
+        memset(indices, 0xff, newsize * sizeof(int32_t))  # all EMPTY
+        mask = newsize - 1
+        for ix in range(self._nentries):
+            ep = &self._entries[ix]
+            if ep.key == NULL:
+                continue
+            entries[j] = ep[0]
+            self._pos[ep.ring & RING_MASK] = <uint32_t>j
+            i = <size_t>ep.hash & mask
+            perturb = <size_t>ep.hash
+            while indices[i] != EMPTY:
+                i = _next_probe(i, &perturb, mask)
+            indices[i] = <int32_t>j
+            j += 1
+        PyMem_Free(self._indices)
+        PyMem_Free(self._entries)
+        self._indices = indices
+        self._entries = entries
+        self._mask = mask
+        self._usable = usable
+        self._nentries = j
         return 0
 
     cdef int _grow_ring(self) except -1:
         cdef Py_ssize_t cap = self._cap * 2 if self._cap else 64
-        cdef void **ring = <void **>PyMem_Realloc(self._ring, cap * sizeof(void *))
-        if ring == NULL:
+        cdef uint32_t *pos = <uint32_t *>PyMem_Realloc(self._pos, cap * sizeof(uint32_t))
+        if pos == NULL:
             raise MemoryError()
-        self._ring = ring
+        self._pos = pos
         cdef uint8_t *flags = <uint8_t *>PyMem_Realloc(self._flags, cap * sizeof(uint8_t))
         if flags == NULL:
             raise MemoryError()
         self._flags = flags
-        cdef Py_ssize_t *free = <Py_ssize_t *>PyMem_Realloc(self._free, cap * sizeof(Py_ssize_t))
+        cdef int64_t *since = <int64_t *>PyMem_Realloc(self._since, cap * sizeof(int64_t))
+        if since == NULL:
+            raise MemoryError()
+        self._since = since
+        cdef uint32_t *free = <uint32_t *>PyMem_Realloc(self._free, cap * sizeof(uint32_t))
         if free == NULL:
             raise MemoryError()
         self._free = free
         self._cap = cap
         return 0
 
-    cdef int _push_dirty(self, Entry e, bint front) except -1:
+    cdef int _push_dirty(self, uint32_t r, bint front) except -1:
         cdef Py_ssize_t cap, i
-        cdef void **queue
+        cdef uint32_t *queue
         if self._qlen == self._qcap:
             cap = self._qcap * 2 if self._qcap else 64
-            queue = <void **>PyMem_Malloc(cap * sizeof(void *))
+            queue = <uint32_t *>PyMem_Malloc(cap * sizeof(uint32_t))
             if queue == NULL:
                 raise MemoryError()
             for i in range(self._qlen):
@@ -202,224 +312,246 @@ cdef class Core:
             self._qhead = 0
         if front:
             self._qhead = (self._qhead - 1 + self._qcap) % self._qcap
-            self._queue[self._qhead] = <void *>e
+            self._queue[self._qhead] = r
         else:
-            self._queue[(self._qhead + self._qlen) % self._qcap] = <void *>e
+            self._queue[(self._qhead + self._qlen) % self._qcap] = r
         self._qlen += 1
         return 0
 
-    cdef Entry _pop_dirty(self):
-        cdef Entry e = <Entry>self._queue[self._qhead]
+    cdef uint32_t _pop_dirty(self) noexcept:
+        cdef uint32_t r = self._queue[self._qhead]
         self._qhead = (self._qhead + 1) % self._qcap
         self._qlen -= 1
-        return e
+        return r
 
-    cdef Entry _insert(self, object key, object value, uint8_t flags):
-        """Adds a new entry; returns None, or the entry another thread inserted first.
-
-        Uses the spare entry when there is one: allocating a GC-tracked object may run
-        a garbage collection, hence finalisers, hence other threads, which a lock-free
-        operation cannot allow in its middle. Without the lock there is always a spare.
-        """
-        cdef Entry e = self._spare
-        if e is None:
-            e = Entry.__new__(Entry)
-        else:
-            self._spare = None
-        cdef Py_ssize_t slot
-        cdef PyObject *existing
-        e.key = key
-        e.value = value
-        e.since = self._clock
+    cdef Py_ssize_t _insert(self, object key, Py_hash_t h, object value, uint8_t flags) except -1:
+        """Adds an entry for a key known to be absent (value None with DELETED: a tombstone)."""
+        cdef uint32_t r
+        cdef size_t i, perturb
+        cdef Py_ssize_t ix
+        cdef Entry *ep
+        if self._nentries == self._usable:
+            self._resize(self._used + 1)
         if self._nfree:
             self._nfree -= 1
-            slot = self._free[self._nfree]
+            r = self._free[self._nfree]
         else:
             if self._nslots == self._cap:
                 self._grow_ring()
-            slot = self._nslots
+            r = <uint32_t>self._nslots
             self._nslots += 1
-        e.slot = slot
-        self._ring[slot] = <void *>e
-        self._flags[slot] = flags | USED
-        try:
-            existing = PyDict_SetDefault(self._map, key, e)
-        except BaseException:
-            self._flags[slot] = 0
-            self._ring[slot] = NULL
-            self._free[self._nfree] = slot
-            self._nfree += 1
-            raise
-        if existing != <PyObject *>e:
-            self._flags[slot] = 0
-            self._ring[slot] = NULL
-            self._free[self._nfree] = slot
-            self._nfree += 1
-            return <Entry>existing
+        i = <size_t>h & self._mask
+        perturb = <size_t>h
+        while self._indices[i] >= 0:
+            i = _next_probe(i, &perturb, self._mask)
+        ix = self._nentries
+        ep = &self._entries[ix]
+        ep.key = <PyObject *>key
+        Py_XINCREF(ep.key)
+        if flags & DELETED:
+            ep.value = NULL
+        else:
+            ep.value = <PyObject *>value
+            Py_XINCREF(ep.value)
+        ep.hash = h
         self._seq += 1
-        e.seq = self._seq
+        ep.seq = self._seq
+        ep.ring = r | REF_BIT
+        self._indices[i] = <int32_t>ix
+        self._nentries += 1
+        self._used += 1
+        self._pos[r] = <uint32_t>ix
+        self._flags[r] = flags | USED
+        self._since[r] = self._clock
         if not _simple(key):
             self._nslow += 1
         if flags & DIRTY:
-            self._push_dirty(e, False)
+            self._push_dirty(r, False)
             self._npending += 1
         if flags & DELETED:
             self._ntomb += 1
-        return None
+        return r
 
-    cdef int _detach(self, Entry e) except -1:
-        """Removes an entry from the map and the ring. The caller holds a reference to e."""
-        cdef Py_ssize_t slot = e.slot
-        cdef uint8_t f = self._flags[slot]
-        PyDict_DelItem(self._map, e.key)
-        self._ring[slot] = NULL
-        self._flags[slot] = 0
-        self._free[self._nfree] = slot
-        self._nfree += 1
-        if f & DELETED:
-            self._ntomb -= 1
-        if not _simple(e.key):
+    cdef int _detach(self, uint32_t r) except -1:
+        """Removes an entry from the map and the ring; its key and value go to the grave."""
+        cdef Py_ssize_t ix = self._pos[r]
+        cdef Entry *ep = &self._entries[ix]
+        cdef size_t i = <size_t>ep.hash & self._mask
+        cdef size_t perturb = <size_t>ep.hash
+        while self._indices[i] != ix:
+            i = _next_probe(i, &perturb, self._mask)
+        self._indices[i] = DUMMY
+        if not _simple(<object>ep.key):
             self._nslow -= 1
+        self._to_grave(ep.key)
+        self._to_grave(ep.value)
+        ep.key = NULL
+        ep.value = NULL
+        self._used -= 1
+        if self._flags[r] & DELETED:
+            self._ntomb -= 1
+        self._flags[r] = 0
+        self._free[self._nfree] = r
+        self._nfree += 1
         self._epoch += 1
         return 0
 
-    cdef int _mark_dirty(self, Entry e) except -1:
-        cdef uint8_t f = self._flags[e.slot]
+    cdef int _mark_dirty(self, uint32_t r) except -1:
+        cdef uint8_t f = self._flags[r]
         if not f & DIRTY:
-            self._push_dirty(e, False)
+            self._push_dirty(r, False)
             if not f & INFLIGHT:
                 self._npending += 1
-            e.since = self._clock
-            self._flags[e.slot] = f | DIRTY
+            self._since[r] = self._clock
+            self._flags[r] = f | DIRTY
         return 0
 
     cdef int _signal(self) noexcept:
         cdef int raised = 0
-        if (self._maxsize and PyDict_Size(self._map) - self._ntomb > self._maxsize
-                and not self._signals & SIGNAL_PRUNE):
-            raised |= SIGNAL_PRUNE
-        if self._write_threshold and self._qlen >= self._write_threshold and not self._signals & SIGNAL_WRITE:
+        if (self._maxsize and not self._signals & SIGNAL_PRUNE
+                and self._used - self._ntomb > self._maxsize):
+            raised = SIGNAL_PRUNE
+        if self._write_threshold and not self._signals & SIGNAL_WRITE and self._qlen >= self._write_threshold:
             raised |= SIGNAL_WRITE
         self._signals |= raised
         return raised
 
-    cdef object _set(self, object key, object value):
-        """Sets key; returns the replaced value (to be released by the caller after the lock)."""
-        cdef PyObject *p
-        cdef Entry e
+    cdef int _check_writable(self) except -1:
+        if self._closed:
+            raise RuntimeError("the cache is closed: it accepts no more writes")
+        return 0
+
+    cdef int _set(self, object key, object value, PyObject **old) except -1:
+        """Sets key; hands the replaced value's reference to *old (to release after the lock)."""
+        cdef Py_hash_t h
+        cdef Py_ssize_t ix
+        cdef Entry *ep
+        cdef uint32_t r
         cdef uint8_t f
         self._check_writable()
         if value is _MISSING:
             raise ValueError("lazycache.MISSING stands for 'no value' and cannot be stored")
-        p = PyDict_GetItemWithError(self._map, key)
-        if p == NULL:
-            e = self._insert(key, value, DIRTY | REF)
-            if e is None:
-                self._sets += 1
-                return _MISSING
-        else:
-            e = <Entry>p
-        old = e.value
-        f = self._flags[e.slot]
+        h = PyObject_Hash(key)
+        ix = self._lookup(key, h)
+        self._sets += 1
+        if ix < 0:
+            self._insert(key, h, value, DIRTY)
+            return 0
+        ep = &self._entries[ix]
+        r = ep.ring & RING_MASK
+        f = self._flags[r]
         if f & DELETED:
             f &= ~DELETED
             self._ntomb -= 1
+        old[0] = ep.value
+        Py_XINCREF(<PyObject *>value)
+        ep.value = <PyObject *>value
         self._seq += 1
-        e.value = value
-        e.seq = self._seq
+        ep.seq = self._seq
+        ep.ring = r | REF_BIT
         if not f & DIRTY:
-            self._push_dirty(e, False)
+            self._push_dirty(r, False)
             if not f & INFLIGHT:
                 self._npending += 1
-            e.since = self._clock
+            self._since[r] = self._clock
             f |= DIRTY
-        self._flags[e.slot] = f | REF
-        self._sets += 1
-        return old
+        self._flags[r] = f
+        return 0
 
-    cdef object _tombstone(self, Entry e):
-        old = e.value
+    cdef int _tombstone(self, uint32_t r, PyObject **old) except -1:
+        cdef Entry *ep = &self._entries[self._pos[r]]
+        old[0] = ep.value
+        ep.value = NULL
         self._seq += 1
-        e.value = None
-        e.seq = self._seq
-        self._flags[e.slot] |= DELETED
+        ep.seq = self._seq
+        self._mark_dirty(r)
+        self._flags[r] |= DELETED
         self._ntomb += 1
-        self._mark_dirty(e)
         self._deletes += 1
-        return old
+        return 0
 
     cdef object _remove_unlocked(self, object key):
-        cdef PyObject *p
-        cdef Entry e
+        cdef Py_ssize_t ix
+        cdef PyObject *old = NULL
         self._check_writable()
-        p = PyDict_GetItemWithError(self._map, key)
-        if p == NULL:
+        ix = self._find(key)
+        if ix < 0:
             return _ABSENT
-        e = <Entry>p
-        if self._flags[e.slot] & DELETED:
+        if self._entries[ix].value == NULL:
             return _MISSING
-        return self._tombstone(e)
+        self._tombstone(self._entries[ix].ring & RING_MASK, &old)
+        value = <object>old
+        Py_XDECREF(old)  # `value` holds it now
+        return value
+
+    cdef inline object _outcome(self, Py_ssize_t ix, bint count):
+        """What a read of the entry at ix sees: its value, MISSING (a tombstone) or ABSENT."""
+        cdef Entry *ep
+        if ix < 0:
+            if count:
+                self._misses += 1
+            return _ABSENT
+        ep = &self._entries[ix]
+        if ep.value == NULL:
+            if count:
+                self._misses += 1
+            return _MISSING
+        if count:
+            ep.ring |= REF_BIT
+            self._hits += 1
+        return <object>ep.value
+
+    cdef object _read(self, object key, bint count):
+        if self._nslow == 0 and _simple(key):
+            return self._outcome(self._find(key), count)
+        self._acquire()
+        try:
+            return self._outcome(self._find(key), count)
+        finally:
+            self._release()
 
     # ----------------------------------------------------------- dict protocol (hot path)
     def __getitem__(self, key):
-        cdef PyObject *p = PyDict_GetItemWithError(self._map, key)
-        cdef Entry e
-        if p != NULL:
-            e = <Entry>p
-            if not self._flags[e.slot] & DELETED:
-                self._flags[e.slot] |= REF
-                self._hits += 1
-                return e.value
-            self._misses += 1
-            raise KeyError(key)
-        self._misses += 1
-        if not self._read_through:
-            raise KeyError(key)
-        value = self._load_missing(key)
+        value = self._read(key, True)
+        if value is _ABSENT:
+            if not self._read_through:
+                raise KeyError(key)
+            value = self._load_missing(key)
         if value is _MISSING:
             raise KeyError(key)
         return value
 
     def get(self, key, default=None):
-        cdef PyObject *p = PyDict_GetItemWithError(self._map, key)
-        cdef Entry e
-        if p != NULL:
-            e = <Entry>p
-            if not self._flags[e.slot] & DELETED:
-                self._flags[e.slot] |= REF
-                self._hits += 1
-                return e.value
-            self._misses += 1
-            return default
-        self._misses += 1
-        if not self._read_through:
-            return default
-        value = self._load_missing(key)
+        value = self._read(key, True)
+        if value is _ABSENT:
+            if not self._read_through:
+                return default
+            value = self._load_missing(key)
         return default if value is _MISSING else value
 
     def __contains__(self, key):
-        cdef PyObject *p = PyDict_GetItemWithError(self._map, key)
-        if p != NULL:
-            return not self._flags[(<Entry>p).slot] & DELETED
-        return self._read_through and self._load_missing(key) is not _MISSING
+        value = self._read(key, False)
+        if value is _ABSENT:
+            return self._read_through and self._load_missing(key) is not _MISSING
+        return value is not _MISSING
 
     def __setitem__(self, key, value):
         cdef int raised
+        cdef PyObject *old = NULL
         if self._max_pending and self._npending >= self._max_pending and self._backpressure(key, value):
             return
         if self._lock_free(key):
-            old = self._set(key, value)
+            self._set(key, value, &old)
         else:
             self._acquire()
             try:
-                old = self._set(key, value)
+                self._set(key, value, &old)
             finally:
                 self._release()
         raised = self._signal()
-        self._replenish()
+        Py_XDECREF(old)  # the replaced value, released once every change is made
         if raised:
             self._wake(raised)
-        # `old` (a replaced value) is released only now, after every change is made.
 
     def __delitem__(self, key):
         if self._max_pending and self._npending >= self._max_pending and self._backpressure(key, _MISSING):
@@ -431,7 +563,7 @@ cdef class Core:
             self._delete_missing(key)
 
     def __len__(self):
-        return PyDict_Size(self._map) - self._ntomb
+        return self._used - self._ntomb
 
     def __iter__(self):
         return iter(self._keys())
@@ -463,99 +595,103 @@ cdef class Core:
         try:
             old = self._remove_unlocked(key)
             if old is _ABSENT:
-                self._insert(key, None, DIRTY | DELETED)
+                self._insert(key, PyObject_Hash(key), None, DIRTY | DELETED)
                 self._deletes += 1
                 old = _MISSING
             raised = self._signal()
         finally:
             self._release()
-        self._replenish()
         if raised:
             self._wake(raised)
         return old
 
     def _insert_loaded(self, key, value, unsigned long long epoch):
         """Caches a value read from the store as clean, unless memory changed meanwhile."""
-        cdef PyObject *p
+        cdef Py_hash_t h
+        cdef Py_ssize_t ix
         cdef int raised = 0
         self._acquire()
         try:
-            p = PyDict_GetItemWithError(self._map, key)
-            if p != NULL:
-                return _MISSING if self._flags[(<Entry>p).slot] & DELETED else (<Entry>p).value
+            h = PyObject_Hash(key)
+            ix = self._lookup(key, h)
+            if ix >= 0:
+                if self._entries[ix].value == NULL:
+                    return _MISSING
+                return <object>self._entries[ix].value
             if epoch == self._epoch and not self._closed:
-                self._insert(key, value, REF)
+                self._insert(key, h, value, 0)
                 raised = self._signal()
         finally:
             self._release()
-        self._replenish()
         if raised:
             self._wake(raised)
         return value
 
     def _insert_if_absent(self, key, value):
         """Sets key to value unless a live value is in memory; returns (inserted, current value)."""
-        cdef PyObject *p
+        cdef Py_ssize_t ix
+        cdef PyObject *old = NULL
         cdef int raised = 0
         self._acquire()
         try:
-            p = PyDict_GetItemWithError(self._map, key)
-            if p != NULL and not self._flags[(<Entry>p).slot] & DELETED:
-                self._flags[(<Entry>p).slot] |= REF
-                return False, (<Entry>p).value
-            old = self._set(key, value)
+            ix = self._find(key)
+            if ix >= 0 and self._entries[ix].value != NULL:
+                self._entries[ix].ring |= REF_BIT
+                return False, <object>self._entries[ix].value
+            self._set(key, value, &old)
             raised = self._signal()
         finally:
             self._release()
-        self._replenish()
+        Py_XDECREF(old)
         if raised:
             self._wake(raised)
         return True, value
 
     def _read_versioned(self, key):
         """(value or MISSING or ABSENT, version) for optimistic read-modify-write."""
-        cdef PyObject *p
-        cdef Entry e
+        cdef Py_ssize_t ix
+        cdef Entry *ep
         self._acquire()
         try:
-            p = PyDict_GetItemWithError(self._map, key)
-            if p == NULL:
+            ix = self._find(key)
+            if ix < 0:
                 return _ABSENT, self._epoch
-            e = <Entry>p
-            if self._flags[e.slot] & DELETED:
-                return _MISSING, e.seq
-            return e.value, e.seq
+            ep = &self._entries[ix]
+            if ep.value == NULL:
+                return _MISSING, ep.seq
+            return <object>ep.value, ep.seq
         finally:
             self._release()
 
     def _compare_and_set(self, key, value, expected, unsigned long long version):
         """Sets key to value if memory still holds what _read_versioned saw."""
-        cdef PyObject *p
+        cdef Py_ssize_t ix
+        cdef PyObject *old = NULL
         cdef int raised = 0
         self._acquire()
         try:
-            p = PyDict_GetItemWithError(self._map, key)
+            ix = self._find(key)
             if expected is _ABSENT:
-                if p != NULL or self._epoch != version:
+                if ix >= 0 or self._epoch != version:
                     return False
-            elif p == NULL or (<Entry>p).seq != version:
+            elif ix < 0 or self._entries[ix].seq != version:
                 return False
-            old = self._set(key, value)
+            self._set(key, value, &old)
             raised = self._signal()
         finally:
             self._release()
-        self._replenish()
+        Py_XDECREF(old)
         if raised:
             self._wake(raised)
         return True
 
     def _is_pending(self, key):
         """Whether key's latest change has not reached the store yet."""
-        cdef PyObject *p
+        cdef Py_ssize_t ix
         self._acquire()
         try:
-            p = PyDict_GetItemWithError(self._map, key)
-            return p != NULL and (self._flags[(<Entry>p).slot] & (DIRTY | INFLIGHT)) != 0
+            ix = self._find(key)
+            return ix >= 0 and (self._flags[self._entries[ix].ring & RING_MASK] & (DIRTY | INFLIGHT)) != 0
         finally:
             self._release()
 
@@ -564,50 +700,60 @@ cdef class Core:
 
         Does nothing if a newer change of key is pending: that one reaches the store later.
         """
-        cdef PyObject *p
-        cdef Entry e = None
+        cdef Py_hash_t h
+        cdef Py_ssize_t ix
+        cdef uint32_t r
+        cdef Entry *ep
+        cdef PyObject *old = NULL
         cdef int raised = 0
         self._acquire()
         try:
-            p = PyDict_GetItemWithError(self._map, key)
-            if p != NULL:
-                e = <Entry>p
-                if self._flags[e.slot] & (DIRTY | INFLIGHT):
+            h = PyObject_Hash(key)
+            ix = self._lookup(key, h)
+            if ix >= 0:
+                r = self._entries[ix].ring & RING_MASK
+                if self._flags[r] & (DIRTY | INFLIGHT):
                     return
             if value is _MISSING:
                 self._deletes += 1
-                if e is not None:
-                    self._detach(e)
+                if ix >= 0:
+                    self._detach(r)
                 return
             self._sets += 1
-            if e is None:
-                self._insert(key, value, REF)
+            if ix < 0:
+                self._insert(key, h, value, 0)
                 raised = self._signal()
             else:
-                old = e.value
-                e.value = value
-                self._flags[e.slot] |= REF
+                ep = &self._entries[ix]
+                old = ep.value
+                Py_XINCREF(<PyObject *>value)
+                ep.value = <PyObject *>value
+                ep.ring |= REF_BIT
         finally:
             self._release()
-        self._replenish()
+            Py_XDECREF(old)
+            self._bury()
         if raised:
             self._wake(raised)
 
     def _popitem(self):
         """Deletes and returns the most recently inserted live item."""
-        cdef Entry e
+        cdef Py_ssize_t ix
+        cdef PyObject *old = NULL
         cdef int raised = 0
         self._acquire()
         try:
             self._check_writable()
-            for key in reversed(self._map):
-                e = self._map[key]
-                if not self._flags[e.slot] & DELETED:
-                    value = self._tombstone(e)
-                    raised = self._signal()
-                    break
-            else:
+            ix = self._nentries - 1
+            while ix >= 0 and (self._entries[ix].key == NULL or self._entries[ix].value == NULL):
+                ix -= 1
+            if ix < 0:
                 raise KeyError("popitem(): cache is empty")
+            key = <object>self._entries[ix].key
+            self._tombstone(self._entries[ix].ring & RING_MASK, &old)
+            value = <object>old
+            Py_XDECREF(old)
+            raised = self._signal()
         finally:
             self._release()
         if raised:
@@ -616,177 +762,215 @@ cdef class Core:
 
     def _delete_all(self):
         """Deletes every live entry in memory; returns how many."""
-        cdef list olds = []
-        cdef Entry e
+        cdef Py_ssize_t ix, n = 0
+        cdef PyObject *old
         cdef int raised
         self._acquire()
         try:
             self._check_writable()
-            for e in list(self._map.values()):
-                if not self._flags[e.slot] & DELETED:
-                    olds.append(self._tombstone(e))
+            for ix in range(self._nentries):
+                if self._entries[ix].key != NULL and self._entries[ix].value != NULL:
+                    old = NULL
+                    self._tombstone(self._entries[ix].ring & RING_MASK, &old)
+                    self._to_grave(old)
+                    n += 1
             raised = self._signal()
         finally:
             self._release()
+            self._bury()
         if raised:
             self._wake(raised)
-        return len(olds)
+        return n
 
     # ----------------------------------------------------------- snapshots
     def _keys(self):
-        cdef PyObject *k = NULL
-        cdef PyObject *v = NULL
-        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t ix
         cdef list out = []
         self._acquire()
         try:
-            while PyDict_Next(self._map, &pos, &k, &v):
-                if not self._flags[(<Entry>v).slot] & DELETED:
-                    out.append(<object>k)
+            for ix in range(self._nentries):
+                if self._entries[ix].key != NULL and self._entries[ix].value != NULL:
+                    out.append(<object>self._entries[ix].key)
         finally:
             self._release()
         return out
 
     def _values(self):
-        cdef PyObject *k = NULL
-        cdef PyObject *v = NULL
-        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t ix
         cdef list out = []
         self._acquire()
         try:
-            while PyDict_Next(self._map, &pos, &k, &v):
-                if not self._flags[(<Entry>v).slot] & DELETED:
-                    out.append((<Entry>v).value)
+            for ix in range(self._nentries):
+                if self._entries[ix].key != NULL and self._entries[ix].value != NULL:
+                    out.append(<object>self._entries[ix].value)
         finally:
             self._release()
         return out
 
     def _items(self):
-        cdef PyObject *k = NULL
-        cdef PyObject *v = NULL
-        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t ix
         cdef list out = []
         self._acquire()
         try:
-            while PyDict_Next(self._map, &pos, &k, &v):
-                if not self._flags[(<Entry>v).slot] & DELETED:
-                    out.append((<object>k, (<Entry>v).value))
+            for ix in range(self._nentries):
+                if self._entries[ix].key != NULL and self._entries[ix].value != NULL:
+                    out.append((<object>self._entries[ix].key, <object>self._entries[ix].value))
         finally:
             self._release()
         return out
 
     def _pending_keys(self):
         """Keys whose latest change has not been written (queued or in flight)."""
-        cdef PyObject *k = NULL
-        cdef PyObject *v = NULL
-        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t ix
         cdef list out = []
         self._acquire()
         try:
-            while PyDict_Next(self._map, &pos, &k, &v):
-                if self._flags[(<Entry>v).slot] & (DIRTY | INFLIGHT):
-                    out.append(<object>k)
+            for ix in range(self._nentries):
+                if (self._entries[ix].key != NULL
+                        and self._flags[self._entries[ix].ring & RING_MASK] & (DIRTY | INFLIGHT)):
+                    out.append(<object>self._entries[ix].key)
         finally:
             self._release()
         return out
 
     # ----------------------------------------------------------- writer side
     def _take_batch(self, Py_ssize_t limit):
-        """Moves up to limit entries from the dirty queue to in flight, oldest first."""
+        """Moves up to limit entries from the dirty queue to in flight, oldest first.
+
+        Each item is (key, value or MISSING for a delete, ring slot, seq).
+        """
         cdef list batch = []
-        cdef Entry e
+        cdef uint32_t r
         cdef uint8_t f
+        cdef Entry *ep
         self._acquire()
         try:
             while self._qlen and len(batch) < limit:
-                e = self._pop_dirty()
-                f = (self._flags[e.slot] & ~DIRTY) | INFLIGHT
-                self._flags[e.slot] = f
+                r = self._pop_dirty()
+                f = (self._flags[r] & ~DIRTY) | INFLIGHT
+                self._flags[r] = f
                 self._ninflight += 1
-                batch.append((e.key, _MISSING if f & DELETED else e.value, e, e.seq))
+                ep = &self._entries[self._pos[r]]
+                batch.append((<object>ep.key, _MISSING if ep.value == NULL else <object>ep.value, r, ep.seq))
             self._signals &= ~SIGNAL_WRITE
         finally:
             self._release()
         return batch
 
-    cdef int _finish(self, Entry e) except -1:
-        cdef uint8_t f = self._flags[e.slot] & ~INFLIGHT
-        self._flags[e.slot] = f
+    cdef int _finish(self, uint32_t r) except -1:
+        cdef uint8_t f = self._flags[r] & ~INFLIGHT
+        self._flags[r] = f
         self._ninflight -= 1
         if not f & DIRTY:
             self._npending -= 1
             if f & DELETED:
-                self._detach(e)
+                self._detach(r)
         return 0
 
     def _commit(self, list batch):
         """The batch is in the store: its entries are clean unless changed meanwhile."""
-        cdef Entry e
         self._acquire()
         try:
             for item in batch:
-                e = item[2]
-                self._finish(e)
+                self._finish(<uint32_t>item[2])
         finally:
             self._release()
+            self._bury()
 
     def _requeue(self, list batch):
         """The batch failed: unchanged entries go back to the front of the queue, in order."""
-        cdef Entry e
         cdef Py_ssize_t i
+        cdef uint32_t r
         self._acquire()
         try:
             for i in range(len(batch) - 1, -1, -1):
                 item = batch[i]
-                e = item[2]
-                if e.seq == item[3] and not self._flags[e.slot] & DIRTY:
-                    self._push_dirty(e, True)
-                    self._flags[e.slot] |= DIRTY
-                self._finish(e)
+                r = item[2]
+                if self._entries[self._pos[r]].seq == <uint32_t>item[3] and not self._flags[r] & DIRTY:
+                    self._push_dirty(r, True)
+                    self._flags[r] |= DIRTY
+                self._finish(r)
         finally:
             self._release()
+            self._bury()
 
-    def _current(self, Entry e, unsigned long long seq):
+    def _oldest_in(self, list batch):
+        """The clock stamp of the batch entry that has been pending longest."""
+        return min([self._since[<uint32_t>item[2]] for item in batch])
+
+    def _current(self, uint32_t r, uint32_t seq):
         """(live value or MISSING, whether it changed since seq) for merging store-generated fields."""
+        cdef Entry *ep
         self._acquire()
         try:
-            if self._ring[e.slot] != <void *>e or self._flags[e.slot] & DELETED:
+            if not self._flags[r] & USED or self._flags[r] & DELETED:
                 return _MISSING, True
-            return e.value, e.seq != seq
+            ep = &self._entries[self._pos[r]]
+            return <object>ep.value, ep.seq != seq
         finally:
             self._release()
 
-    def _swap_value(self, Entry e, expected, value):
+    def _swap_value(self, uint32_t r, expected, value):
         """Replaces the value without marking it dirty, if it is still `expected`."""
+        cdef Entry *ep
+        cdef PyObject *old = NULL
         self._acquire()
         try:
-            if e.value is not expected or self._flags[e.slot] & DELETED:
+            if not self._flags[r] & USED or self._flags[r] & DELETED:
                 return False
-            old = e.value
-            e.value = value
+            ep = &self._entries[self._pos[r]]
+            if ep.value != <PyObject *>expected:
+                return False
+            old = ep.value
+            Py_XINCREF(<PyObject *>value)
+            ep.value = <PyObject *>value
         finally:
             self._release()
+            Py_XDECREF(old)
         return True
+
+    def _clear_dirty(self):
+        """Forgets every queued write; returns how many. In-flight writes are not recalled."""
+        cdef uint32_t r
+        cdef Py_ssize_t n = 0
+        cdef uint8_t f
+        self._acquire()
+        try:
+            while self._qlen:
+                r = self._pop_dirty()
+                n += 1
+                f = self._flags[r] & ~DIRTY
+                self._flags[r] = f
+                if not f & INFLIGHT:
+                    self._npending -= 1
+                    if f & DELETED:
+                        self._detach(r)
+            self._signals &= ~SIGNAL_WRITE
+        finally:
+            self._release()
+            self._bury()
+        return n
 
     def _forget_pending(self):
         """In a forked child: the parent writes what was pending at the fork, so the child must not."""
-        cdef Py_ssize_t slot
-        cdef Entry e
-        cdef list dropped = []
+        cdef Py_ssize_t ix
+        cdef uint32_t r
         self._acquire()
         try:
-            for slot in range(self._nslots):
-                if self._flags[slot] & (DIRTY | INFLIGHT):
-                    self._flags[slot] &= ~(DIRTY | INFLIGHT)
-                    if self._flags[slot] & DELETED:
-                        e = <Entry>self._ring[slot]
-                        dropped.append(e)
-                        self._detach(e)
+            for ix in range(self._nentries):
+                if self._entries[ix].key == NULL:
+                    continue
+                r = self._entries[ix].ring & RING_MASK
+                if self._flags[r] & (DIRTY | INFLIGHT):
+                    self._flags[r] &= ~(DIRTY | INFLIGHT)
+                    if self._flags[r] & DELETED:
+                        self._detach(r)
             self._qhead = self._qlen = 0
             self._npending = self._ninflight = 0
             self._signals = 0
         finally:
             self._release()
+            self._bury()
 
     def _fork_prepare(self):
         self._acquire()
@@ -794,37 +978,14 @@ cdef class Core:
     def _fork_release(self):
         self._release()
 
-    def _clear_dirty(self):
-        """Forgets every queued write; returns how many. In-flight writes are not recalled."""
-        cdef Entry e
-        cdef Py_ssize_t n = 0
-        cdef uint8_t f
-        cdef list dropped = []
-        self._acquire()
-        try:
-            while self._qlen:
-                e = self._pop_dirty()
-                n += 1
-                f = self._flags[e.slot] & ~DIRTY
-                self._flags[e.slot] = f
-                if not f & INFLIGHT:
-                    self._npending -= 1
-                    if f & DELETED:
-                        dropped.append(e)
-                        self._detach(e)
-            self._signals &= ~SIGNAL_WRITE
-        finally:
-            self._release()
-        return n
-
     # ----------------------------------------------------------- pruner side
     def _evict(self, Py_ssize_t limit):
         """CLOCK: evicts up to limit clean, unreferenced entries; returns them as (key, value)."""
         cdef list victims = []
         cdef Py_ssize_t *chosen = NULL
-        cdef Py_ssize_t n, i, slot, size, hand
-        cdef uint8_t f
-        cdef Entry e
+        cdef Py_ssize_t n, i, size, hand
+        cdef uint32_t r
+        cdef Entry *ep
         self._acquire()
         try:
             size = self._nslots
@@ -838,58 +999,58 @@ cdef class Core:
             hand = self._hand
             # Writers are held off by the lock; readers go on and may set reference bits.
             with nogil:
-                n = _clock_scan(self._flags, size, &hand, limit, chosen)
+                n = _clock_scan(self._flags, self._pos, self._entries, size, &hand, limit, chosen)
             self._hand = hand
             for i in range(n):
-                slot = chosen[i]
-                f = self._flags[slot] & ~VICTIM
-                self._flags[slot] = f
-                if f & REF:
+                r = <uint32_t>chosen[i]
+                self._flags[r] &= ~VICTIM
+                ep = &self._entries[self._pos[r]]
+                if ep.ring & REF_BIT:
                     continue  # read while the hand was sweeping: a second chance
-                e = <Entry>self._ring[slot]
-                victims.append((e.key, e.value))
-                self._detach(e)
+                victims.append((<object>ep.key, <object>ep.value))
+                self._detach(r)
             self._evictions += len(victims)
-            if not self._maxsize or PyDict_Size(self._map) - self._ntomb <= self._maxsize:
+            if not self._maxsize or self._used - self._ntomb <= self._maxsize:
                 self._signals &= ~SIGNAL_PRUNE
         finally:
             PyMem_Free(chosen)
             self._release()
+            self._bury()
         return victims
 
     def _invalidate(self, keys):
         """Drops the given keys from memory unless a change of theirs is pending; returns how many."""
-        cdef list dropped = []
-        cdef PyObject *p
-        cdef Entry e
+        cdef Py_ssize_t ix, n = 0
+        cdef uint32_t r
         self._acquire()
         try:
             for key in keys:
-                p = PyDict_GetItemWithError(self._map, key)
-                if p != NULL and not self._flags[(<Entry>p).slot] & PINNED:
-                    e = <Entry>p
-                    dropped.append(e)
-                    self._detach(e)
+                ix = self._find(key)
+                if ix >= 0:
+                    r = self._entries[ix].ring & RING_MASK
+                    if not self._flags[r] & PINNED:
+                        self._detach(r)
+                        n += 1
         finally:
             self._release()
-        return len(dropped)
+            self._bury()
+        return n
 
     def _drop_clean(self):
         """Removes every entry with no pending write from memory; returns how many."""
-        cdef list dropped = []
-        cdef Py_ssize_t slot
-        cdef Entry e
+        cdef Py_ssize_t n = 0
+        cdef uint32_t r
         self._acquire()
         try:
-            for slot in range(self._nslots):
-                if self._flags[slot] & USED and not self._flags[slot] & PINNED:
-                    e = <Entry>self._ring[slot]
-                    dropped.append(e)
-                    self._detach(e)
+            for r in range(<uint32_t>self._nslots):
+                if self._flags[r] & USED and not self._flags[r] & PINNED:
+                    self._detach(r)
+                    n += 1
             self._signals &= ~SIGNAL_PRUNE
         finally:
             self._release()
-        return len(dropped)
+            self._bury()
+        return n
 
     # ----------------------------------------------------------- state
     def _mark_closed(self):
@@ -903,7 +1064,7 @@ cdef class Core:
         """The clock stamp of the oldest queued (not in-flight) entry, or -1 if none."""
         self._acquire()
         try:
-            return (<Entry>self._queue[self._qhead]).since if self._qlen else -1
+            return self._since[self._queue[self._qhead]] if self._qlen else -1
         finally:
             self._release()
 

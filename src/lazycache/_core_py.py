@@ -490,6 +490,10 @@ class Core:
                     self._dirty.appendleft(entry)
                 self._finish(entry)
 
+    def _oldest_in(self, batch: List[Pending]) -> int:
+        """The clock stamp of the batch entry that has been pending longest."""
+        return min(entry.since for _, _, entry, _ in batch)
+
     def _current(self, entry: Entry, seq: int) -> Tuple[Any, bool]:
         """(live value or MISSING, whether it changed since seq) for merging store-generated fields."""
         with self._lock:

@@ -142,6 +142,7 @@ class _CacheLayer:
         journal: Optional[str] = None,
         journal_fsync: str = "everysec",
         coherence: Optional[Coherence] = None,
+        exit_timeout: float = 3.0,
     ) -> None:
         if not isinstance(store, Store):
             raise TypeError(f"store must be a lazycache.Store, not {type(store).__name__}")
@@ -154,6 +155,9 @@ class _CacheLayer:
         write_interval = _check_seconds("write_interval", write_interval)
         prune_interval = _check_seconds("prune_interval", prune_interval)
         self.block_timeout = _check_seconds("block_timeout", block_timeout)
+        # A cache left open is closed at exit (or by the garbage collector) within this deadline:
+        # a store that hangs must not hang the interpreter's exit, nor lose keys unnamed.
+        self.exit_timeout = _check_seconds("exit_timeout", exit_timeout)
         self._batch_writer = BatchWriter(
             store,
             batch_size=batch_size,
@@ -325,6 +329,8 @@ class _CacheLayer:
             )
         deadline = time.monotonic() + self.block_timeout
         while self.pending >= self.max_pending:  # type: ignore[attr-defined,operator]
+            if self._is_closed:
+                raise RuntimeError("the cache is closed: it accepts no more writes")
             if time.monotonic() >= deadline:
                 raise BackpressureError(
                     f"waited {self.block_timeout}s for the writer to catch up ({self.pending} pending, "  # type: ignore[attr-defined]
@@ -646,7 +652,7 @@ class _CacheLayer:
         if getattr(self, "_is_closed", True):
             return
         try:
-            self.close()
+            self.close(timeout=self.exit_timeout)
         except FlushError as exc:
             log.error(
                 "lazycache: a cache was garbage-collected and its last flush failed; lost: %s",
@@ -788,7 +794,7 @@ _open_caches: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDiction
 def _close_open_caches() -> None:
     for cache in list(_open_caches.values()):
         try:
-            cache.close()
+            cache.close(timeout=cache.exit_timeout)
         except FlushError as exc:
             log.error("lazycache: flush at exit failed; not written: %s", describe_keys(list(exc.result.failed_keys)))
         except Exception:

@@ -541,6 +541,10 @@ def _positive_int(text: str) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    if args.store is not None:  # flush throughput to a database: see lazycache.bench_store
+        from .bench_store import run
+
+        return run(args)
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     repeat = args.repeat or (QUICK_REPEAT if args.quick else DEFAULT_REPEAT)
     interactive = sys.stderr.isatty()
@@ -571,6 +575,14 @@ def _add_bench_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     )
     bench.add_argument("--quick", action="store_true", help=f"smoke run: sizes {_human(QUICK_SIZES[0])}, repeat {QUICK_REPEAT}")
     bench.add_argument("--json", action="store_true", help="print a JSON document instead of the table")
+    bench.add_argument(
+        "--store",
+        nargs="?",
+        const="sqlite",
+        metavar="URL",
+        help="measure flush throughput (rows/s) to a database instead: an SQLAlchemy URL, or none (or 'sqlite') "
+        "for a temporary SQLite file; --sizes are then batch sizes (default 1k,10k; --quick: 1k on a smaller table)",
+    )
     bench.set_defaults(handler=_run_bench)
 
 

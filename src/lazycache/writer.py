@@ -183,7 +183,8 @@ class BatchWriter:
         self.merge_generated = merge_generated
         self.on_write_error = on_write_error
         self.max_retries = max_retries
-        self.lock = threading.Lock()  # one batch at a time, in queue order
+        # One batch at a time, in queue order; re-entrant so that on_write_error may flush.
+        self.lock = threading.RLock()
         self.writes = 0
         self.failed_writes = 0
         self.flushes = 0
@@ -197,7 +198,7 @@ class BatchWriter:
         self.coherence: Optional["Coherence"] = None
 
     def reset_after_fork(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.consecutive_failures = 0
         self.inflight_since = None
 
@@ -271,7 +272,7 @@ class BatchWriter:
         """Writes one batch, isolating poison; returns the entries to retry later, in order."""
         upserts = [(key, value) for key, value, _, _ in batch if value is not MISSING]
         deletes = [key for key, value, _, _ in batch if value is MISSING]
-        self.inflight_since = min(entry.since for _, _, entry, _ in batch)
+        self.inflight_since = cache._oldest_in(batch)
         try:
             generated = self.store.write(upserts, deletes)
         except Exception as exc:

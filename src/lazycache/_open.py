@@ -1,0 +1,59 @@
+"""`lazycache.open()`: a persistent write-behind dict over a SQL key-value table, in one call."""
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+
+from .cache import LazyWriterCache, implementation_class
+from .serializers import SerializerSpec
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL, Engine
+
+DEFAULT_URL = "sqlite:///lazycache.db"
+DEFAULT_TABLE = "lazycache"
+
+
+def open(  # noqa: A001 - the name is the API: lazycache.open(), like shelve.open() and dbm.open()
+    url: Union[str, "URL", "Engine"] = DEFAULT_URL,
+    table: str = DEFAULT_TABLE,
+    *,
+    serializer: SerializerSpec = "json",
+    key_type: Any = str,
+    engine_options: Optional[Mapping[str, Any]] = None,
+    implementation: Optional[str] = None,
+    **cache_options: Any,
+) -> "LazyWriterCache[Any, Any]":
+    """A ready `LazyWriterCache` over the key-value table `table` of the database at `url`.
+
+    `url` is any SQLAlchemy URL (default: `lazycache.db`, a SQLite file in the current
+    directory, in WAL mode) or an existing `Engine`; the table (columns `key`, `value`) is
+    created if missing. `serializer` and `key_type` are those of `SQLAlchemyStore` (JSON
+    values and str keys by default); `engine_options` go to `create_engine`;
+    `implementation` picks a core ("cython" or "python", default: the best available).
+    Every other keyword is a `LazyWriterCache` option (`maxsize`, `write_interval`,
+    `batch_size`, ...).
+
+    >>> with lazycache.open("sqlite:///app.db") as users:
+    ...     users["alice"] = {"age": 30}       # written in the background, and on close
+
+    The cache owns the store: the engine the store made is disposed of when the cache is
+    garbage-collected (an `Engine` passed in is left to its owner). Reading after `close()`
+    still works.
+    """
+    try:
+        from .stores.sqlalchemy import SQLAlchemyStore
+    except ImportError as exc:
+        raise ImportError(f"lazycache.open() needs SQLAlchemy 2.x: pip install 'lazycache[sqlalchemy]' ({exc})") from exc
+
+    cls = LazyWriterCache if implementation is None else implementation_class(implementation)
+    store = SQLAlchemyStore(url, table, serializer=serializer, key_type=key_type, engine_options=engine_options)
+    try:
+        cache = cls(store, **cache_options)
+    except BaseException:
+        store.close()
+        raise
+    # The cache closes (and flushes) itself when collected, before this finaliser runs;
+    # at interpreter exit lazycache's own hook flushes it, and the process ends the connections.
+    weakref.finalize(cache, store.close).atexit = False
+    return cache

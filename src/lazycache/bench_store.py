@@ -1,0 +1,535 @@
+"""``lazycache bench --store URL``: flush throughput of the SQLAlchemy store, in rows/s.
+
+Each trial writes one batch (one transaction) into a key-value table pre-filled with
+`rows` rows: half of the batch updates existing keys (picked at random), half inserts new
+ones. Every contender starts from the same Python objects and serialises them with the
+same JSON serializer inside the timed region, then commits. The contenders:
+
+* lazycache — ``cache.flush()`` of a `LazyWriterCache` holding the batch (the whole
+  write-behind path: taking the batch, `SQLAlchemyStore.write`, committing the entries),
+  and ``SQLAlchemyStore.write`` alone;
+* the origin's approach — inside one transaction, per row: SELECT by key, then INSERT or
+  UPDATE, with SQLAlchemy Core statements (the Python counterpart of the origin's GORM
+  reader-writer), and the same with the raw driver for reference;
+* the obvious SQLAlchemy path — Core ``insert().on_conflict_do_update()`` (or ON DUPLICATE
+  KEY UPDATE) executed with a list of parameter sets;
+* the raw driver, the fastest ways found: psycopg ``executemany`` (pipeline mode), COPY
+  into a temporary table then ``INSERT ... SELECT ... ON CONFLICT``, and ``unnest()`` of
+  binary arrays in chunks sent in pipeline mode; sqlite3 ``executemany``; PyMySQL
+  ``executemany`` (which it turns into multi-row INSERTs).
+
+The new keys of a trial are deleted after it, outside the timed region, so every trial
+sees a table of the same size. Contenders take turns within each repeat (round-robin);
+the best run is reported, with ratios to the best raw-driver method and to the origin's
+approach in the same batch size.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import lazycache
+
+from .cache import LazyWriterCache
+from .serializers import JSON
+
+Batch = List[Tuple[str, Any]]
+
+DEFAULT_BATCHES = [1_000, 10_000]
+QUICK_BATCHES = [1_000]
+DEFAULT_ROWS = 100_000
+QUICK_ROWS = 10_000
+DEFAULT_REPEAT = 3
+QUICK_REPEAT = 1
+EMBEDDED = "sqlite"
+"""`--store` without a URL, or with this word: a SQLite file in a temporary directory."""
+
+LAZYCACHE, ORIGIN, RAW, OTHER = "lazycache", "origin", "raw driver", "other"
+
+
+class Unavailable(Exception):
+    """A contender cannot run against this database or driver."""
+
+
+@dataclass
+class Contender:
+    name: str
+    group: str
+    """LAZYCACHE, ORIGIN (the baseline of the "vs origin" ratio), RAW (the best of them is "raw best") or OTHER."""
+    write: Callable[[Any, Batch], None]
+    """write(state, batch): the timed part."""
+    prepare: Callable[[Batch], Any] = lambda batch: None
+    """Untimed set-up of one trial; its result is passed to write."""
+    finish: Callable[[Any], None] = lambda state: None
+    """Untimed clean-up of one trial."""
+
+
+@dataclass
+class Cell:
+    contender: str
+    group: str
+    batch: int
+    samples: List[float] = field(default_factory=list)
+    """rows/s of each run."""
+
+    @property
+    def best(self) -> float:
+        return max(self.samples)
+
+    @property
+    def spread(self) -> float:
+        return (self.best - min(self.samples)) / self.best * 100 if self.best else 0.0
+
+
+@dataclass
+class StoreReport:
+    url: str
+    database: str
+    driver: str
+    rows: int
+    batches: List[int]
+    repeat: int
+    value_bytes: int
+    cells: List[Cell] = field(default_factory=list)
+    skipped: Dict[str, str] = field(default_factory=dict)
+    failed: Dict[str, str] = field(default_factory=dict)
+
+    def best_of(self, group: str, batch: int) -> float:
+        rates = [c.best for c in self.cells if c.group == group and c.batch == batch and c.samples]
+        return max(rates) if rates else float("nan")
+
+
+# ----------------------------------------------------------------------------- the workload
+
+
+def make_value(i: int, generation: int) -> Dict[str, Any]:
+    """A typical small record (about 150 bytes of JSON)."""
+    return {
+        "id": i,
+        "name": f"user {i}",
+        "email": f"user{i}@example.com",
+        "score": i * 0.25 + generation,
+        "active": i % 3 != 0,
+        "tags": ["alpha", "beta"] if i % 2 else ["gamma"],
+        "generation": generation,
+    }
+
+
+class Workload:
+    """Hands out batches: half random existing keys, half keys never used before."""
+
+    def __init__(self, rows: int, seed: int = 0) -> None:
+        self.rows = rows
+        self.rng = random.Random(seed)
+        self.generation = 0
+        self.next_new = rows
+
+    def batch(self, size: int) -> Tuple[Batch, List[str]]:
+        self.generation += 1
+        updates = self.rng.sample(range(self.rows), size // 2)
+        new = list(range(self.next_new, self.next_new + size - len(updates)))
+        self.next_new += len(new)
+        ids = updates + new
+        self.rng.shuffle(ids)
+        batch = [(f"key:{i}", make_value(i, self.generation)) for i in ids]
+        return batch, [f"key:{i}" for i in new]
+
+
+# ----------------------------------------------------------------------------- contenders
+
+
+def _contenders(store: Any, engine: Any) -> Tuple[List[Contender], Dict[str, str]]:
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+    dumps = JSON.dumps
+    table = store.table
+    dialect = engine.dialect
+    quote = dialect.identifier_preparer.quote
+    name = dialect.identifier_preparer.format_table(table)
+    key, value = quote("key"), quote("value")
+    contenders: List[Contender] = []
+    skipped: Dict[str, str] = {}
+
+    # lazycache
+    def make_cache(batch: Batch) -> Any:
+        # batch_size above the batch: a full batch would wake the writer thread; one flush() writes it all.
+        cache = LazyWriterCache(
+            store, write_interval=3600.0, prune_interval=3600.0, batch_size=1 << 30, read_through=False
+        )
+        cache.update(batch)
+        return cache
+
+    def flush(cache: Any, batch: Batch) -> None:
+        result = cache.flush()
+        assert result.written == len(batch), result
+
+    contenders.append(Contender("lazycache: cache.flush()", LAZYCACHE, flush, make_cache, lambda c: c.close(flush=False)))
+    contenders.append(Contender("lazycache: SQLAlchemyStore.write()", LAZYCACHE, lambda _, batch: store.write(batch, [])))
+
+    # the origin's approach, and the obvious SQLAlchemy path
+    def per_row_core(_: Any, batch: Batch) -> None:
+        with engine.begin() as conn:
+            for k, v in batch:
+                if conn.execute(sa.select(table.c.key).where(table.c.key == k)).first() is not None:
+                    conn.execute(sa.update(table).where(table.c.key == k).values(value=dumps(v)))
+                else:
+                    conn.execute(sa.insert(table).values(key=k, value=dumps(v)))
+
+    contenders.append(Contender("origin: per row SELECT, then INSERT or UPDATE (SQLAlchemy Core)", ORIGIN, per_row_core))
+
+    if dialect.name in ("postgresql", "sqlite"):
+        module = postgresql if dialect.name == "postgresql" else sqlite
+        insert = module.insert(table)
+        core_upsert = insert.on_conflict_do_update(index_elements=[table.c.key], set_={"value": insert.excluded.value})
+    elif dialect.name in ("mysql", "mariadb"):
+        insert = mysql.insert(table)
+        core_upsert = insert.on_duplicate_key_update(value=insert.inserted.value)
+    else:
+        core_upsert = None
+
+    if core_upsert is not None:
+
+        def core_executemany(_: Any, batch: Batch) -> None:
+            with engine.begin() as conn:
+                conn.execute(core_upsert, [{"key": k, "value": dumps(v)} for k, v in batch])
+
+        contenders.append(Contender("SQLAlchemy Core upsert, executemany", OTHER, core_executemany))
+
+    # the raw driver
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    select_sql = f"SELECT {key} FROM {name} WHERE {key} = {mark}"
+    update_sql = f"UPDATE {name} SET {value} = {mark} WHERE {key} = {mark}"
+    insert_sql = f"INSERT INTO {name} ({key}, {value}) VALUES ({mark}, {mark})"
+
+    def raw(batch: Batch) -> Any:
+        return engine.raw_connection()
+
+    def release(connection: Any) -> None:
+        connection.close()  # back to the pool
+
+    def per_row_raw(connection: Any, batch: Batch) -> None:
+        driver = connection.driver_connection
+        cursor = driver.cursor()
+        for k, v in batch:
+            cursor.execute(select_sql, (k,))
+            if cursor.fetchone() is not None:
+                cursor.execute(update_sql, (dumps(v), k))
+            else:
+                cursor.execute(insert_sql, (k, dumps(v)))
+        cursor.close()
+        driver.commit()
+
+    contenders.append(Contender("origin's approach with the raw driver, for reference", OTHER, per_row_raw, raw, release))
+
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        upsert_sql = f"{insert_sql} ON CONFLICT ({key}) DO UPDATE SET {value} = EXCLUDED.{value}"
+        stage = quote(f"lazycache_stage_{table.name}"[:63])
+
+        def psycopg_executemany(connection: Any, batch: Batch) -> None:
+            driver = connection.driver_connection
+            with driver.cursor() as cursor:
+                cursor.executemany(upsert_sql, [(k, dumps(v)) for k, v in batch])  # pipeline mode
+            driver.commit()
+
+        def psycopg_copy(connection: Any, batch: Batch) -> None:
+            driver = connection.driver_connection
+            with driver.cursor() as cursor:
+                cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {name}) ON COMMIT DELETE ROWS")
+                with cursor.copy(f"COPY {stage} ({key}, {value}) FROM STDIN") as copy:
+                    for k, v in batch:
+                        copy.write_row((k, dumps(v)))
+                cursor.execute(
+                    f"INSERT INTO {name} ({key}, {value}) SELECT {key}, {value} FROM {stage} "
+                    f"ON CONFLICT ({key}) DO UPDATE SET {value} = EXCLUDED.{value}"
+                )
+            driver.commit()
+
+        unnest_sql = (
+            f"INSERT INTO {name} ({key}, {value}) SELECT * FROM unnest(%b::TEXT[], %b::TEXT[]) "
+            f"ON CONFLICT ({key}) DO UPDATE SET {value} = EXCLUDED.{value}"
+        )
+
+        def psycopg_unnest(connection: Any, batch: Batch) -> None:
+            driver = connection.driver_connection
+            chunk = max(32, min(256, len(batch) // 8))
+            with driver.pipeline(), driver.cursor(binary=True) as cursor:
+                for start in range(0, len(batch), chunk):
+                    part = batch[start : start + chunk]
+                    cursor.execute(unnest_sql, ([k for k, _ in part], [dumps(v) for _, v in part]))
+            driver.commit()
+
+        contenders.append(Contender("psycopg executemany (pipeline mode)", RAW, psycopg_executemany, raw, release))
+        contenders.append(Contender("psycopg COPY to a temp table + INSERT..SELECT..ON CONFLICT", RAW, psycopg_copy, raw, release))
+        contenders.append(Contender("psycopg unnest(binary arrays), chunks pipelined", RAW, psycopg_unnest, raw, release))
+    elif dialect.name == "sqlite" and dialect.driver == "pysqlite":
+        upsert_sql = f"{insert_sql} ON CONFLICT ({key}) DO UPDATE SET {value} = excluded.{value}"
+
+        def sqlite_executemany(connection: Any, batch: Batch) -> None:
+            driver = connection.driver_connection
+            driver.executemany(upsert_sql, [(k, dumps(v)) for k, v in batch])
+            driver.commit()
+
+        contenders.append(Contender("sqlite3 executemany", RAW, sqlite_executemany, raw, release))
+    elif dialect.name in ("mysql", "mariadb") and dialect.driver in ("pymysql", "mysqldb"):
+        upsert_sql = f"{insert_sql} ON DUPLICATE KEY UPDATE {value} = VALUES({value})"
+
+        def mysql_executemany(connection: Any, batch: Batch) -> None:
+            driver = connection.driver_connection
+            cursor = driver.cursor()
+            cursor.executemany(upsert_sql, [(k, dumps(v)) for k, v in batch])  # one multi-row INSERT per ~1 MB
+            cursor.close()
+            driver.commit()
+
+        contenders.append(Contender(f"{dialect.driver} executemany (multi-row INSERT)", RAW, mysql_executemany, raw, release))
+    else:
+        skipped["raw driver"] = f"no raw-driver contender for {dialect.name}+{dialect.driver}"
+    return contenders, skipped
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        fn()
+        return time.perf_counter() - started
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def measure(
+    url: str,
+    batches: Sequence[int],
+    rows: int,
+    repeat: int,
+    progress: Callable[[str], None] = lambda message: None,
+) -> StoreReport:
+    """Runs every contender on every batch size `repeat` times against a fresh table at `url`."""
+    import sqlalchemy as sa
+
+    from .stores.sqlalchemy import SQLAlchemyStore, make_engine
+
+    engine = make_engine(url)
+    table = f"lazycache_bench_{os.getpid()}"
+    store = SQLAlchemyStore(engine, table)
+    try:
+        version = ".".join(str(part) for part in (engine.dialect.server_version_info or ())[:3])
+        database = {"postgresql": "PostgreSQL", "sqlite": "SQLite", "mysql": "MySQL"}.get(engine.dialect.name, engine.dialect.name)
+        if getattr(engine.dialect, "is_mariadb", False):
+            database = "MariaDB"
+        report = StoreReport(
+            url=engine.url.render_as_string(hide_password=True),
+            database=f"{database} {version}".strip(),
+            driver=f"{engine.dialect.driver}, SQLAlchemy {sa.__version__}",
+            rows=rows,
+            batches=list(batches),
+            repeat=repeat,
+            value_bytes=len(JSON.dumps(make_value(rows // 2, 1)).encode()),
+        )
+        progress(f"filling a table of {rows} rows")
+        for start in range(0, rows, 10_000):
+            store.write([(f"key:{i}", make_value(i, 0)) for i in range(start, min(rows, start + 10_000))], [])
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"ANALYZE {engine.dialect.identifier_preparer.quote(table)}")
+        contenders, report.skipped = _contenders(store, engine)
+        work = Workload(rows)
+
+        def trial(contender: Contender, size: int) -> float:
+            batch, new_keys = work.batch(size)
+            state = contender.prepare(batch)
+            try:
+                elapsed = _timed(lambda: contender.write(state, batch))
+            finally:
+                contender.finish(state)
+            store.write([], new_keys)  # untimed: the table keeps its size
+            return size / elapsed
+
+        active = list(contenders)
+        for contender in contenders:  # warm-up: statement caches, the temp table, the pool
+            try:
+                trial(contender, 100)
+            except Exception as exc:
+                report.failed[contender.name] = f"warm-up raised {exc!r}"
+                active.remove(contender)
+        for size in batches:
+            cells = {c.name: Cell(c.name, c.group, size) for c in active}
+            for turn in range(repeat):
+                order = active[turn % len(active) :] + active[: turn % len(active)] if active else []
+                for contender in order:
+                    if contender.name in report.failed:
+                        continue
+                    progress(f"{contender.name} @ {size} rows (run {turn + 1}/{repeat})")
+                    try:
+                        cells[contender.name].samples.append(trial(contender, size))
+                    except Exception as exc:
+                        report.failed[contender.name] = f"batch of {size} raised {exc!r}"
+                    gc.collect()
+            report.cells.extend(cell for cell in cells.values() if cell.samples)
+        return report
+    finally:
+        try:
+            store.table.drop(engine, checkfirst=True)
+        finally:
+            engine.dispose()
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _rate(value: float) -> str:
+    if value != value:  # nan
+        return "-"
+    if value >= 10_000:
+        return f"{value / 1000:.0f}k"
+    if value >= 1_000:
+        return f"{value / 1000:.1f}k"
+    return f"{value:.0f}"
+
+
+def _ratio(value: float) -> str:
+    if value != value:
+        return "-"
+    return f"{value:.0f}x" if value >= 10 else f"{value:.2f}x"
+
+
+def render_table(report: StoreReport) -> str:
+    lines = [
+        f"lazycache bench --store {report.url}",
+        f"{report.database} ({report.driver}); Python {sys.version.split()[0]}, lazycache {lazycache.__version__} "
+        f"({lazycache.IMPLEMENTATION} core)",
+        f"flush throughput, rows/s: one transaction per batch, half new keys and half updates of a table of "
+        f"{report.rows:,} rows; JSON values of ~{report.value_bytes} bytes, serialised inside the timed region; "
+        f"best of {report.repeat} run{'s' if report.repeat > 1 else ''}",
+    ]
+    lines += [f"skipped {name}: {why}" for name, why in report.skipped.items()]
+    lines += [f"FAILED {name}: {why}" for name, why in report.failed.items()]
+    header = ["batch", "method", "rows/s", "vs raw best", "vs origin", "spread"]
+    body: List[List[str]] = []
+    for size in report.batches:
+        raw_best = report.best_of(RAW, size)
+        origin = report.best_of(ORIGIN, size)
+        for cell in [c for c in report.cells if c.batch == size]:
+            body.append(
+                [
+                    f"{size:,}",
+                    cell.contender,
+                    _rate(cell.best),
+                    _ratio(cell.best / raw_best),
+                    _ratio(cell.best / origin),
+                    f"±{cell.spread:.0f}%",
+                ]
+            )
+    widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
+
+    def fmt(row: List[str]) -> str:
+        return "  ".join(
+            text.ljust(width) if i == 1 else text.rjust(width) for i, (text, width) in enumerate(zip(row, widths))
+        )
+
+    lines += ["", fmt(header), fmt(["-" * w for w in widths])]
+    previous = None
+    for row in body:
+        if previous is not None and row[0] != previous:
+            lines.append("")
+        previous = row[0]
+        lines.append(fmt(row))
+    lines += [
+        "",
+        "vs raw best: rows/s / the best raw-driver method's rows/s for the same batch size; vs origin: / the "
+        "origin's per-row approach (SQLAlchemy Core statements, one transaction). spread: (best - worst) / best.",
+    ]
+    return "\n".join(lines)
+
+
+def render_json(report: StoreReport) -> str:
+    results = []
+    for cell in report.cells:
+        raw_best = report.best_of(RAW, cell.batch)
+        origin = report.best_of(ORIGIN, cell.batch)
+        results.append(
+            {
+                "batch": cell.batch,
+                "method": cell.contender,
+                "group": cell.group,
+                "rows_per_s": cell.best,
+                "vs_raw_best": cell.best / raw_best,
+                "vs_origin": cell.best / origin,
+                "runs_rows_per_s": cell.samples,
+            }
+        )
+    document = {
+        "url": report.url,
+        "database": report.database,
+        "driver": report.driver,
+        "python": sys.version.split()[0],
+        "lazycache_version": lazycache.__version__,
+        "lazycache_implementation": lazycache.IMPLEMENTATION,
+        "table_rows": report.rows,
+        "value_bytes": report.value_bytes,
+        "repeat": report.repeat,
+        "batches": report.batches,
+        "skipped": report.skipped,
+        "failed": report.failed,
+        "results": results,
+    }
+    return json.dumps(_no_nan(document), indent=2, allow_nan=False)
+
+
+def _no_nan(item: Any) -> Any:
+    """NaN (a ratio with nothing to compare to) as null: JSON has no NaN."""
+    if isinstance(item, float) and item != item:
+        return None
+    if isinstance(item, dict):
+        return {key: _no_nan(value) for key, value in item.items()}
+    if isinstance(item, list):
+        return [_no_nan(value) for value in item]
+    return item
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def run(args: Any) -> int:
+    """`lazycache bench --store [URL]`, from the parsed arguments of the bench command."""
+    try:
+        import sqlalchemy  # noqa: F401
+    except ImportError:
+        print("lazycache bench --store needs SQLAlchemy: pip install 'lazycache[sqlalchemy]'", file=sys.stderr)
+        return 2
+    batches = args.sizes or (QUICK_BATCHES if args.quick else DEFAULT_BATCHES)
+    repeat = args.repeat or (QUICK_REPEAT if args.quick else DEFAULT_REPEAT)
+    rows = QUICK_ROWS if args.quick else DEFAULT_ROWS
+    interactive = sys.stderr.isatty()
+
+    def progress(message: str) -> None:
+        if interactive:
+            print(f"\rmeasuring {message}...\033[K", end="", file=sys.stderr, flush=True)
+
+    temporary: Optional[str] = None
+    url = args.store
+    if url == EMBEDDED:
+        temporary = tempfile.mkdtemp(prefix="lazycache-bench-")
+        url = f"sqlite:///{os.path.join(temporary, 'bench.db')}"
+    try:
+        report = measure(url, batches, rows, repeat, progress)
+    finally:
+        if interactive:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+    print(render_json(report) if args.json else render_table(report))
+    return 1 if report.failed else 0

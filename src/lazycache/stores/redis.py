@@ -1,0 +1,604 @@
+"""RedisStore: lazycache in front of Redis or a Redis Cluster.
+
+Hot reads never leave the process (they are served by the cache's memory); writes
+reach Redis in batches, one pipelined `MULTI/EXEC` per batch; a miss reads through
+with `MGET`. `open_redis(url)` makes the whole thing in one line, with the
+cross-process coherence channel (`lazycache.stores.redis_coherence.RedisCoherence`)
+switched on:
+
+    >>> from lazycache.stores.redis import open_redis
+    >>> users = open_redis("redis://127.0.0.1:6379/0", prefix="users:")
+    >>> users["alice"] = {"age": 30}      # in memory now; SET users:alice by the writer thread
+
+Needs redis-py 5 or later: `pip install 'lazycache[redis]'`.
+
+Keys
+----
+A cache key becomes the Redis key `prefix + encoded key`:
+
+* `str`: its UTF-8 bytes, as is (`"alice"` -> `lazycache:alice`);
+* `bytes`: as is, so `b"alice"` names the same Redis key as `"alice"`;
+* `int` (not `bool`): its decimal digits, as redis-py writes ints, so `7` and `"7"` name
+  the same Redis key;
+* anything else is refused with `TypeError` (a read raises it; a write reports the
+  entry to `on_write_error` as poison), unless you pass `key_encoder=`, a function
+  `key -> str | bytes` used for *every* key instead of the rules above (for example
+  `key_encoder=lambda k: ":".join(map(str, k))` for tuple keys). The encoding must be
+  injective over the keys you use; repr() is deliberately not a default (it is not
+  stable across types, versions or processes).
+
+Keep to one key type per prefix: `"7"` and `7` are one Redis key but two cache keys,
+so a cache holding both would hold two copies of one value. `load_many` returns its
+results under the very key objects it was given, whatever their type.
+
+Values are serialised by the same serializers as the SQL store (`"json"` by default,
+`"pickle"`, `"msgpack"`, a `Serializer` or a `(dumps, loads)` pair; see
+`lazycache.serializers`). A value the serializer refuses is poison for its key only.
+
+TTL
+---
+`ttl=None` (default: no expiry), a number of seconds (fractions are sent as
+milliseconds, `PX`), or `ttl(key, value) -> seconds | None` per key. The TTL is set
+by every write of the key (`SET key value PX ms`), so it restarts at each write.
+It applies in Redis only: lazycache itself does not expire what it holds, so a value
+read or written by this process stays readable in its memory until it is evicted,
+invalidated or dropped (use `maxsize`, or `cache.invalidate()`), even after Redis
+has expired it. Expiry is not announced on the coherence channel.
+
+Atomicity
+---------
+* **Single Redis**: each batch is one `MULTI ... EXEC` sent in one round trip
+  (`MSET` for entries without a TTL, `SET ... PX` for those with one, `DEL` for
+  deletes). No other client's command runs in the middle of it, and a command Redis
+  refuses while queueing (out of memory, read-only replica) aborts the whole batch.
+  Redis does not roll back a command that fails while `EXEC` runs, but the commands
+  sent here cannot fail that way: every key, value and TTL is encoded and checked
+  before anything is sent. Durable once Redis acknowledged `EXEC`, to the extent of
+  the server's persistence settings (`appendonly`, `appendfsync`).
+* **Redis Cluster** (`redis.cluster.RedisCluster`): a batch is split by hash slot;
+  each slot's entries are one `MULTI ... EXEC`, and the transactions of all slots
+  served by one node go in one pipelined round trip per node. **Atomic per slot
+  only**: entries whose keys share a slot (put a hash tag in them, `{user:42}:profile`
+  and `{user:42}:settings`, or in the prefix, `prefix="{app}:"`, which puts every key
+  on one node) are written all-or-nothing and seen together. A batch that spans slots
+  is **not** atomic: other clients may see one slot's part before another's, and if a
+  node fails, the slots on the other nodes stay written while `write` raises; the
+  writer then retries the whole batch (SET and DEL are idempotent, so the retry
+  converges on the batch's values, unless another writer wrote the same keys in
+  between: last writer wins). A slot that moved (`MOVED`/`ASK`, resharding or
+  failover) makes the store refresh its map of the cluster and resend that slot's
+  transaction, up to three times, before raising a recoverable error.
+
+Errors
+------
+`is_recoverable` says retry (the batch goes back to the queue) for: lost or refused
+connections and timeouts (`ConnectionError`, `TimeoutError`, including `LOADING`,
+authentication failures and pool exhaustion), `OOM`, `READONLY`, `BUSY`, `MISCONF`,
+`NOREPLICAS`, `MASTERDOWN`, and the cluster's `CLUSTERDOWN`, `TRYAGAIN`, `MOVED`,
+`ASK`, uncovered slots. Not recoverable, the data's fault: any other server reply
+error (`WRONGTYPE`, a value larger than `proto-max-bulk-len`, a key an ACL forbids:
+`NOPERM`), and `SerializationError` (a value, key or TTL that cannot be encoded),
+which names its key so the writer isolates it without bisecting.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from collections import defaultdict
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+try:
+    import redis
+    from redis import exceptions as _rexc
+    from redis.cluster import RedisCluster
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "lazycache.stores.redis needs redis-py (5 or later), which is not installed: pip install 'lazycache[redis]'"
+    ) from exc
+
+from ..serializers import SerializationError, Serializer, SerializerSpec, get_serializer
+from .base import GeneratedFields, Store
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DEFAULT_URL",
+    "RedisKeyError",
+    "RedisStore",
+    "TTLError",
+    "is_recoverable_error",
+    "make_client",
+    "open_redis",
+]
+
+log = logging.getLogger("lazycache")
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PREFIX = "lazycache:"
+
+CLIENT_DEFAULTS: Mapping[str, Any] = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0, "health_check_interval": 30}
+"""Options of a client made from a URL (overridable with client_options=): no call hangs forever."""
+
+_MSET_CHUNK = 512
+"""Key/value pairs per MSET (and keys per DEL) inside a batch's transaction."""
+
+_CLUSTER_ATTEMPTS = 3
+"""How often a cluster batch's slot transactions are sent before a redirection is reported as recoverable."""
+
+TTLSpec = Union[None, int, float, Callable[[Any, Any], Optional[float]]]
+KeyEncoder = Callable[[Any], Union[str, bytes]]
+
+
+class RedisKeyError(SerializationError):
+    """A cache key that cannot be turned into a Redis key (see the module's Keys section)."""
+
+    def __init__(self, key: Any, cause: BaseException) -> None:
+        super().__init__(key, cause)
+        self.args = (f"cannot make a Redis key of {key!r}: {cause}",)
+
+
+class TTLError(SerializationError):
+    """The TTL of an entry is not a positive number of seconds (or ttl() raised)."""
+
+    def __init__(self, key: Any, cause: BaseException) -> None:
+        super().__init__(key, cause)
+        self.args = (f"no valid TTL for {key!r}: {cause}",)
+
+
+# ----------------------------------------------------------------------------- errors
+
+_RECOVERABLE_TYPES: Tuple[type, ...] = (
+    _rexc.ConnectionError,  # includes BusyLoadingError (LOADING), AuthenticationError, MaxConnectionsError
+    _rexc.TimeoutError,
+    _rexc.ClusterDownError,  # CLUSTERDOWN, MASTERDOWN
+    _rexc.TryAgainError,
+    _rexc.AskError,  # and MovedError
+    _rexc.ReadOnlyError,
+    _rexc.OutOfMemoryError,
+    _rexc.ClusterError,
+    _rexc.RedisClusterException,  # slot not covered, no reachable node
+    ConnectionError,
+    TimeoutError,
+)
+_RECOVERABLE_REPLIES = ("LOADING", "BUSY", "MISCONF", "NOREPLICAS", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM", "READONLY", "MOVED", "ASK")
+
+
+def is_recoverable_error(exc: BaseException) -> bool:
+    """Whether retrying the Redis batch that raised `exc` later may succeed (see the module's Errors)."""
+    if isinstance(exc, SerializationError):
+        return False
+    if isinstance(exc, _RECOVERABLE_TYPES):
+        return True
+    if isinstance(exc, _rexc.ResponseError):
+        reply = str(exc)
+        # redis-py prefixes pipeline errors with "Command # n (...) of pipeline caused error: "
+        reply = reply.rsplit("caused error: ", 1)[-1]
+        return reply.split(" ", 1)[0] in _RECOVERABLE_REPLIES
+    return False
+
+
+# ----------------------------------------------------------------------------- clients
+
+
+def _is_cluster_client(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def make_client(url: str = DEFAULT_URL, *, cluster: Optional[bool] = None, **options: Any) -> Any:
+    """A redis-py client for `url`: `redis.Redis`, or `RedisCluster` for a cluster.
+
+    `cluster=None` asks the server (`INFO cluster`) whether it is a cluster node, so one
+    URL of any node is enough; this needs the server to be up. Options default to
+    `CLIENT_DEFAULTS` (timeouts, so that no call waits forever) and go to `from_url`.
+    Responses are bytes (`decode_responses=False`), whatever the serializer.
+    """
+    options = {**CLIENT_DEFAULTS, **options}
+    if options.get("decode_responses"):
+        raise ValueError("RedisStore reads raw bytes: do not pass decode_responses=True")
+    if cluster is None:
+        probe = redis.Redis.from_url(url, **options)
+        try:
+            info = probe.info("cluster")
+        except _rexc.ConnectionError as exc:
+            raise _rexc.ConnectionError(
+                f"cannot reach Redis at {_safe_url(url)} to tell whether it is a cluster ({exc}); "
+                "pass cluster=False or cluster=True to connect lazily"
+            ) from exc
+        finally:
+            probe.close()
+        cluster = bool(info.get("cluster_enabled"))
+    if cluster:
+        options.pop("db", None)
+        return RedisCluster.from_url(url, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def _safe_url(url: str) -> str:
+    """url without its password, for messages."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+def _describe_client(client: Any) -> str:
+    if _is_cluster_client(client):
+        nodes = ",".join(sorted(node.name for node in client.get_primaries()))
+        return f"cluster {nodes}"
+    kwargs = client.connection_pool.connection_kwargs
+    where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+    return f"{where}/{kwargs.get('db', 0)}"
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+class RedisStore(Store[Any, Any]):
+    """A `Store` over Redis (`redis.Redis`) or Redis Cluster (`redis.cluster.RedisCluster`).
+
+    Parameters
+    ----------
+    client_or_url
+        A redis-py client (left open by `close()`: it is yours; it must return bytes,
+        `decode_responses=False`) or a URL (`redis://host:port/db`, `rediss://`,
+        `unix://`; the store makes and owns the client, see `make_client`).
+    prefix
+        Put before every key (default `"lazycache:"`). Caches sharing a prefix share data.
+    serializer
+        `"json"` (default), `"pickle"`, `"msgpack"`, a `Serializer` or a `(dumps, loads)` pair.
+    ttl
+        None (no expiry), seconds, or `ttl(key, value) -> seconds | None` (see the module doc).
+    key_encoder
+        `key -> str | bytes`, replacing the default encoding of keys (str, bytes, int).
+    cluster
+        For a URL: True/False, or None (default) to ask the server.
+    chunk_size
+        Keys per `MGET` on a read (all chunks go in one pipelined round trip).
+    client_options
+        For a URL: options for the redis-py client (`socket_timeout=`, `password=`, ...).
+
+    See the module documentation for the key encoding, what is atomic (per batch on a
+    single Redis, per hash slot on a cluster) and how errors are classified.
+    """
+
+    def __init__(
+        self,
+        client_or_url: Any = DEFAULT_URL,
+        prefix: Union[str, bytes] = DEFAULT_PREFIX,
+        serializer: SerializerSpec = "json",
+        ttl: TTLSpec = None,
+        *,
+        key_encoder: Optional[KeyEncoder] = None,
+        cluster: Optional[bool] = None,
+        chunk_size: int = 1000,
+        client_options: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if key_encoder is not None and not callable(key_encoder):
+            raise TypeError("key_encoder must be callable: key -> str | bytes")
+        self.prefix: bytes = prefix.encode("utf-8") if isinstance(prefix, str) else bytes(prefix)
+        self.serializer: Serializer = get_serializer(serializer)
+        self.ttl = _check_ttl_spec(ttl)
+        self.key_encoder = key_encoder
+        self.chunk_size = chunk_size
+        if isinstance(client_or_url, str):
+            self.client = make_client(client_or_url, cluster=cluster, **dict(client_options or {}))
+            self.owns_client = True
+        else:
+            if client_options:
+                raise ValueError("client_options are for a URL; the client given is already made")
+            if not isinstance(client_or_url, (redis.Redis, RedisCluster)):
+                raise TypeError(f"client_or_url must be a redis.Redis, a RedisCluster or a URL, not {type(client_or_url).__name__}")
+            if cluster is not None and cluster != _is_cluster_client(client_or_url):
+                raise ValueError(f"cluster={cluster!r} but the client given is a {type(client_or_url).__name__}")
+            if client_or_url.get_encoder().decode_responses:
+                raise ValueError(
+                    "the client decodes responses (decode_responses=True); RedisStore needs the raw bytes: "
+                    "make it with decode_responses=False"
+                )
+            self.client = client_or_url
+            self.owns_client = False
+        self.cluster = _is_cluster_client(self.client)
+        self._closed = False
+
+    # ------------------------------------------------------------------ keys and values
+    def redis_key(self, key: Any) -> bytes:
+        """The Redis key (bytes, prefix included) of a cache key; TypeError if it has none."""
+        encoder = self.key_encoder
+        if encoder is not None:
+            raw = encoder(key)
+            if isinstance(raw, str):
+                return self.prefix + raw.encode("utf-8")
+            if isinstance(raw, (bytes, bytearray)):
+                return self.prefix + bytes(raw)
+            raise TypeError(f"key_encoder returned {type(raw).__name__} for {key!r}; it must return str or bytes")
+        if isinstance(key, str):
+            return self.prefix + key.encode("utf-8")
+        if isinstance(key, bytes):
+            return self.prefix + key
+        if isinstance(key, int) and not isinstance(key, bool):
+            return self.prefix + str(int(key)).encode("ascii")
+        raise TypeError(
+            f"RedisStore keys are str, bytes or int; got {type(key).__name__} ({key!r}). "
+            "Pass key_encoder=... to map such keys to str or bytes"
+        )
+
+    def _ttl_ms(self, key: Any, value: Any) -> Optional[int]:
+        ttl = self.ttl
+        if ttl is None:
+            return None
+        if callable(ttl):
+            try:
+                seconds = ttl(key, value)
+                if seconds is None:
+                    return None
+                return _ttl_to_ms(seconds)
+            except Exception as exc:
+                raise TTLError(key, exc) from exc
+        return ttl  # checked and converted at construction
+
+    def _encode_value(self, key: Any, value: Any) -> bytes:
+        data = self.serializer.encode(key, value)  # SerializationError naming key
+        if isinstance(data, str):
+            return data.encode("utf-8")
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            return bytes(data)
+        raise SerializationError(key, TypeError(f"the serializer returned {type(data).__name__}, not str or bytes"))
+
+    def _decode_value(self, key: Any, data: bytes) -> Any:
+        try:
+            return self.serializer.loads(data if self.serializer.binary else data.decode("utf-8"))
+        except Exception as exc:
+            raise SerializationError(key, exc) from exc
+
+    def _encode_batch(
+        self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]
+    ) -> Tuple[List[Tuple[bytes, bytes, Optional[int]]], List[bytes]]:
+        """(rkey, data, ttl ms or None) per upsert and rkey per delete; raises before anything is sent."""
+        sets = []
+        for key, value in upserts:
+            try:
+                rkey = self.redis_key(key)
+            except Exception as exc:
+                raise RedisKeyError(key, exc) from exc
+            sets.append((rkey, self._encode_value(key, value), self._ttl_ms(key, value)))
+        dels = []
+        for key in deletes:
+            try:
+                dels.append(self.redis_key(key))
+            except Exception as exc:
+                raise RedisKeyError(key, exc) from exc
+        return sets, dels
+
+    # ------------------------------------------------------------------ Store
+    def load_many(self, keys: Sequence[Any]) -> Dict[Any, Any]:
+        keys = list(keys)
+        if not keys:
+            return {}
+        rkeys = [self.redis_key(key) for key in keys]
+        found: Dict[Any, Any] = {}
+        for key, data in zip(keys, self._mget(rkeys)):
+            if data is not None:
+                found[key] = self._decode_value(key, data)
+        return found
+
+    def _mget(self, rkeys: List[bytes]) -> List[Optional[bytes]]:
+        size = self.chunk_size
+        if self.cluster:
+            # mget_nonatomic: one MGET per slot, pipelined, one round trip per node.
+            values: List[Optional[bytes]] = []
+            for start in range(0, len(rkeys), size):
+                values.extend(self.client.mget_nonatomic(rkeys[start : start + size]))
+            return values
+        if len(rkeys) <= size:
+            return self.client.mget(rkeys)  # type: ignore[no-any-return]
+        pipe = self.client.pipeline(transaction=False)
+        for start in range(0, len(rkeys), size):
+            pipe.mget(rkeys[start : start + size])
+        return [value for chunk in pipe.execute() for value in chunk]
+
+    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Optional[GeneratedFields]:
+        sets, dels = self._encode_batch(upserts, deletes)
+        if not sets and not dels:
+            return None
+        if self.cluster:
+            self._write_cluster(sets, dels)
+        else:
+            pipe = self.client.pipeline(transaction=True)
+            _queue(pipe, sets, dels)
+            pipe.execute()
+        return None
+
+    def _write_cluster(self, sets: List[Tuple[bytes, bytes, Optional[int]]], dels: List[bytes]) -> None:
+        client = self.client
+        by_slot: Dict[int, Tuple[list, list]] = defaultdict(lambda: ([], []))
+        for item in sets:
+            by_slot[client.keyslot(item[0])][0].append(item)
+        for rkey in dels:
+            by_slot[client.keyslot(rkey)][1].append(rkey)
+        todo = dict(by_slot)
+        last_error: Optional[BaseException] = None
+        for attempt in range(_CLUSTER_ATTEMPTS):
+            if attempt:
+                self._refresh_topology()  # the slots moved: learn where they are now
+            by_node: Dict[str, List[int]] = defaultdict(list)
+            for slot in todo:
+                node = client.nodes_manager.get_node_from_slot(slot)
+                by_node[node.name].append(slot)
+            redirected: Dict[int, Tuple[list, list]] = {}
+            failure: Optional[BaseException] = None
+            for name, slots in by_node.items():
+                try:
+                    outcome = self._send_slot_transactions(client.get_node(node_name=name), slots, todo)
+                except Exception as exc:  # this node is down or unreachable: try the others, then raise
+                    failure = failure or exc
+                    continue
+                for slot, error in outcome.items():
+                    if isinstance(error, (_rexc.AskError, _rexc.TryAgainError, _rexc.ClusterDownError)):
+                        redirected[slot] = todo[slot]
+                        last_error = error
+                    else:
+                        failure = failure or error
+            if failure is not None:
+                if is_recoverable_error(failure):
+                    self._refresh_topology()  # a failover may have moved the slots of the failed node
+                raise failure
+            if not redirected:
+                return
+            todo = redirected
+        raise last_error if last_error is not None else _rexc.TryAgainError("cluster slots kept moving")
+
+    def _send_slot_transactions(self, node: Any, slots: List[int], todo: Mapping[int, Tuple[list, list]]) -> Dict[int, BaseException]:
+        """One pipelined round trip to `node`: MULTI ... EXEC per slot; returns the slots that failed, with why."""
+        connection = self.client.get_redis_connection(node)
+        pipe = connection.pipeline(transaction=False)
+        spans = []
+        for slot in slots:
+            first = len(pipe.command_stack)
+            pipe.execute_command("MULTI")
+            sets, dels = todo[slot]
+            _queue(pipe, sets, dels)
+            pipe.execute_command("EXEC")
+            spans.append((slot, first, len(pipe.command_stack)))
+        replies = pipe.execute(raise_on_error=False)
+        failed: Dict[int, BaseException] = {}
+        for slot, first, end in spans:
+            exec_reply = replies[end - 1]
+            if isinstance(exec_reply, list):
+                errors = [reply for reply in exec_reply if isinstance(reply, Exception)]
+                if errors:  # cannot happen with validated SET/MSET/DEL, but never pass it silently
+                    failed[slot] = errors[0]
+                continue
+            # EXECABORT: the reason is the first error among the queued commands' replies
+            queued = [reply for reply in replies[first:end - 1] if isinstance(reply, Exception)]
+            failed[slot] = queued[0] if queued else (exec_reply if isinstance(exec_reply, Exception) else _rexc.ResponseError(repr(exec_reply)))
+        return failed
+
+    def _refresh_topology(self) -> None:
+        try:
+            self.client.nodes_manager.initialize()
+        except Exception as exc:  # no node answers: the next attempt tries again
+            log.debug("lazycache: refreshing the Redis Cluster's slot map failed: %r", exc)
+
+    def is_recoverable(self, exc: BaseException) -> bool:
+        return is_recoverable_error(exc)
+
+    def close(self) -> None:
+        """Closes the client if the store made it (a client it was given is left alone). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.owns_client:
+            self.client.close()
+
+    def __repr__(self) -> str:
+        try:
+            where = _describe_client(self.client)
+        except Exception:
+            where = type(self.client).__name__
+        ttl = "" if self.ttl is None else f", ttl={'callable' if callable(self.ttl) else f'{self.ttl}ms'}"
+        return f"RedisStore({where}, prefix={self.prefix.decode('utf-8', 'backslashreplace')!r}, {self.serializer.name}{ttl})"
+
+
+def _queue(pipe: Any, sets: List[Tuple[bytes, bytes, Optional[int]]], dels: List[bytes]) -> None:
+    """Queues one batch's commands: MSETs for entries without TTL, SET PX for the others, DELs."""
+    plain: List[bytes] = []
+    for rkey, data, ttl_ms in sets:
+        if ttl_ms is None:
+            plain.append(rkey)
+            plain.append(data)
+            if len(plain) >= 2 * _MSET_CHUNK:
+                pipe.execute_command("MSET", *plain)
+                plain = []
+        else:
+            pipe.execute_command("SET", rkey, data, "PX", ttl_ms)
+    if plain:
+        pipe.execute_command("MSET", *plain)
+    for start in range(0, len(dels), _MSET_CHUNK):
+        pipe.execute_command("DEL", *dels[start : start + _MSET_CHUNK])
+
+
+def _ttl_to_ms(seconds: Any) -> int:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"a TTL is a number of seconds, not {type(seconds).__name__}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a TTL must be a positive number of seconds, got {seconds!r}")
+    return max(1, int(math.ceil(seconds * 1000)))
+
+
+def _check_ttl_spec(ttl: TTLSpec) -> Union[None, int, Callable[[Any, Any], Optional[float]]]:
+    if ttl is None or callable(ttl):
+        return ttl
+    return _ttl_to_ms(ttl)
+
+
+# ----------------------------------------------------------------------------- one line
+
+
+def open_redis(
+    url: Any = DEFAULT_URL,
+    *,
+    prefix: Union[str, bytes] = DEFAULT_PREFIX,
+    serializer: SerializerSpec = "json",
+    ttl: TTLSpec = None,
+    key_encoder: Optional[KeyEncoder] = None,
+    cluster: Optional[bool] = None,
+    coherence: Any = True,
+    channel: Optional[str] = None,
+    client_options: Optional[Mapping[str, Any]] = None,
+    implementation: Optional[str] = None,
+    **cache_options: Any,
+) -> Any:
+    """A ready `LazyWriterCache` over a `RedisStore` at `url` (a URL or a redis-py client).
+
+    `coherence=True` (default) subscribes the cache to the invalidation channel of its
+    prefix (`channel`, default `prefix + "invalidate"`, with `@db` appended for a
+    database other than 0), so that caches in other processes over the same Redis and
+    prefix drop what this one writes, and the other way round; pass False for a cache
+    that is the only writer, or a `Coherence` of your own. `implementation` picks the
+    core ("cython" or "python"). Every other keyword is a `LazyWriterCache` option.
+
+    >>> with open_redis("redis://127.0.0.1:6379/0", prefix="users:") as users:
+    ...     users["alice"] = {"age": 30}
+
+    The cache owns the store and the channel: they are closed when it is closed (the
+    channel) or garbage-collected (the store's client, if it made it).
+    """
+    from ..cache import LazyWriterCache, implementation_class
+    from ..coherence import Coherence
+
+    cls = LazyWriterCache if implementation is None else implementation_class(implementation)
+    store = RedisStore(
+        url, prefix, serializer, ttl, key_encoder=key_encoder, cluster=cluster, client_options=client_options
+    )
+    channel_made = None
+    try:
+        if coherence is True:
+            from .redis_coherence import RedisCoherence
+
+            channel_made = RedisCoherence(store.client, channel or default_channel(store))
+            coherence = channel_made
+        elif coherence is False or coherence is None:
+            coherence = None
+        elif not isinstance(coherence, Coherence):
+            raise TypeError(f"coherence must be True, False or a Coherence, not {type(coherence).__name__}")
+        cache = cls(store, coherence=coherence, **cache_options)
+    except BaseException:
+        if channel_made is not None:
+            channel_made.close()
+        store.close()
+        raise
+    weakref.finalize(cache, store.close).atexit = False
+    return cache
+
+
+def default_channel(store: RedisStore) -> str:
+    """The invalidation channel `open_redis` uses for a store: its prefix + "invalidate" (+ "@db" if db != 0)."""
+    name = store.prefix.decode("utf-8", "backslashreplace") + "invalidate"
+    if not store.cluster:
+        db = store.client.connection_pool.connection_kwargs.get("db", 0) or 0
+        if int(db):
+            name += f"@{int(db)}"
+    return name
+
