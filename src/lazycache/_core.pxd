@@ -79,7 +79,6 @@ cdef class Core:
     cdef int _bury(self) except -1
     cdef int _to_grave(self, PyObject *obj) except -1
     cdef int _check_writable(self) except -1
-    cdef Py_ssize_t _lookup(self, object key, Py_hash_t h) except -2
     cdef int _resize(self, Py_ssize_t minused) except -1
     cdef int _grow_ring(self) except -1
     cdef int _push_dirty(self, uint32_t r, bint front) except -1
@@ -93,6 +92,3 @@ cdef class Core:
     cdef object _remove_impl(self, object key)
     cdef object _remove_unlocked(self, object key)
     cdef int _finish(self, uint32_t r) except -1
-    cdef Py_ssize_t _find(self, object key) except -2
-    cdef inline object _outcome(self, Py_ssize_t ix, bint count)
-    cdef object _read(self, object key, bint count)

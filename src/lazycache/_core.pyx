@@ -48,6 +48,10 @@ from libc.string cimport memset
 from lazycache._core_py import _check_size
 from lazycache._sentinels import ABSENT, MISSING
 
+cdef extern from "Python.h":
+    ctypedef struct PyASCIIObject:
+        Py_hash_t hash
+
 cdef object _MISSING = MISSING
 cdef object _ABSENT = ABSENT
 
@@ -93,6 +97,81 @@ cdef Py_ssize_t _clock_scan(uint8_t *flags, uint32_t *pos, Entry *entries, Py_ss
         steps += 1
     hand[0] = h
     return n
+
+
+# Hot-path helpers are module functions, not methods: a cdef method of a class that
+# Python code subclasses is called through a vtable, which the C compiler cannot inline.
+cdef inline Py_ssize_t _lookup(Core self, object key, Py_hash_t h) except -2:
+    """The index of key's entry, or -1. Restarts if a comparison changed the table."""
+    cdef size_t mask, i, perturb
+    cdef int32_t ix
+    cdef Entry *ep
+    cdef Entry *entries
+    cdef PyObject *startkey
+    cdef int cmp
+    while True:
+        if self._indices == NULL:
+            return -1
+        mask = self._mask
+        i = <size_t>h & mask
+        perturb = <size_t>h
+        while True:
+            ix = self._indices[i]
+            if ix == EMPTY:
+                return -1
+            if ix >= 0:
+                ep = &self._entries[ix]
+                if ep.key == <PyObject *>key:
+                    return ix
+                if ep.hash == h:
+                    startkey = ep.key
+                    entries = self._entries
+                    Py_XINCREF(startkey)
+                    try:
+                        cmp = PyObject_RichCompareBool(<object>startkey, key, Py_EQ)
+                    finally:
+                        Py_XDECREF(startkey)
+                    if entries != self._entries or self._entries[ix].key != startkey:
+                        break  # the comparison changed the table: look again
+                    if cmp:
+                        return ix
+            i = _next_probe(i, &perturb, mask)
+
+cdef inline Py_ssize_t _find(Core self, object key) except -2:
+    cdef Py_hash_t h
+    if type(key) is str:
+        h = (<PyASCIIObject *>key).hash  # str caches its hash: no call when it is known
+        if h == -1:
+            h = PyObject_Hash(key)
+    else:
+        h = PyObject_Hash(key)
+    return _lookup(self, key, h)
+
+cdef inline object _outcome(Core self, Py_ssize_t ix, bint count):
+    """What a read of the entry at ix sees: its value, MISSING (a tombstone) or ABSENT."""
+    cdef Entry *ep
+    if ix < 0:
+        if count:
+            self._misses += 1
+        return _ABSENT
+    ep = &self._entries[ix]
+    if ep.value == NULL:
+        if count:
+            self._misses += 1
+        return _MISSING
+    if count:
+        ep.ring |= REF_BIT
+        self._hits += 1
+    return <object>ep.value
+
+cdef inline object _read(Core self, object key, bint count):
+    if self._nslow == 0 and _simple(key):
+        return _outcome(self, _find(self, key), count)
+    self._acquire()
+    try:
+        return _outcome(self, _find(self, key), count)
+    finally:
+        self._release()
 
 
 cdef class Core:
@@ -197,45 +276,6 @@ cdef class Core:
         return 0
 
     # ----------------------------------------------------------- the hash table
-    cdef Py_ssize_t _lookup(self, object key, Py_hash_t h) except -2:
-        """The index of key's entry, or -1. Restarts if a comparison changed the table."""
-        cdef size_t mask, i, perturb
-        cdef int32_t ix
-        cdef Entry *ep
-        cdef Entry *entries
-        cdef PyObject *startkey
-        cdef int cmp
-        while True:
-            if self._indices == NULL:
-                return -1
-            mask = self._mask
-            i = <size_t>h & mask
-            perturb = <size_t>h
-            while True:
-                ix = self._indices[i]
-                if ix == EMPTY:
-                    return -1
-                if ix >= 0:
-                    ep = &self._entries[ix]
-                    if ep.key == <PyObject *>key:
-                        return ix
-                    if ep.hash == h:
-                        startkey = ep.key
-                        entries = self._entries
-                        Py_XINCREF(startkey)
-                        try:
-                            cmp = PyObject_RichCompareBool(<object>startkey, key, Py_EQ)
-                        finally:
-                            Py_XDECREF(startkey)
-                        if entries != self._entries or self._entries[ix].key != startkey:
-                            break  # the comparison changed the table: look again
-                        if cmp:
-                            return ix
-                i = _next_probe(i, &perturb, mask)
-
-    cdef Py_ssize_t _find(self, object key) except -2:
-        return self._lookup(key, PyObject_Hash(key))
-
     cdef int _resize(self, Py_ssize_t minused) except -1:
         """Rebuilds the table for at least minused entries, compacting out the holes."""
         cdef size_t newsize = MINSIZE, i, perturb, mask
@@ -432,7 +472,7 @@ cdef class Core:
         if value is _MISSING:
             raise ValueError("lazycache.MISSING stands for 'no value' and cannot be stored")
         h = PyObject_Hash(key)
-        ix = self._lookup(key, h)
+        ix = _lookup(self, key, h)
         self._sets += 1
         if ix < 0:
             self._insert(key, h, value, DIRTY)
@@ -474,7 +514,7 @@ cdef class Core:
         cdef Py_ssize_t ix
         cdef PyObject *old = NULL
         self._check_writable()
-        ix = self._find(key)
+        ix = _find(self, key)
         if ix < 0:
             return _ABSENT
         if self._entries[ix].value == NULL:
@@ -484,35 +524,9 @@ cdef class Core:
         Py_XDECREF(old)  # `value` holds it now
         return value
 
-    cdef inline object _outcome(self, Py_ssize_t ix, bint count):
-        """What a read of the entry at ix sees: its value, MISSING (a tombstone) or ABSENT."""
-        cdef Entry *ep
-        if ix < 0:
-            if count:
-                self._misses += 1
-            return _ABSENT
-        ep = &self._entries[ix]
-        if ep.value == NULL:
-            if count:
-                self._misses += 1
-            return _MISSING
-        if count:
-            ep.ring |= REF_BIT
-            self._hits += 1
-        return <object>ep.value
-
-    cdef object _read(self, object key, bint count):
-        if self._nslow == 0 and _simple(key):
-            return self._outcome(self._find(key), count)
-        self._acquire()
-        try:
-            return self._outcome(self._find(key), count)
-        finally:
-            self._release()
-
     # ----------------------------------------------------------- dict protocol (hot path)
     def __getitem__(self, key):
-        value = self._read(key, True)
+        value = _read(self, key, True)
         if value is _ABSENT:
             if not self._read_through:
                 raise KeyError(key)
@@ -522,7 +536,7 @@ cdef class Core:
         return value
 
     def get(self, key, default=None):
-        value = self._read(key, True)
+        value = _read(self, key, True)
         if value is _ABSENT:
             if not self._read_through:
                 return default
@@ -530,7 +544,7 @@ cdef class Core:
         return default if value is _MISSING else value
 
     def __contains__(self, key):
-        value = self._read(key, False)
+        value = _read(self, key, False)
         if value is _ABSENT:
             return self._read_through and self._load_missing(key) is not _MISSING
         return value is not _MISSING
@@ -613,7 +627,7 @@ cdef class Core:
         self._acquire()
         try:
             h = PyObject_Hash(key)
-            ix = self._lookup(key, h)
+            ix = _lookup(self, key, h)
             if ix >= 0:
                 if self._entries[ix].value == NULL:
                     return _MISSING
@@ -634,7 +648,7 @@ cdef class Core:
         cdef int raised = 0
         self._acquire()
         try:
-            ix = self._find(key)
+            ix = _find(self, key)
             if ix >= 0 and self._entries[ix].value != NULL:
                 self._entries[ix].ring |= REF_BIT
                 return False, <object>self._entries[ix].value
@@ -653,7 +667,7 @@ cdef class Core:
         cdef Entry *ep
         self._acquire()
         try:
-            ix = self._find(key)
+            ix = _find(self, key)
             if ix < 0:
                 return _ABSENT, self._epoch
             ep = &self._entries[ix]
@@ -670,7 +684,7 @@ cdef class Core:
         cdef int raised = 0
         self._acquire()
         try:
-            ix = self._find(key)
+            ix = _find(self, key)
             if expected is _ABSENT:
                 if ix >= 0 or self._epoch != version:
                     return False
@@ -690,7 +704,7 @@ cdef class Core:
         cdef Py_ssize_t ix
         self._acquire()
         try:
-            ix = self._find(key)
+            ix = _find(self, key)
             return ix >= 0 and (self._flags[self._entries[ix].ring & RING_MASK] & (DIRTY | INFLIGHT)) != 0
         finally:
             self._release()
@@ -709,7 +723,7 @@ cdef class Core:
         self._acquire()
         try:
             h = PyObject_Hash(key)
-            ix = self._lookup(key, h)
+            ix = _lookup(self, key, h)
             if ix >= 0:
                 r = self._entries[ix].ring & RING_MASK
                 if self._flags[r] & (DIRTY | INFLIGHT):
@@ -1025,7 +1039,7 @@ cdef class Core:
         self._acquire()
         try:
             for key in keys:
-                ix = self._find(key)
+                ix = _find(self, key)
                 if ix >= 0:
                     r = self._entries[ix].ring & RING_MASK
                     if not self._flags[r] & PINNED:
