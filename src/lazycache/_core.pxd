@@ -44,6 +44,7 @@ cdef class Core:
     cdef Py_ssize_t _cap
     cdef Py_ssize_t _nslots
     cdef Py_ssize_t _nfree
+    cdef Py_ssize_t _freecap
     cdef Py_ssize_t _hand
     # Dirty queue: a growable circular buffer of ring slots.
     cdef uint32_t *_queue

@@ -329,10 +329,6 @@ cdef class Core:
         if since == NULL:
             raise MemoryError()
         self._since = since
-        cdef uint32_t *free = <uint32_t *>PyMem_Realloc(self._free, cap * sizeof(uint32_t))
-        if free == NULL:
-            raise MemoryError()
-        self._free = free
         self._cap = cap
         return 0
 
@@ -414,7 +410,8 @@ cdef class Core:
 
     cdef int _detach(self, uint32_t r) except -1:
         """Removes an entry from the map and the ring; its key and value go to the grave."""
-        cdef Py_ssize_t ix = self._pos[r]
+        cdef Py_ssize_t ix = self._pos[r], cap
+        cdef uint32_t *free
         cdef Entry *ep = &self._entries[ix]
         cdef size_t i = <size_t>ep.hash & self._mask
         cdef size_t perturb = <size_t>ep.hash
@@ -431,6 +428,13 @@ cdef class Core:
         if self._flags[r] & DELETED:
             self._ntomb -= 1
         self._flags[r] = 0
+        if self._nfree == self._freecap:  # grown on demand: a cache that never evicts needs none
+            cap = self._freecap * 2 if self._freecap else 64
+            free = <uint32_t *>PyMem_Realloc(self._free, cap * sizeof(uint32_t))
+            if free == NULL:
+                raise MemoryError()
+            self._free = free
+            self._freecap = cap
         self._free[self._nfree] = r
         self._nfree += 1
         self._epoch += 1
@@ -867,6 +871,10 @@ cdef class Core:
                 ep = &self._entries[self._pos[r]]
                 batch.append((<object>ep.key, _MISSING if ep.value == NULL else <object>ep.value, r, ep.seq))
             self._signals &= ~SIGNAL_WRITE
+            if self._qlen == 0 and self._qcap > 1024:  # the backlog is gone: give its memory back
+                PyMem_Free(self._queue)
+                self._queue = NULL
+                self._qcap = self._qhead = 0
         finally:
             self._release()
         return batch
