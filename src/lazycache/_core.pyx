@@ -1046,6 +1046,8 @@ cdef class Core:
         cdef uint32_t r
         self._acquire()
         try:
+            # Even if none is in memory: a read-through load in flight must not cache what it read.
+            self._epoch += 1
             for key in keys:
                 ix = _find(self, key)
                 if ix >= 0:
@@ -1064,6 +1066,7 @@ cdef class Core:
         cdef uint32_t r
         self._acquire()
         try:
+            self._epoch += 1  # loads in flight must not cache what they read
             for r in range(<uint32_t>self._nslots):
                 if self._flags[r] & USED and not self._flags[r] & PINNED:
                     self._detach(r)

@@ -572,6 +572,8 @@ class Core:
         """Drops the given keys from memory unless a change of theirs is pending; returns how many."""
         dropped = []
         with self._lock:
+            # Even if none is in memory: a read-through load in flight must not cache what it read.
+            self._epoch += 1
             for key in keys:
                 entry = self._map.get(key)
                 if entry is not None and not entry.flags & PINNED:
@@ -582,6 +584,7 @@ class Core:
     def _drop_clean(self) -> int:
         """Removes every entry with no pending write from memory; returns how many."""
         with self._lock:
+            self._epoch += 1  # loads in flight must not cache what they read
             clean = [e for e in self._ring if e is not None and not e.flags & PINNED]
             for entry in clean:
                 self._detach(entry)
