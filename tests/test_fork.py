@@ -122,12 +122,12 @@ def test_forked_child_can_fork_again(make_cache, tmp_path) -> None:
 
     def grandchild():
         cache["grandchild"] = 2
-        wait_until(lambda: "grandchild" in store.data)
+        wait_until(lambda: "grandchild" in store.data and cache.pending == 0)  # committed: logged too
         return os.getpid()
 
     def child():
         cache["child"] = 1
-        wait_until(lambda: "child" in store.data)
+        wait_until(lambda: "child" in store.data and cache.pending == 0)
         return [os.getpid(), run_in_forked_child(grandchild)]
 
     child_pid, grandchild_pid = run_in_forked_child(child)
@@ -135,4 +135,4 @@ def test_forked_child_can_fork_again(make_cache, tmp_path) -> None:
     assert keys_written(log, child_pid) == ["child"]
     assert keys_written(log, grandchild_pid) == ["grandchild"]
     cache["parent"] = 0
-    wait_until(lambda: "parent" in store.data)
+    wait_until(lambda: "parent" in store.data and cache.pending == 0)

@@ -17,6 +17,8 @@ from typing import Any, List
 import pytest
 import redis
 from helpers import TIMEOUT, wait_until
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis_cluster import free_port, private_redis  # noqa: F401  (fixture)
 from services import delete_redis_keys, redis_client, redis_url, unique_name
 
@@ -364,11 +366,12 @@ def test_server_errors_are_classified(raw, prefix) -> None:
         raw.execute_command("SET", prefix + "x")
     assert not store.is_recoverable(syntax.value)
 
-    refused = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    no_retry = Retry(NoBackoff(), 0)
+    refused = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1, retry=no_retry)
     with pytest.raises(redis.ConnectionError) as down:
         refused.ping()
     assert store.is_recoverable(down.value)
-    slow = redis_client(socket_timeout=0.05)
+    slow = redis_client(socket_timeout=0.05, retry=no_retry)
     try:
         with pytest.raises(redis.TimeoutError) as timeout:
             slow.blpop([prefix + "never"], timeout=1)

@@ -182,7 +182,7 @@ EXIT_SCRIPT = textwrap.dedent(
         def write(self, upserts, deletes):
             raise ConnectionError("the database is down")
 
-    cache = implementation_class(sys.argv[1])(DownStore(), write_interval=3600, prune_interval=3600)
+    cache = implementation_class(sys.argv[1])(DownStore(), write_interval=3600, prune_interval=3600, exit_timeout=0.5)
     cache["unwritten-1"] = 1
     cache["unwritten-2"] = 2
     print(cache.pending, flush=True)
@@ -252,8 +252,9 @@ HUNG_EXIT_SCRIPT = textwrap.dedent(
 
 
 def test_cache_left_open_with_a_hung_store_does_not_hang_interpreter_exit(impl) -> None:
-    # The atexit close has no deadline: a store that never answers keeps the process alive
-    # forever (a container stop then ends in SIGKILL, and the lost keys are never named).
+    # A store that never answers must not keep the process alive forever (a container stop
+    # would end in SIGKILL, the lost keys never named): the exit close has a deadline
+    # (exit_timeout, 3 s by default).
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
@@ -261,7 +262,7 @@ def test_cache_left_open_with_a_hung_store_does_not_hang_interpreter_exit(impl) 
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        out, err = proc.communicate(timeout=5)
+        out, err = proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()  # the child we started, by its handle
         out, err = proc.communicate()

@@ -87,10 +87,13 @@ def test_integrity_error_is_not_recoverable(database) -> None:
         assert conn.execute(sa.select(table.c.name, table.c.email)).all() == [("a", "same@example.com")]
 
 
-def test_a_key_the_column_cannot_hold_is_not_recoverable(database) -> None:
+@pytest.mark.parametrize("size", [pytest.param(2, id="small-batch"), pytest.param(700, id="pipelined-batch")])
+def test_a_key_the_column_cannot_hold_is_not_recoverable(database, size) -> None:
     store = SQLAlchemyStore(database.engine, database.table_name(), key_type=int)
+    upserts = [(i, "fine") for i in range(1, size)]
+    upserts.insert(size * 2 // 3, (2**70, "too big for BIGINT"))  # in a later statement of a pipelined batch
     with pytest.raises(Exception) as caught:  # DataError on the servers, OverflowError from sqlite3
-        store.write([(1, "fine"), (2**70, "too big for BIGINT")], [])
+        store.write(upserts, [])
     assert store.is_recoverable(caught.value) is False
     assert store.load_many([1]) == {}
     store.write([(1, "fine")], [])  # the store carries on

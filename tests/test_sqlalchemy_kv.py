@@ -204,6 +204,15 @@ def test_large_values_round_trip(database, db_cache) -> None:
     assert SQLAlchemyStore(database.new_engine(), store.table.name).load("big") == big
 
 
+def test_a_batch_of_many_sizable_values_round_trips(database, db_cache) -> None:
+    store = kv_store(database)
+    cache = db_cache(store, quiet=True, batch_size=1000)
+    values = {f"doc{i}": {"body": f"{i}:" + "ü\\'\"\n" * 3000} for i in range(400)}  # 400 x ~15 KB, quotes and escapes
+    cache.update(values)
+    cache.flush()
+    assert stored(database, store.table.name) == values
+
+
 def test_value_set_during_a_flush_is_kept_in_memory_and_written_by_the_next_flush(database, db_cache) -> None:
     store = HeldStore(database.engine, database.table_name())
     cache = db_cache(store, quiet=True)

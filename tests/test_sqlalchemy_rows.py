@@ -5,6 +5,7 @@ Every test runs on SQLite, PostgreSQL and MariaDB; those that go through a cache
 from __future__ import annotations
 
 import datetime
+import itertools
 import threading
 import uuid
 from typing import Optional
@@ -153,6 +154,24 @@ def test_generated_fields_come_back_with_or_without_returning(database, returnin
     }
     again = store.write([("a", {"email": "a2"})], [])
     assert again["a"]["id"] == in_db["a"]["id"] and again["a"]["revision"] == 1
+
+
+def test_python_side_defaults_and_onupdate_callables_are_applied_and_returned(database) -> None:
+    revisions = itertools.count(100)
+    table = sa.Table(
+        database.table_name("docs"),
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(50), nullable=False, unique=True),
+        sa.Column("source", sa.String(20), default="lazycache"),
+        sa.Column("touched", sa.Integer, default=0, onupdate=lambda: next(revisions)),
+    )
+    store = SQLAlchemyStore(database.engine, table, key="name")
+    first = store.write([("a", {}), ("b", {"source": "mine"})], [])
+    assert {k: (v["source"], v["touched"]) for k, v in first.items()} == {"a": ("lazycache", 0), "b": ("mine", 0)}
+    second = store.write([("a", {"touched": 5, "source": "theirs"})], [])  # an update: onupdate wins
+    assert second["a"]["source"] == "theirs" and second["a"]["touched"] >= 100  # a value of the callable, not 5
+    assert second["a"]["id"] == first["a"]["id"]
 
 
 def test_composite_keys_of_several_types(database, db_cache) -> None:

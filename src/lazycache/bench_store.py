@@ -16,7 +16,8 @@ same JSON serializer inside the timed region, then commits. The contenders:
 * the raw driver, the fastest ways found: psycopg ``executemany`` (pipeline mode), COPY
   into a temporary table then ``INSERT ... SELECT ... ON CONFLICT``, and ``unnest()`` of
   binary arrays in chunks sent in pipeline mode; sqlite3 ``executemany``; PyMySQL
-  ``executemany`` (which it turns into multi-row INSERTs).
+  ``executemany`` (which it turns into multi-row INSERTs), and multi-row INSERTs built in
+  one thread while another sends the previous one.
 
 The new keys of a trial are deleted after it, outside the timed region, so every trial
 sees a table of the same size. Contenders take turns within each repeat (round-robin);
@@ -28,10 +29,12 @@ from __future__ import annotations
 import gc
 import json
 import os
+import queue
 import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -290,6 +293,37 @@ def _contenders(store: Any, engine: Any) -> Tuple[List[Contender], Dict[str, str
             driver.commit()
 
         contenders.append(Contender(f"{dialect.driver} executemany (multi-row INSERT)", RAW, mysql_executemany, raw, release))
+
+        if dialect.driver == "pymysql":
+            head = f"INSERT INTO {name} ({key}, {value}) VALUES "
+            tail = f" ON DUPLICATE KEY UPDATE {value} = VALUES({value})"
+
+            def mysql_pipelined(connection: Any, batch: Batch) -> None:
+                driver = connection.driver_connection
+                escape = driver.escape
+                statements: "queue.Queue[Optional[str]]" = queue.Queue(maxsize=2)
+                cursor = driver.cursor()
+
+                def send() -> None:
+                    while True:
+                        statement = statements.get()
+                        if statement is None:
+                            return
+                        cursor.execute(statement)
+
+                sender = threading.Thread(target=send)
+                sender.start()
+                for start in range(0, len(batch), 250):
+                    part = batch[start : start + 250]
+                    statements.put(head + ",".join(f"({escape(k)},{escape(dumps(v))})" for k, v in part) + tail)
+                statements.put(None)
+                sender.join()
+                cursor.close()
+                driver.commit()
+
+            contenders.append(
+                Contender("pymysql multi-row INSERTs of 250 rows, sent by a thread", RAW, mysql_pipelined, raw, release)
+            )
     else:
         skipped["raw driver"] = f"no raw-driver contender for {dialect.name}+{dialect.driver}"
     return contenders, skipped

@@ -146,6 +146,13 @@ class PostgresNotifyCoherence(ChannelCoherence):
     def _pong_pending(self) -> bool:
         return self._ping_pending
 
+    def _subscriber_fileno(self) -> Optional[int]:
+        conn = self._listener
+        try:
+            return conn.fileno() if conn is not None and not conn.closed else None
+        except Exception:
+            return None
+
     def _disconnect(self) -> None:
         conn, self._listener = self._listener, None
         if conn is not None:

@@ -300,6 +300,8 @@ class RedisStore(Store[Any, Any]):
             self.client = client_or_url
             self.owns_client = False
         self.cluster = _is_cluster_client(self.client)
+        self.redirects = 0
+        """Cluster: slot transactions resent after MOVED/ASK/TRYAGAIN (a resharding or failover)."""
         self._closed = False
 
     # ------------------------------------------------------------------ keys and values
@@ -437,6 +439,7 @@ class RedisStore(Store[Any, Any]):
                 for slot, error in outcome.items():
                     if isinstance(error, (_rexc.AskError, _rexc.TryAgainError, _rexc.ClusterDownError)):
                         redirected[slot] = todo[slot]
+                        self.redirects += 1
                         last_error = error
                     else:
                         failure = failure or error
