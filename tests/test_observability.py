@@ -128,3 +128,18 @@ def test_pending_is_the_queue_depth_while_the_store_is_down(make_cache) -> None:
     stats = cache.stats
     assert stats.pending == 20 and stats.size == 20
     assert stats.failed_writes >= stats.retries >= 2  # every failed attempt counts its entries
+
+
+def test_a_write_made_during_a_long_backoff_is_not_stamped_with_an_old_time(make_cache) -> None:
+    # The writer backs off for a second at a time; the core's clock must keep time meanwhile,
+    # or a write made late in the backoff would look as old as the backoff.
+    store = FailingStore()
+    store.fail = True
+    cache = make_cache(store, write_interval=0.02, retry_initial=1.0, retry_max=1.0, close_may_fail=True)
+    cache["old"] = 1
+    wait_until(lambda: cache.stats.retries >= 1)
+    time.sleep(0.6)  # well into the backoff
+    cache.clear_dirty()  # forget "old": only the new write is pending
+    cache["new"] = 2
+    # The clock may lag by one write interval, not by the 0.6 s spent in the backoff.
+    assert cache.stats.oldest_pending_age < 0.3

@@ -53,7 +53,12 @@ class Worker:
             early = not_before - time.monotonic()
             if early > 0:  # woken during a backoff: keep waiting
                 self._wakeup.clear()
-                wait = early
+                wait = min(early, self._interval)
+                owner = self._owner()
+                if owner is None:
+                    return
+                owner._heartbeat()  # the clock keeps time during a long backoff
+                del owner
                 continue
             self._wakeup.clear()
             owner = self._owner()
@@ -67,7 +72,7 @@ class Worker:
             finally:
                 del owner
             if backoff:
-                wait = backoff
+                wait = min(backoff, self._interval)
                 not_before = time.monotonic() + backoff
             else:
                 wait = self._interval

@@ -507,6 +507,10 @@ class _CacheLayer:
             duration=timeout,
         )
 
+    def _heartbeat(self) -> None:
+        """Keeps the core's coarse clock (stamped on entries as they become pending) current."""
+        self._set_clock(_now_ms())  # type: ignore[attr-defined]
+
     def _background_flush(self) -> Optional[float]:
         """One run of the writer thread; returns the backoff before the next run, if failing."""
         self._set_clock(_now_ms())  # type: ignore[attr-defined]

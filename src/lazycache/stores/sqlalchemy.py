@@ -347,6 +347,7 @@ class SQLAlchemyStore(Store[Any, Any]):
             self.owns_engine = True
         self.chunk_size = chunk_size
         self._pipelined_mysql = False
+        self._key_class: Optional[type] = None
         self._mapper: Optional[Mapper[Any]] = None
         self.serializer: Optional[Serializer] = None
         try:
@@ -389,6 +390,10 @@ class SQLAlchemyStore(Store[Any, Any]):
         self._returning = False
         dialect = self.engine.dialect
         self._key_bind = self.table.c.key.type.dialect_impl(dialect).bind_processor(dialect)
+        # Keys of the wrong type would be stored converted on one database and refused on
+        # another (SQLite turns 1 into '1' in a text column; PostgreSQL will not compare
+        # them): refuse them everywhere.
+        self._key_class = key_type if key_type in (str, int, uuid.UUID, bytes) else None
         self._kv_sql = self._kv_upsert_sql()
 
     def _check_kv_table(self) -> None:
@@ -527,8 +532,17 @@ class SQLAlchemyStore(Store[Any, Any]):
                     self._load_rows(conn, chunk, found)
         return found
 
+    def _wrong_key(self, key: Any) -> str:
+        assert self._key_class is not None
+        return f"the keys of {self.table.fullname!r} are {self._key_class.__name__}, not {type(key).__name__}: {key!r}"
+
     def _load_kv(self, conn: Connection, chunk: List[Any], found: Dict[Any, Any]) -> None:
         assert self.serializer is not None
+        key_class = self._key_class
+        if key_class is not None:
+            for key in chunk:
+                if not isinstance(key, key_class):
+                    raise TypeError(self._wrong_key(key))
         loads = self.serializer.loads
         table = self.table
         for key, data in conn.execute(sa.select(table.c.key, table.c.value).where(table.c.key.in_(chunk))):
@@ -572,6 +586,10 @@ class SQLAlchemyStore(Store[Any, Any]):
         if not upserts and not deletes:
             return None
         rows = None if self.serializer is not None else self._rows(upserts)  # before the transaction
+        if self.serializer is not None and self._key_class is not None:
+            for key in deletes:
+                if not isinstance(key, self._key_class):
+                    raise SerializationError(key, TypeError(self._wrong_key(key)))
         with self.engine.begin() as conn:
             for start in range(0, len(deletes), self.chunk_size):
                 conn.execute(sa.delete(self.table).where(self._key_filter(deletes[start : start + self.chunk_size])))
@@ -594,6 +612,11 @@ class SQLAlchemyStore(Store[Any, Any]):
                 self.serializer.encode(key, value)
             raise
         keys = [key for key, _ in pairs]
+        key_class = self._key_class
+        if key_class is not None:
+            for key in keys:
+                if not isinstance(key, key_class):
+                    raise SerializationError(key, TypeError(self._wrong_key(key)))
         if self._key_bind is not None:
             keys = [self._key_bind(key) for key in keys]
         return keys, values
