@@ -186,6 +186,21 @@ def test_int_and_uuid_keys_keep_their_type(database, db_cache) -> None:
     assert fresh.store.load_many([uuid.uuid4()]) == {}
 
 
+def test_keys_of_another_type_than_the_column_are_refused_the_same_way_everywhere(database, db_cache) -> None:
+    store = kv_store(database)  # str keys
+    with pytest.raises(SerializationError) as caught:
+        store.write([("a", 1), (2, "an int key")], [])
+    assert caught.value.key == 2 and "str, not int" in str(caught.value)
+    with pytest.raises(TypeError, match="str, not int"):
+        store.load_many(["a", 2])
+    cache = db_cache(store, quiet=True)
+    cache.update({"a": 1, 3: "three"})
+    with pytest.raises(FlushError) as flush_error:
+        cache.flush()
+    assert flush_error.value.result.poisoned_keys == (3,)
+    assert stored(database, store.table.name) == {"a": 1}
+
+
 def test_unicode_keys_differing_in_case_accents_or_trailing_space_are_distinct(database, db_cache) -> None:
     store = kv_store(database)
     cache = db_cache(store, quiet=True)
@@ -246,6 +261,18 @@ def test_a_fresh_engine_sees_exactly_the_last_value_of_every_key_after_close(dat
             model[key] = {"step": step}
     cache.close()
     assert stored(database, store.table.name, engine=database.new_engine()) == model
+
+
+@pytest.mark.parametrize("key_type", [str, uuid.UUID])
+def test_sqlalchemy_core_fallback_writes_the_same(database, key_type) -> None:
+    """The path taken for drivers without a hand-tuned one (e.g. psycopg2, mysql-connector)."""
+    store = kv_store(database, key_type=key_type)
+    store._kv_sql = None  # as for such a driver
+    keys = [key_type(f"{i:032x}") for i in range(300)]
+    store.write([(key, {"n": i}) for i, key in enumerate(keys)], [])
+    store.write([(keys[0], "changed")], keys[1:100])
+    loaded = store.load_many(keys)
+    assert len(loaded) == 201 and loaded[keys[0]] == "changed" and loaded[keys[200]] == {"n": 200}
 
 
 def test_existing_table_with_values_of_the_other_kind_is_refused(database) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from services import POSTGRES_URL, database, postgres_url  # noqa: F401  (database: fixture)
+from services import database, postgres_url  # noqa: F401  (database: fixture)
 
 import lazycache
 from lazycache.stores.sqlalchemy import SQLAlchemyStore
@@ -78,17 +78,28 @@ def test_open_takes_cache_options_a_table_a_serializer_and_an_engine(database, i
         conn.exec_driver_sql("SELECT 1")
 
 
-def test_open_closes_the_engine_it_made_when_the_cache_goes(tmp_path, impl) -> None:
+def test_open_closes_the_engine_it_made_when_the_cache_closes(tmp_path, impl) -> None:
     cache = lazycache.open(f"sqlite:///{tmp_path / 'a.db'}", implementation=impl)
     cache["k"] = 1
     engine = cache.store.engine
+    cache.flush()
+    assert engine.pool.checkedin() == 1  # the connection the flush used, pooled
     cache.close()
-    assert engine.pool.checkedin() == 1
+    assert engine.pool.checkedin() == 0  # the cache owns the store: its engine is disposed of
+    assert cache["k"] == 1  # reads still work after close
+
+
+def test_open_closes_the_engine_when_the_cache_is_garbage_collected(tmp_path, impl) -> None:
+    cache = lazycache.open(f"sqlite:///{tmp_path / 'a.db'}", implementation=impl)
+    cache["k"] = 1
+    engine = cache.store.engine
     del cache
     import gc
 
     gc.collect()
     assert engine.pool.checkedin() == 0
+    with engine.connect() as conn:  # and the write was flushed first
+        assert conn.exec_driver_sql("SELECT value FROM lazycache WHERE key = 'k'").scalar() == "1"
 
 
 def test_open_rejects_unknown_cache_options(tmp_path) -> None:

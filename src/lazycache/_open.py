@@ -1,7 +1,6 @@
 """`lazycache.open()`: a persistent write-behind dict over a SQL key-value table, in one call."""
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 from .cache import LazyWriterCache, implementation_class
@@ -37,9 +36,9 @@ def open(  # noqa: A001 - the name is the API: lazycache.open(), like shelve.ope
     >>> with lazycache.open("sqlite:///app.db") as users:
     ...     users["alice"] = {"age": 30}       # written in the background, and on close
 
-    The cache owns the store: the engine the store made is disposed of when the cache is
-    garbage-collected (an `Engine` passed in is left to its owner). Reading after `close()`
-    still works.
+    The cache owns the store: closing the cache (or its being garbage-collected, or the
+    interpreter's exit) flushes it and disposes of the engine the store made (an `Engine`
+    passed in is left to its owner). Reading after `close()` still works.
     """
     try:
         from .stores.sqlalchemy import SQLAlchemyStore
@@ -49,11 +48,7 @@ def open(  # noqa: A001 - the name is the API: lazycache.open(), like shelve.ope
     cls = LazyWriterCache if implementation is None else implementation_class(implementation)
     store = SQLAlchemyStore(url, table, serializer=serializer, key_type=key_type, engine_options=engine_options)
     try:
-        cache = cls(store, **cache_options)
+        return cls(store, owns_store=True, **cache_options)  # closing the cache closes the store
     except BaseException:
         store.close()
         raise
-    # The cache closes (and flushes) itself when collected, before this finaliser runs;
-    # at interpreter exit lazycache's own hook flushes it, and the process ends the connections.
-    weakref.finalize(cache, store.close).atexit = False
-    return cache

@@ -143,6 +143,7 @@ class _CacheLayer:
         journal_fsync: str = "everysec",
         coherence: Optional[Coherence] = None,
         exit_timeout: float = 3.0,
+        owns_store: bool = False,
     ) -> None:
         if not isinstance(store, Store):
             raise TypeError(f"store must be a lazycache.Store, not {type(store).__name__}")
@@ -190,6 +191,7 @@ class _CacheLayer:
         self.max_pending = max_pending
         self.on_full = on_full
         self.flush_on_close = bool(flush_on_close)
+        self.owns_store = bool(owns_store)
         self._loads = 0
         self._close_lock = threading.Lock()
         self._is_closed = False
@@ -628,6 +630,8 @@ class _CacheLayer:
                 self._journal.close(committed=committed and not self.pending)  # type: ignore[attr-defined]
             if self._coherence is not None:
                 self._coherence.close()
+            if self.owns_store:
+                self.store.close()
 
     def _after_fork_in_child(self) -> None:
         """The parent writes what was pending at the fork; the child starts afresh with its own threads."""

@@ -6,7 +6,7 @@ server to carry the messages):
     >>> store = SQLAlchemyStore("postgresql+psycopg://app@db/app", "users")
     >>> cache = LazyWriterCache(store, coherence=PostgresNotifyCoherence(store, "users_invalidate"))
 
-Needs psycopg 3 (`pip install 'lazycache[postgresql]'`). The channel holds two
+Needs psycopg 3.2 or later (`pip install 'lazycache[postgresql]'`). The channel holds two
 connections of its own, outside the store's pool: one in autocommit mode that
 `LISTEN`s, watched by a thread that waits for notifications (and runs `SELECT 1`
 every `ping_interval` seconds, so that a dead connection is noticed; TCP keepalives
@@ -85,9 +85,14 @@ class PostgresNotifyCoherence(ChannelCoherence):
         max_backlog: int = 100_000,
     ) -> None:
         try:
-            import psycopg  # noqa: F401
+            import psycopg
         except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
-            raise ImportError("PostgresNotifyCoherence needs psycopg 3: pip install 'lazycache[postgresql]'") from exc
+            raise ImportError("PostgresNotifyCoherence needs psycopg 3.2 or later: pip install 'lazycache[postgresql]'") from exc
+        if tuple(int(part) for part in psycopg.__version__.split(".")[:2] if part.isdigit()) < (3, 2):
+            raise ImportError(  # notifies(timeout=..., stop_after=...) arrived in 3.2
+                f"PostgresNotifyCoherence needs psycopg 3.2 or later, found {psycopg.__version__}: "
+                "pip install -U 'psycopg[binary]>=3.2'"
+            )
         super().__init__(
             keys=keys,
             ping_interval=ping_interval,
@@ -162,9 +167,12 @@ class PostgresNotifyCoherence(ChannelCoherence):
                 pass
 
     # ------------------------------------------------------------------ publishing
-    def _split(self, encoded: List[str]) -> List[str]:
-        from .redis_coherence import all_message, envelope
+    def _split(self, keys: List[Any], message: str) -> List[str]:
+        from .redis_coherence import all_message, encode_keys, envelope
 
+        if len(message) <= MAX_PAYLOAD // 4 or len(message.encode("utf-8")) <= MAX_PAYLOAD:
+            return [message]
+        encoded = encode_keys(keys, self.key_format)
         overhead = len(envelope(self.id, [], self.key_format).encode("utf-8"))
         messages, chunk, size = [], [], overhead
         for item in encoded:

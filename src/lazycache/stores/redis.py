@@ -49,14 +49,16 @@ Atomicity
 ---------
 * **Single Redis**: each batch is one `MULTI ... EXEC` sent in one round trip
   (`MSET` for entries without a TTL, `SET ... PX` for those with one, `DEL` for
-  deletes). No other client's command runs in the middle of it, and a command Redis
+  deletes; a batch that is a single command, say one `MSET`, is sent without
+  `MULTI`: one command is atomic by itself). No other client's command runs in the
+  middle of it, and a command Redis
   refuses while queueing (out of memory, read-only replica) aborts the whole batch.
   Redis does not roll back a command that fails while `EXEC` runs, but the commands
   sent here cannot fail that way: every key, value and TTL is encoded and checked
   before anything is sent. Durable once Redis acknowledged `EXEC`, to the extent of
   the server's persistence settings (`appendonly`, `appendfsync`).
 * **Redis Cluster** (`redis.cluster.RedisCluster`): a batch is split by hash slot;
-  each slot's entries are one `MULTI ... EXEC`, and the transactions of all slots
+  each slot's entries are one `MULTI ... EXEC` (or one command), and those of all slots
   served by one node go in one pipelined round trip per node. **Atomic per slot
   only**: entries whose keys share a slot (put a hash tag in them, `{user:42}:profile`
   and `{user:42}:settings`, or in the prefix, `prefix="{app}:"`, which puts every key
@@ -84,7 +86,6 @@ from __future__ import annotations
 
 import logging
 import math
-import weakref
 from collections import defaultdict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -406,9 +407,14 @@ class RedisStore(Store[Any, Any]):
             return None
         if self.cluster:
             self._write_cluster(sets, dels)
+            return None
+        commands = _commands(sets, dels)
+        if len(commands) == 1:
+            self.client.execute_command(*commands[0])  # one command is atomic by itself
         else:
-            pipe = self.client.pipeline(transaction=True)
-            _queue(pipe, sets, dels)
+            pipe = self.client.pipeline(transaction=True)  # MULTI ... EXEC, one round trip
+            for command in commands:
+                pipe.execute_command(*command)
             pipe.execute()
         return None
 
@@ -419,7 +425,7 @@ class RedisStore(Store[Any, Any]):
             by_slot[client.keyslot(item[0])][0].append(item)
         for rkey in dels:
             by_slot[client.keyslot(rkey)][1].append(rkey)
-        todo = dict(by_slot)
+        todo = {slot: _commands(slot_sets, slot_dels) for slot, (slot_sets, slot_dels) in by_slot.items()}
         last_error: Optional[BaseException] = None
         for attempt in range(_CLUSTER_ATTEMPTS):
             if attempt:
@@ -428,7 +434,7 @@ class RedisStore(Store[Any, Any]):
             for slot in todo:
                 node = client.nodes_manager.get_node_from_slot(slot)
                 by_node[node.name].append(slot)
-            redirected: Dict[int, Tuple[list, list]] = {}
+            redirected: Dict[int, List[tuple]] = {}
             failure: Optional[BaseException] = None
             for name, slots in by_node.items():
                 try:
@@ -452,30 +458,39 @@ class RedisStore(Store[Any, Any]):
             todo = redirected
         raise last_error if last_error is not None else _rexc.TryAgainError("cluster slots kept moving")
 
-    def _send_slot_transactions(self, node: Any, slots: List[int], todo: Mapping[int, Tuple[list, list]]) -> Dict[int, BaseException]:
-        """One pipelined round trip to `node`: MULTI ... EXEC per slot; returns the slots that failed, with why."""
+    def _send_slot_transactions(self, node: Any, slots: List[int], todo: Mapping[int, List[tuple]]) -> Dict[int, BaseException]:
+        """One pipelined round trip to `node`: per slot, its one command or MULTI ... EXEC around its
+        commands; returns the slots that failed, with why."""
         connection = self.client.get_redis_connection(node)
         pipe = connection.pipeline(transaction=False)
         spans = []
         for slot in slots:
+            commands = todo[slot]
             first = len(pipe.command_stack)
-            pipe.execute_command("MULTI")
-            sets, dels = todo[slot]
-            _queue(pipe, sets, dels)
-            pipe.execute_command("EXEC")
-            spans.append((slot, first, len(pipe.command_stack)))
+            if len(commands) == 1:
+                pipe.execute_command(*commands[0])
+            else:
+                pipe.execute_command("MULTI")
+                for command in commands:
+                    pipe.execute_command(*command)
+                pipe.execute_command("EXEC")
+            spans.append((slot, first, len(pipe.command_stack), len(commands) == 1))
         replies = pipe.execute(raise_on_error=False)
         failed: Dict[int, BaseException] = {}
-        for slot, first, end in spans:
-            exec_reply = replies[end - 1]
-            if isinstance(exec_reply, list):
-                errors = [reply for reply in exec_reply if isinstance(reply, Exception)]
+        for slot, first, end, single in spans:
+            last = replies[end - 1]
+            if single:
+                if isinstance(last, Exception):
+                    failed[slot] = last
+                continue
+            if isinstance(last, list):
+                errors = [reply for reply in last if isinstance(reply, Exception)]
                 if errors:  # cannot happen with validated SET/MSET/DEL, but never pass it silently
                     failed[slot] = errors[0]
                 continue
             # EXECABORT: the reason is the first error among the queued commands' replies
             queued = [reply for reply in replies[first:end - 1] if isinstance(reply, Exception)]
-            failed[slot] = queued[0] if queued else (exec_reply if isinstance(exec_reply, Exception) else _rexc.ResponseError(repr(exec_reply)))
+            failed[slot] = queued[0] if queued else (last if isinstance(last, Exception) else _rexc.ResponseError(repr(last)))
         return failed
 
     def _refresh_topology(self) -> None:
@@ -504,22 +519,24 @@ class RedisStore(Store[Any, Any]):
         return f"RedisStore({where}, prefix={self.prefix.decode('utf-8', 'backslashreplace')!r}, {self.serializer.name}{ttl})"
 
 
-def _queue(pipe: Any, sets: List[Tuple[bytes, bytes, Optional[int]]], dels: List[bytes]) -> None:
-    """Queues one batch's commands: MSETs for entries without TTL, SET PX for the others, DELs."""
+def _commands(sets: List[Tuple[bytes, bytes, Optional[int]]], dels: List[bytes]) -> List[tuple]:
+    """One batch's commands: MSETs for entries without TTL, SET PX for the others, DELs."""
+    commands: List[tuple] = []
     plain: List[bytes] = []
     for rkey, data, ttl_ms in sets:
         if ttl_ms is None:
             plain.append(rkey)
             plain.append(data)
             if len(plain) >= 2 * _MSET_CHUNK:
-                pipe.execute_command("MSET", *plain)
+                commands.append(("MSET", *plain))
                 plain = []
         else:
-            pipe.execute_command("SET", rkey, data, "PX", ttl_ms)
+            commands.append(("SET", rkey, data, "PX", ttl_ms))
     if plain:
-        pipe.execute_command("MSET", *plain)
+        commands.append(("MSET", *plain))
     for start in range(0, len(dels), _MSET_CHUNK):
-        pipe.execute_command("DEL", *dels[start : start + _MSET_CHUNK])
+        commands.append(("DEL", *dels[start : start + _MSET_CHUNK]))
+    return commands
 
 
 def _ttl_to_ms(seconds: Any) -> int:
@@ -565,8 +582,10 @@ def open_redis(
     >>> with open_redis("redis://127.0.0.1:6379/0", prefix="users:") as users:
     ...     users["alice"] = {"age": 30}
 
-    The cache owns the store and the channel: they are closed when it is closed (the
-    channel) or garbage-collected (the store's client, if it made it).
+    The cache owns the store and the channel: closing the cache (or its being garbage-
+    collected, or the interpreter's exit) flushes it, then closes the channel and the
+    store (and so the client the store made from a URL; a client passed in is left to its
+    owner). Reading after `close()` still works (redis-py reconnects on demand).
     """
     from ..cache import LazyWriterCache, implementation_class
     from ..coherence import Coherence
@@ -586,14 +605,12 @@ def open_redis(
             coherence = None
         elif not isinstance(coherence, Coherence):
             raise TypeError(f"coherence must be True, False or a Coherence, not {type(coherence).__name__}")
-        cache = cls(store, coherence=coherence, **cache_options)
+        return cls(store, coherence=coherence, owns_store=True, **cache_options)  # closing the cache closes the store
     except BaseException:
         if channel_made is not None:
             channel_made.close()
         store.close()
         raise
-    weakref.finalize(cache, store.close).atexit = False
-    return cache
 
 
 def default_channel(store: RedisStore) -> str:

@@ -710,7 +710,12 @@ class SQLAlchemyStore(Store[Any, Any]):
         """Any dialect: the dialect's upsert if SQLAlchemy has one, else delete then insert."""
         assert self.serializer is not None
         encode = self.serializer.encode
-        params = [{"key": key, "value": encode(key, value)} for key, value in upserts]
+        key_class = self._key_class
+        params = []
+        for key, value in upserts:
+            if key_class is not None and not isinstance(key, key_class):
+                raise SerializationError(key, TypeError(self._wrong_key(key)))
+            params.append({"key": key, "value": encode(key, value)})
         table = self.table
         name = self.engine.dialect.name
         if name in ("postgresql", "sqlite"):
