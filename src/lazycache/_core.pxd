@@ -9,6 +9,7 @@ cdef enum:
     DELETED = 4     # tombstone: the delete has not reached the store yet
     USED = 16       # the ring slot holds an entry
     VICTIM = 32     # chosen by the current eviction scan
+    STALE = 64      # invalidated by another process while its own write was in flight
     PINNED = DIRTY | INFLIGHT | DELETED
     SIGNAL_PRUNE = 1
     SIGNAL_WRITE = 2

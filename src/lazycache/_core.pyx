@@ -880,12 +880,12 @@ cdef class Core:
         return batch
 
     cdef int _finish(self, uint32_t r) except -1:
-        cdef uint8_t f = self._flags[r] & ~INFLIGHT
-        self._flags[r] = f
+        cdef uint8_t f = self._flags[r]
+        self._flags[r] = f & ~(INFLIGHT | STALE)
         self._ninflight -= 1
         if not f & DIRTY:
             self._npending -= 1
-            if f & DELETED:
+            if f & (DELETED | STALE):
                 self._detach(r)
         return 0
 
@@ -1055,6 +1055,10 @@ cdef class Core:
                     if not self._flags[r] & PINNED:
                         self._detach(r)
                         n += 1
+                    elif self._flags[r] & INFLIGHT:
+                        # Our write may commit before or after theirs: unless we change the key
+                        # again meanwhile, forget it once our write is done and read the store.
+                        self._flags[r] |= STALE
         finally:
             self._release()
             self._bury()

@@ -33,6 +33,7 @@ from ._sentinels import ABSENT, MISSING
 DIRTY = 1  # queued for the writer
 INFLIGHT = 2  # in a batch the writer is saving now
 DELETED = 4  # tombstone: the delete has not reached the store yet
+STALE = 16  # invalidated by another process while its own write was in flight: drop once written
 PINNED = DIRTY | INFLIGHT | DELETED
 
 SIGNAL_PRUNE = 1  # the map grew past maxsize
@@ -468,11 +469,12 @@ class Core:
         return batch
 
     def _finish(self, entry: Entry) -> None:
-        entry.flags &= ~INFLIGHT
+        flags = entry.flags
+        entry.flags = flags & ~(INFLIGHT | STALE)
         self._ninflight -= 1
-        if not entry.flags & DIRTY:
+        if not flags & DIRTY:
             self._npending -= 1
-            if entry.flags & DELETED:
+            if flags & (DELETED | STALE):
                 self._detach(entry)
 
     def _commit(self, batch: List[Pending]) -> None:
@@ -576,9 +578,15 @@ class Core:
             self._epoch += 1
             for key in keys:
                 entry = self._map.get(key)
-                if entry is not None and not entry.flags & PINNED:
+                if entry is None:
+                    continue
+                if not entry.flags & PINNED:
                     dropped.append(entry)
                     self._detach(entry)
+                elif entry.flags & INFLIGHT:
+                    # Our write may commit before or after theirs: unless we change the key
+                    # again meanwhile, forget it once our write is done and read the store.
+                    entry.flags |= STALE
         return len(dropped)
 
     def _drop_clean(self) -> int:

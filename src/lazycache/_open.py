@@ -25,6 +25,10 @@ def open(  # noqa: A001 - the name is the API: lazycache.open(), like shelve.ope
 ) -> "LazyWriterCache[Any, Any]":
     """A ready `LazyWriterCache` over the key-value table `table` of the database at `url`.
 
+    A `redis://`, `rediss://` or `unix://` URL gives a cache over Redis (or a Redis
+    Cluster) instead, keys under the prefix `table + ":"`, with the coherence channel
+    on (see `lazycache.stores.redis.open_redis`).
+
     `url` is any SQLAlchemy URL (default: `lazycache.db`, a SQLite file in the current
     directory, in WAL mode) or an existing `Engine`; the table (columns `key`, `value`) is
     created if missing. `serializer` and `key_type` are those of `SQLAlchemyStore` (JSON
@@ -40,6 +44,12 @@ def open(  # noqa: A001 - the name is the API: lazycache.open(), like shelve.ope
     interpreter's exit) flushes it and disposes of the engine the store made (an `Engine`
     passed in is left to its owner). Reading after `close()` still works.
     """
+    if isinstance(url, str) and url.split("://", 1)[0].lower() in ("redis", "rediss", "unix"):
+        if key_type is not str or engine_options:
+            raise ValueError("key_type= and engine_options= are for SQL databases, not Redis")
+        from .stores.redis import open_redis
+
+        return open_redis(url, prefix=f"{table}:", serializer=serializer, implementation=implementation, **cache_options)
     try:
         from .stores.sqlalchemy import SQLAlchemyStore
     except ImportError as exc:

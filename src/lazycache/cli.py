@@ -1,12 +1,21 @@
 """The ``lazycache`` command line.
 
-``lazycache bench`` (also ``python -m lazycache bench``) measures the hot dict
-operations of both lazycache cores side by side with ``dict`` and, when they are
-installed, other in-memory caches, and prints ns/op with the ratio to dict.
+``lazycache bench`` (also ``python -m lazycache bench``) measures both lazycache
+cores side by side with ``dict`` and, when they are installed, other in-memory
+caches, in four sections (``--sections``):
 
-How a cell is measured: the structure is built outside the timed region, then a
-generated function times one tight ``for k in keys: <operation>`` loop over a
-pre-shuffled key list with ``time.perf_counter_ns``, the garbage collector off.
+* ``ops``: ns/op of the hot dict operations and of a mixed workload, with the
+  ratio to dict (this module);
+* ``threads``: aggregate get throughput of 1-20 reader threads, with and without
+  a writer thread (``lazycache.bench_threads``);
+* ``latency``: percentiles of one ``cache[key] = value`` while the writer thread
+  flushes 100k entries (``lazycache.bench_latency``);
+* ``memory``: bytes per entry beyond a plain dict, by RSS in a fresh process per
+  contender (``lazycache.bench_memory``).
+
+How an ops cell is measured: the structure is built outside the timed region,
+then a generated function times one tight ``for k in keys: <operation>`` loop over
+a pre-shuffled key list with ``time.perf_counter_ns``, the garbage collector off.
 Every contender runs the same generated loop, so the loop overhead is the same
 in every cell. Each cell is repeated, contenders taking turns within a repeat
 (round-robin), and the best run is reported with the spread of the runs.
@@ -18,17 +27,20 @@ contender, add a loader to ``CONTENDERS``. To add a subcommand, add a
 from __future__ import annotations
 
 import argparse
+import bisect
 import gc
 import importlib
+import itertools
 import json
 import math
 import os
 import platform
 import random
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import lazycache
 
@@ -65,6 +77,8 @@ class Contender:
     """Makes every entry clean (lazycache: flushes to the store); nothing elsewhere."""
     close: Callable[[Any], None] = _nothing
     """Releases the structure once its trial is over."""
+    core: Optional[str] = None
+    """For lazycache: the core ("cython" or "python"); None for the others."""
 
     def filled(self, keys: Sequence[Any], maxsize: Optional[int] = None, clean: bool = False) -> Any:
         """A new structure holding key -> int for every key, settled if `clean`."""
@@ -87,16 +101,21 @@ def _dict() -> Contender:
     return Contender(make=lambda maxsize: {})
 
 
+def lazycache_class(core: str) -> type:
+    """LazyWriterCache on the given core, or Unavailable saying why not."""
+    try:
+        return implementation_class(core)
+    except ValueError:
+        if core == "cython" and os.environ.get("LAZYCACHE_NO_EXTENSIONS"):
+            raise Unavailable("compiled core disabled by LAZYCACHE_NO_EXTENSIONS") from None
+        raise Unavailable("compiled core not built" if core == "cython" else f"no {core} core") from None
+
+
 def _lazycache(core: str) -> Callable[[], Contender]:
     """Loader for LazyWriterCache on the given core, with an idle writer and pruner and no read-through."""
 
     def load() -> Contender:
-        try:
-            cls = implementation_class(core)
-        except ValueError:
-            if core == "cython" and os.environ.get("LAZYCACHE_NO_EXTENSIONS"):
-                raise Unavailable("compiled core disabled by LAZYCACHE_NO_EXTENSIONS") from None
-            raise Unavailable("compiled core not built" if core == "cython" else f"no {core} core") from None
+        cls = lazycache_class(core)
 
         def make(maxsize: Optional[int]) -> Any:
             return cls(
@@ -108,7 +127,9 @@ def _lazycache(core: str) -> Callable[[], Contender]:
                 read_through=False,
             )
 
-        return Contender(make=make, settle=lambda cache: cache.flush(), close=lambda cache: cache.close(flush=False))
+        return Contender(
+            make=make, settle=lambda cache: cache.flush(), close=lambda cache: cache.close(flush=False), core=core
+        )
 
     return load
 
@@ -138,7 +159,7 @@ CONTENDERS: Dict[str, Callable[[], Contender]] = {
     "cachebox.LRUCache": _cachebox,
     "lru.LRU": _lru_dict,
 }
-"""Column order of the table; each loader raises Unavailable when it cannot run here."""
+"""Column order of the tables; each loader raises Unavailable when it cannot run here."""
 
 
 def load_contenders() -> Tuple[Dict[str, Contender], Dict[str, str]]:
@@ -161,21 +182,22 @@ _LOOP_SOURCE = """\
 def loop(c, keys, clock=clock):
     {prologue}
     start = clock()
-    for k in keys:
-        {body}
+    for {target} in keys:
+{body}
     return clock() - start
 """
 
 
-def compile_loop(body: str, prologue: str = "pass") -> Loop:
-    """A function `loop(c, keys)` that runs `body` for each k in keys and returns the elapsed ns.
+def compile_loop(body: str, prologue: str = "pass", target: str = "k") -> Loop:
+    """A function `loop(c, keys)` that runs `body` for each `target` in keys and returns the elapsed ns.
 
     Generated rather than written with a callback so that nothing but `body` and the
-    bare `for` sits inside the timed region.
+    bare `for` sits inside the timed region. `body` may span several lines.
     """
     namespace: Dict[str, Any] = {"clock": time.perf_counter_ns}
-    source = _LOOP_SOURCE.format(prologue=prologue, body=body)
-    exec(compile(source, f"<lazycache bench: {body}>", "exec"), namespace)
+    indented = "\n".join(" " * 8 + line for line in body.splitlines())
+    source = _LOOP_SOURCE.format(prologue=prologue, target=target, body=indented)
+    exec(compile(source, f"<lazycache bench: {' '.join(body.split())}>", "exec"), namespace)
     return namespace["loop"]  # type: ignore[no-any-return]
 
 
@@ -184,12 +206,29 @@ GET_ITEM = compile_loop("c[k]")
 GET_METHOD = compile_loop("get(k)", prologue="get = c.get")
 SET_ITEM = compile_loop("c[k] = 1")
 DEL_ITEM = compile_loop("del c[k]")
+MIXED = compile_loop("if s:\n    c[k] = 1\nelse:\n    c[k]", target="k, s")
+MIXED_EMPTY = compile_loop("if s:\n    pass\nelse:\n    pass", target="k, s")
 
 
-# ----------------------------------------------------------------------------- operations
+# ----------------------------------------------------------------------------- workloads
+
+ZIPF_S = 1.1
+"""Exponent of the mixed workload's Zipf distribution: key of rank r drawn with probability ∝ 1/r^s."""
+
+MIXED_SET_FRACTION = 0.1
+"""Share of sets in the mixed workload; the rest are gets."""
 
 
-@dataclass(frozen=True)
+def zipf_ranks(n: int, population: int, s: float, rng: random.Random) -> List[int]:
+    """n ranks in [0, population), rank r drawn with probability proportional to 1 / (r + 1) ** s."""
+    cumulative = list(itertools.accumulate((r + 1) ** -s for r in range(population)))
+    total = cumulative[-1]
+    draw, pick = rng.random, bisect.bisect_left
+    last = population - 1
+    return [min(pick(cumulative, draw() * total), last) for _ in range(n)]
+
+
+@dataclass
 class Workload:
     """The keys of one size: built once, shared by every contender."""
 
@@ -200,6 +239,8 @@ class Workload:
     """The same keys in random order: the loops over present keys walk this."""
     absent: List[str]
     """`size` keys never inserted, in random order."""
+    seed: int = 0
+    _mixed: Optional[List[Tuple[str, bool]]] = field(default=None, repr=False)
 
     @classmethod
     def build(cls, size: int, seed: int = 0) -> "Workload":
@@ -211,20 +252,49 @@ class Workload:
         rng.shuffle(absent)
         for key in keys + absent:
             hash(key)  # str caches its hash: no contender pays for computing it
-        return cls(size, keys, shuffled, absent)
+        return cls(size, keys, shuffled, absent, seed)
+
+    @property
+    def mixed(self) -> List[Tuple[str, bool]]:
+        """`size` operations (key, is_set): 90% gets, 10% sets, keys Zipf-distributed; built on first use.
+
+        Rank r is the key `shuffled[r]`, so the hot keys are spread over the structure.
+        """
+        if self._mixed is None:
+            rng = random.Random(self.seed + 1)
+            ranks = zipf_ranks(self.size, self.size, ZIPF_S, rng)
+            draw = rng.random
+            self._mixed = [(self.shuffled[r], draw() < MIXED_SET_FRACTION) for r in ranks]
+        return self._mixed
+
+
+# ----------------------------------------------------------------------------- operations
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One structure ready to be timed: `run()` times the loop over `keys` once."""
+    """One structure ready to be timed: `run(keys)` times the loop over `keys` once."""
 
     structure: Any
     loop: Loop
     keys: Sequence[Any]
+    """Every key the operation may walk; a pass walks a slice of them (see `measure`)."""
 
-    def run(self) -> int:
-        """Elapsed ns of one pass."""
-        return self.loop(self.structure, self.keys)
+    def run(self, keys: Optional[Sequence[Any]] = None) -> int:
+        """Elapsed ns of one pass over `keys` (default: all of them)."""
+        return self.loop(self.structure, self.keys if keys is None else keys)
+
+
+Reset = Callable[[Contender, Any], None]
+
+
+def keep(contender: Contender, structure: Any) -> None:
+    """Reset of an operation that leaves the structure as it found it: nothing to do."""
+
+
+def settle(contender: Contender, structure: Any) -> None:
+    """Reset of an operation that only makes entries pending: flush them (lazycache), nothing elsewhere."""
+    contender.settle(structure)
 
 
 @dataclass(frozen=True)
@@ -234,37 +304,50 @@ class Operation:
     name: str
     summary: str
     prepare: Callable[[Contender, Workload], Trial]
+    reset: Optional[Reset] = None
+    """Brings a structure back to its prepared state after a pass, outside the timed region,
+    so that the next repeat reuses it; None: the structure is rebuilt for every pass."""
 
 
 OPERATIONS: Dict[str, Operation] = {}
 
 
-def operation(name: str, summary: str) -> Callable[[Callable[[Contender, Workload], Trial]], Callable[[Contender, Workload], Trial]]:
-    """Registers a function that builds a contender's structure and returns the Trial to time."""
+def operation(
+    name: str, summary: str, reset: Optional[Reset] = None
+) -> Callable[[Callable[[Contender, Workload], Trial]], Callable[[Contender, Workload], Trial]]:
+    """Registers a function that builds a contender's structure and returns the Trial to time.
+
+    `reset` (optional) restores the structure after a pass so it can be timed again
+    (`keep`, `settle`, or your own); without it every pass gets a fresh structure.
+    """
 
     def register(prepare: Callable[[Contender, Workload], Trial]) -> Callable[[Contender, Workload], Trial]:
-        OPERATIONS[name] = Operation(name, summary, prepare)
+        OPERATIONS[name] = Operation(name, summary, prepare, reset)
         return prepare
 
     return register
 
 
-@operation("get-hit", "c[k] for a key present")
+@operation("get-hit", "c[k] for a key present", reset=keep)
 def get_hit(contender: Contender, work: Workload) -> Trial:
     return Trial(contender.filled(work.keys), GET_ITEM, work.shuffled)
 
 
-@operation("get-miss", "c.get(k) for a key absent (lazycache: read_through=False, memory only)")
+@operation("get-miss", "c.get(k) for a key absent (lazycache: read_through=False, memory only)", reset=keep)
 def get_miss(contender: Contender, work: Workload) -> Trial:
     return Trial(contender.filled(work.keys), GET_METHOD, work.absent)
 
 
-@operation("set-existing", "c[k] = v for a key present (lazycache: its write is already pending)")
+@operation("set-existing", "c[k] = v for a key present (lazycache: its write is already pending)", reset=keep)
 def set_existing(contender: Contender, work: Workload) -> Trial:
     return Trial(contender.filled(work.keys), SET_ITEM, work.shuffled)
 
 
-@operation("set-clean", "c[k] = v for a key present and clean (lazycache: flushed first; others: as set-existing)")
+@operation(
+    "set-clean",
+    "c[k] = v for a key present and clean (lazycache: flushed first; others: as set-existing)",
+    reset=settle,
+)
 def set_clean(contender: Contender, work: Workload) -> Trial:
     return Trial(contender.filled(work.keys, clean=True), SET_ITEM, work.shuffled)
 
@@ -279,7 +362,30 @@ def delete(contender: Contender, work: Workload) -> Trial:
     return Trial(contender.filled(work.keys, clean=True), DEL_ITEM, work.shuffled)
 
 
+@operation(
+    "mixed",
+    f"{100 - MIXED_SET_FRACTION * 100:.0f}% c[k] / {MIXED_SET_FRACTION * 100:.0f}% c[k] = v, keys present, "
+    f"Zipf-distributed (s={ZIPF_S}); lazycache: clean at the start",
+    reset=settle,
+)
+def mixed(contender: Contender, work: Workload) -> Trial:
+    return Trial(contender.filled(work.keys, clean=True), MIXED, work.mixed)
+
+
 # ----------------------------------------------------------------------------- measuring
+
+MAX_PASS = 200_000
+"""A timed pass walks at most this many keys: above it, each repeat walks the next slice of that length."""
+
+
+def best_of(samples: Sequence[float]) -> float:
+    return min(samples)
+
+
+def spread_of(samples: Sequence[float]) -> float:
+    """(max - min) / min of the samples, in percent."""
+    best = min(samples)
+    return (max(samples) - best) / best * 100 if best else 0.0
 
 
 @dataclass
@@ -296,12 +402,12 @@ class Cell:
 
     @property
     def best(self) -> float:
-        return min(self.samples)
+        return best_of(self.samples)
 
     @property
     def spread(self) -> float:
         """(max - min) / min of the runs, in percent."""
-        return (max(self.samples) - self.best) / self.best * 100 if self.best else 0.0
+        return spread_of(self.samples)
 
     @property
     def ratio(self) -> float:
@@ -310,11 +416,12 @@ class Cell:
 
 @dataclass
 class Report:
-    """Everything one `lazycache bench` run measured, ready to be rendered."""
+    """Everything the ops section measured, ready to be rendered."""
 
     operations: List[str]
     sizes: List[int]
-    repeat: int
+    repeats: Dict[int, int]
+    """Runs per cell, by size."""
     contenders: List[str]
     """Available here, in column order."""
     skipped: Dict[str, str]
@@ -324,6 +431,83 @@ class Report:
     cells: List[Cell] = field(default_factory=list)
     loop_overhead: Dict[int, float] = field(default_factory=dict)
     """Best ns/op of the empty loop, by size: included in every cell."""
+    mixed_loop_overhead: Dict[int, float] = field(default_factory=dict)
+    """Best ns/op of the mixed workload's loop with empty branches, by size."""
+    pass_length: Dict[int, int] = field(default_factory=dict)
+    """Keys walked by one timed pass, by size."""
+
+    @property
+    def repeat(self) -> int:
+        """The largest number of runs per cell."""
+        return max(self.repeats.values(), default=0)
+
+
+class Progress:
+    """A one-line progress bar on a terminal: section, bar, what runs now, elapsed time.
+
+    Silent unless enabled (stderr is a TTY and the output is not JSON), and until the
+    run has lasted `delay` seconds: a quick run prints nothing.
+    """
+
+    def __init__(self, enabled: bool, stream: Optional[TextIO] = None, delay: float = 1.0, sections: int = 1) -> None:
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.delay = delay
+        self.sections = sections
+        self.started = time.monotonic()
+        self._index = 0
+        self._title = ""
+        self._total = 1
+        self._done = 0
+        self._drawn = False
+        self._last_draw = 0.0
+
+    def section(self, title: str, total: int) -> None:
+        """A new section of `total` steps begins."""
+        self._index += 1
+        self._title = title
+        self._total = max(1, total)
+        self._done = 0
+
+    def advance(self, label: str) -> None:
+        """The next step, described by `label`, begins (the previous one is done)."""
+        self._draw(label)
+        self._done += 1
+
+    def _draw(self, label: str) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.started < self.delay or now - self._last_draw < 0.1:
+            return
+        self._last_draw = now
+        width = 24
+        filled = min(width, self._done * width // self._total)
+        elapsed = int(now - self.started)
+        line = (
+            f"lazycache bench [{self._index}/{self.sections}] {self._title} "
+            f"[{'#' * filled}{'.' * (width - filled)}] {self._done * 100 // self._total:3d}% "
+            f"{label}  {elapsed // 60}:{elapsed % 60:02d}"
+        )
+        columns = _terminal_columns(self.stream)
+        print(f"\r{line[: columns - 1]}\033[K", end="", file=self.stream, flush=True)
+        self._drawn = True
+
+    def close(self) -> None:
+        """Erases the bar."""
+        if self._drawn:
+            print("\r\033[K", end="", file=self.stream, flush=True)
+            self._drawn = False
+
+
+def _terminal_columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 100
+
+
+NO_PROGRESS = Progress(enabled=False)
 
 
 def _timed(run: Callable[[], int]) -> int:
@@ -337,15 +521,6 @@ def _timed(run: Callable[[], int]) -> int:
             gc.enable()
 
 
-def run_trial(op: Operation, contender: Contender, work: Workload) -> float:
-    """Builds, times once and disposes of one structure; returns ns/op."""
-    trial = op.prepare(contender, work)
-    try:
-        return _timed(trial.run) / len(trial.keys)
-    finally:
-        contender.close(trial.structure)
-
-
 def _rotated(names: List[str], turn: int) -> List[str]:
     """Round-robin: each repeat starts with the next contender, so none is always first."""
     if not names:
@@ -354,51 +529,125 @@ def _rotated(names: List[str], turn: int) -> List[str]:
     return names[turn:] + names[:turn]
 
 
+def _pass_slice(keys: Sequence[Any], pass_length: int, turn: int) -> Sequence[Any]:
+    """The keys of the `turn`th pass: all of them, or the next slice of `pass_length` for large sizes."""
+    if len(keys) <= pass_length:
+        return keys
+    start = (turn % (len(keys) // pass_length)) * pass_length
+    return keys[start : start + pass_length]
+
+
+def default_repeat(size: int) -> int:
+    """Runs per ops cell when --repeat is not given: fewer at 1M keys, whose structures take seconds to build."""
+    return DEFAULT_REPEAT_LARGE if size >= LARGE_SIZE else DEFAULT_REPEAT
+
+
 def measure(
     operations: Sequence[str],
     sizes: Sequence[int],
-    repeat: int,
-    progress: Callable[[str], None] = lambda message: None,
+    repeat: Callable[[int], int],
+    progress: Progress = NO_PROGRESS,
 ) -> Report:
-    """Times every operation × size × available contender `repeat` times, contenders interleaved."""
+    """Times every operation × size × available contender, contenders interleaved.
+
+    `repeat(size)` is the number of runs per cell. A structure is built once per
+    operation and contender when the operation has a `reset`, before each pass otherwise.
+    """
     available, skipped = load_contenders()
-    report = Report(list(operations), list(sizes), repeat, list(available), skipped)
+    report = Report(list(operations), list(sizes), {size: repeat(size) for size in sizes}, list(available), skipped)
+    progress.section(
+        "ops", sum(report.repeats[size] * len(operations) * len(available) for size in sizes)
+    )
     for size in sizes:
+        progress.advance(f"keys @ {_human(size)}")
         work = Workload.build(size)
+        runs = report.repeats[size]
+        pass_length = report.pass_length[size] = min(size, MAX_PASS)
         report.loop_overhead[size] = min(
-            _timed(lambda: EMPTY_LOOP(None, work.shuffled)) / size for _ in range(max(repeat, 3))
+            _timed(lambda: EMPTY_LOOP(None, _pass_slice(work.shuffled, pass_length, 0))) / pass_length
+            for _ in range(max(runs, 3))
         )
+        if "mixed" in operations:
+            progress.advance(f"mixed keys @ {_human(size)}")
+            ops = _pass_slice(work.mixed, pass_length, 0)
+            report.mixed_loop_overhead[size] = min(_timed(lambda: MIXED_EMPTY(None, ops)) / len(ops) for _ in range(3))
         for op_name in operations:
-            op = OPERATIONS[op_name]
-            progress(f"{op_name} @ {_human(size)}")
-            row = {name: Cell(op_name, size, name) for name in available if name not in report.failed}
-            for turn in range(repeat):
-                for name in _rotated(list(row), turn):
-                    if name in report.failed:
-                        continue
-                    try:
-                        row[name].samples.append(run_trial(op, available[name], work))
-                    except Exception as exc:
-                        if name == BASELINE:
-                            raise
-                        report.failed[name] = f"{op_name} @ {_human(size)} raised {exc!r}"
-                gc.collect()  # outside the timed region: dispose of the cycles of the round
-            baseline = row[BASELINE].best
-            for name, cell in row.items():
-                if name not in report.failed:
-                    cell.baseline = baseline
-                    report.cells.append(cell)
+            _measure_row(report, OPERATIONS[op_name], work, available, runs, progress)
+        del work
+        gc.collect()
     return report
+
+
+def _measure_row(
+    report: Report, op: Operation, work: Workload, available: Dict[str, Contender], runs: int, progress: Progress
+) -> None:
+    size = work.size
+    pass_length = report.pass_length[size]
+    row = {name: Cell(op.name, size, name) for name in available if name not in report.failed}
+    kept: Dict[str, Trial] = {}
+    try:
+        for turn in range(runs):
+            for name in _rotated(list(row), turn):
+                progress.advance(f"{op.name} @ {_human(size)}: {name}")
+                if name in report.failed:
+                    continue
+                contender = available[name]
+                trial = kept.pop(name, None)
+                try:
+                    if trial is None:
+                        trial = op.prepare(contender, work)
+                    keys = _pass_slice(trial.keys, pass_length, turn)
+                    row[name].samples.append(_timed(lambda: trial.run(keys)) / len(keys))  # type: ignore[union-attr]
+                    if op.reset is not None and turn < runs - 1:
+                        op.reset(contender, trial.structure)
+                        kept[name] = trial
+                        trial = None
+                except Exception as exc:
+                    if name == BASELINE:
+                        raise
+                    report.failed[name] = f"{op.name} @ {_human(size)} raised {exc!r}"
+                finally:
+                    if trial is not None:
+                        contender.close(trial.structure)
+            gc.collect()  # outside the timed region: dispose of the cycles of the round
+    finally:
+        for name, trial in kept.items():
+            available[name].close(trial.structure)
+    baseline = row[BASELINE].best
+    for name, cell in row.items():
+        if name not in report.failed:
+            cell.baseline = baseline
+            report.cells.append(cell)
 
 
 # ----------------------------------------------------------------------------- output
 
 
-def environment() -> Dict[str, str]:
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _gil_enabled() -> bool:
+    is_enabled = getattr(sys, "_is_gil_enabled", None)
+    return True if is_enabled is None else bool(is_enabled())
+
+
+def environment() -> Dict[str, Any]:
     return {
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
+        "gil": _gil_enabled(),
+        "switch_interval_s": sys.getswitchinterval(),
         "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
         "lazycache_version": lazycache.__version__,
         "lazycache_implementation": lazycache.IMPLEMENTATION,
     }
@@ -415,19 +664,43 @@ def _human(size: int) -> str:
 def _symbols() -> Tuple[str, str]:
     """(times, plus-minus) signs, in ASCII if stdout cannot encode them."""
     try:
-        "×±".encode(sys.stdout.encoding or "ascii")
+        "×±µ".encode(sys.stdout.encoding or "ascii")
     except (UnicodeEncodeError, LookupError):
         return "x", "+/-"
     return "×", "±"
 
 
-def render_table(report: Report) -> str:
+def micro() -> str:
+    """The micro sign, or "u" if stdout cannot encode it."""
+    return "µ" if _symbols()[0] == "×" else "u"
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> List[str]:
+    """Lines of a plain-text table: the first `left` columns left-aligned, the others right-aligned."""
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+
+    def fmt(line: Sequence[str]) -> str:
+        return "  ".join(
+            text.ljust(width) if i < left else text.rjust(width) for i, (text, width) in enumerate(zip(line, widths))
+        ).rstrip()
+
+    return [fmt(header), fmt(["-" * w for w in widths])] + [fmt(row) for row in rows]
+
+
+def render_header() -> str:
     env = environment()
+    gil = "GIL enabled" if env["gil"] else "free-threaded, GIL disabled"
+    return (
+        f"lazycache bench: Python {env['python']} ({env['python_implementation']}, {gil}) on {env['platform']}; "
+        f"{env['cpus']} CPUs ({env['cpu']}); lazycache {env['lazycache_version']}, "
+        f"IMPLEMENTATION={env['lazycache_implementation']}"
+    )
+
+
+def render_table(report: Report) -> str:
+    """The ops section as a table."""
     times, plus_minus = _symbols()
-    lines = [
-        f"lazycache bench: Python {env['python']} ({env['python_implementation']}) on {env['platform']}; "
-        f"lazycache {env['lazycache_version']}, IMPLEMENTATION={env['lazycache_implementation']}"
-    ]
+    lines = [f"== ops: ns/op (ratio to dict) {plus_minus}spread"]
     lines += [f"skipped {name}: {reason}" for name, reason in report.skipped.items()]
     lines += [f"FAILED {name}: {what}" for name, what in report.failed.items()]
 
@@ -444,31 +717,51 @@ def render_table(report: Report) -> str:
                 else:
                     row.append(f"{cell.best:.1f} ({cell.ratio:.2f}{times}) {plus_minus}{cell.spread:.0f}%")
             rows.append(row)
-    widths = [max(len(line[i]) for line in [header] + rows) for i in range(len(header))]
+    lines += [""] + format_table(header, rows)
 
-    def fmt(line: List[str]) -> str:
-        left = [line[0].ljust(widths[0])]
-        return "  ".join(left + [text.rjust(width) for text, width in zip(line[1:], widths[1:])])
-
-    lines += ["", fmt(header), fmt(["-" * w for w in widths])] + [fmt(row) for row in rows]
+    runs = sorted(set(report.repeats.values()), reverse=True)
+    if len(runs) == 1:
+        how_many = f"best (min) of {runs[0]} run{'s' if runs[0] > 1 else ''}"
+    else:
+        how_many = "best (min) of " + ", ".join(
+            f"{n} runs at {', '.join(_human(s) for s in report.sizes if report.repeats[s] == n)}" for n in runs
+        )
     overhead = ", ".join(f"{ns:.1f} ns/op at {_human(size)}" for size, ns in report.loop_overhead.items())
     lines += [
         "",
-        f"ns/op: best of {report.repeat} run{'s' if report.repeat > 1 else ''}; ({times}) = ns/op / dict's ns/op in the same row; "
+        f"ns/op: {how_many}; ({times}) = ns/op / dict's ns/op in the same row; "
         f"{plus_minus} = (max - min) / min of the runs.",
         f"Every cell includes the same Python loop overhead (`for k in keys:` in a generated function): "
         f"{overhead} for an empty body.",
+    ]
+    if report.mixed_loop_overhead:
+        mixed_overhead = ", ".join(f"{ns:.1f} at {_human(size)}" for size, ns in report.mixed_loop_overhead.items())
+        lines.append(
+            f"mixed: one pass = one op per key, {MIXED_SET_FRACTION:.0%} sets, Zipf s={ZIPF_S} over the keys; "
+            f"its loop (`for k, s in ops: if s: ... else: ...`) costs {mixed_overhead} ns/op with empty branches."
+        )
+    sliced = [size for size, length in report.pass_length.items() if length < size]
+    if sliced:
+        lines.append(
+            "At " + ", ".join(_human(s) for s in sliced) + f": structures of the full size, but a timed pass walks "
+            f"{_human(MAX_PASS)} of the keys, a different slice each run."
+        )
+    lines += [
         "lazycache: MemoryStore, read_through=False, writer and pruner idle (3600 s intervals, batch_size "
         "above the writes made); in set-new the pruner is woken by the soft maxsize and evicts in its thread.",
+        "get-hit, get-miss and set-existing time repeated passes over one structure per contender; set-clean and "
+        "mixed too, flushed again between passes; set-new and delete build a fresh structure for every pass.",
     ]
     return "\n".join(lines)
 
 
-def render_json(report: Report) -> str:
-    document = {
-        "environment": environment(),
-        "repeat": report.repeat,
+def report_json(report: Report) -> Dict[str, Any]:
+    """The ops section as a JSON-ready dict."""
+    return {
+        "repeat": report.repeats[report.sizes[0]] if len(set(report.repeats.values())) == 1 else report.repeat,
+        "repeat_by_size": [{"size": size, "repeat": n} for size, n in report.repeats.items()],
         "sizes": report.sizes,
+        "pass_length": [{"size": size, "keys": n} for size, n in report.pass_length.items()],
         "operations": {name: OPERATIONS[name].summary for name in report.operations},
         "contenders": report.contenders,
         "baseline": BASELINE,
@@ -480,6 +773,10 @@ def render_json(report: Report) -> str:
             "spread": "percent: (max - min) / min of the runs' ns_per_op",
         },
         "loop_overhead_ns_per_op": [{"size": size, "ns_per_op": ns} for size, ns in report.loop_overhead.items()],
+        "mixed_loop_overhead_ns_per_op": [
+            {"size": size, "ns_per_op": ns} for size, ns in report.mixed_loop_overhead.items()
+        ],
+        "mixed_workload": {"set_fraction": MIXED_SET_FRACTION, "zipf_s": ZIPF_S},
         "results": [
             {
                 "operation": cell.operation,
@@ -493,14 +790,115 @@ def render_json(report: Report) -> str:
             for cell in report.cells
         ],
     }
-    return json.dumps(document, indent=2)
+
+
+def render_json(report: Report) -> str:
+    """The ops section alone as a JSON document (see `BenchRun.to_json` for the whole run)."""
+    return json.dumps({"environment": environment(), **report_json(report)}, indent=2)
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+SECTIONS = ("ops", "threads", "latency", "memory")
+
+
+@dataclass
+class BenchRun:
+    """What one `lazycache bench` run measured, section by section (None: not selected)."""
+
+    sections: List[str]
+    quick: bool
+    ops: Optional[Report] = None
+    threads: Any = None
+    """A bench_threads.ThreadReport."""
+    latency: Any = None
+    """A bench_latency.LatencyReport."""
+    memory: Any = None
+    """A bench_memory.MemoryReport."""
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return any(part is not None and part.failed for part in (self.ops, self.threads, self.latency, self.memory))
+
+    def to_json(self) -> Dict[str, Any]:
+        from . import bench_latency, bench_memory, bench_threads
+
+        return {
+            "environment": environment(),
+            "sections": self.sections,
+            "quick": self.quick,
+            "seconds": self.seconds,
+            "ops": None if self.ops is None else report_json(self.ops),
+            "threads": None if self.threads is None else bench_threads.report_json(self.threads),
+            "latency": None if self.latency is None else bench_latency.report_json(self.latency),
+            "memory": None if self.memory is None else bench_memory.report_json(self.memory),
+        }
+
+    def render(self) -> str:
+        from . import bench_latency, bench_memory, bench_threads
+
+        parts = [render_header()]
+        if self.ops is not None:
+            parts.append(render_table(self.ops))
+        if self.threads is not None:
+            parts.append(bench_threads.render_table(self.threads))
+        if self.latency is not None:
+            parts.append(bench_latency.render_table(self.latency))
+        if self.memory is not None:
+            parts.append(bench_memory.render_table(self.memory))
+        parts.append(f"({self.seconds:.0f} s)")
+        return "\n\n".join(parts)
+
+
+def run_sections(args: argparse.Namespace, progress: Progress = NO_PROGRESS) -> BenchRun:
+    """Measures the sections `args` selects; `args` as parsed by `lazycache bench`."""
+    from . import bench_latency, bench_memory, bench_threads
+
+    started = time.monotonic()
+    run = BenchRun(list(args.sections), bool(args.quick))
+    fixed = args.repeat
+
+    def runs(default: int, quick: int) -> int:
+        return fixed or (quick if args.quick else default)
+
+    if "ops" in args.sections:
+        sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
+        run.ops = measure(
+            args.operations, sizes, lambda size: fixed or (QUICK_REPEAT if args.quick else default_repeat(size)), progress
+        )
+    if "threads" in args.sections:
+        run.threads = bench_threads.measure(
+            thread_counts=args.threads or bench_threads.THREAD_COUNTS,
+            keys=bench_threads.QUICK_KEYS if args.quick else bench_threads.KEYS,
+            duration=bench_threads.QUICK_DURATION if args.quick else bench_threads.DURATION,
+            repeat=runs(bench_threads.REPEAT, QUICK_REPEAT),
+            progress=progress,
+        )
+    if "latency" in args.sections:
+        run.latency = bench_latency.measure(
+            pending=bench_latency.QUICK_PENDING if args.quick else bench_latency.PENDING,
+            sets=bench_latency.QUICK_SETS if args.quick else bench_latency.SETS,
+            repeat=runs(bench_latency.REPEAT, 1),
+            progress=progress,
+        )
+    if "memory" in args.sections:
+        run.memory = bench_memory.measure(
+            size=bench_memory.QUICK_SIZE if args.quick else bench_memory.SIZE,
+            repeat=runs(bench_memory.REPEAT, 1),
+            progress=progress,
+        )
+    run.seconds = time.monotonic() - started
+    return run
 
 
 # ----------------------------------------------------------------------------- command line
 
-DEFAULT_SIZES = [20_000, 100_000]
+DEFAULT_SIZES = [20_000, 100_000, 1_000_000]
 QUICK_SIZES = [2_000]
 DEFAULT_REPEAT = 5
+LARGE_SIZE = 1_000_000
+DEFAULT_REPEAT_LARGE = 3
 QUICK_REPEAT = 2
 
 
@@ -522,12 +920,37 @@ def _size_list(text: str) -> List[int]:
     return sizes
 
 
+def _name_list(kind: str, known: Sequence[str]) -> Callable[[str], List[str]]:
+    def parse(text: str) -> List[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            what = f"unknown {kind}(s) {', '.join(unknown)}" if unknown else f"no {kind} given"
+            raise argparse.ArgumentTypeError(f"{what}; choose from {', '.join(known)}")
+        return [name for name in known if name in names]  # canonical order, no duplicates
+
+    return parse
+
+
 def _operation_list(text: str) -> List[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in OPERATIONS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown operation(s) {', '.join(unknown)}; choose from {', '.join(OPERATIONS)}")
-    return names
+        what = f"unknown operation(s) {', '.join(unknown)}" if unknown else "no operation given"
+        raise argparse.ArgumentTypeError(f"{what}; choose from {', '.join(OPERATIONS)}")
+    return list(dict.fromkeys(names))
+
+
+_section_list = _name_list("section", SECTIONS)
+
+
+def _thread_counts(text: str) -> List[int]:
+    counts = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        counts.append(_positive_int(part))
+    if not counts:
+        raise argparse.ArgumentTypeError("no thread count given")
+    return sorted(set(counts))
 
 
 def _positive_int(text: str) -> int:
@@ -545,36 +968,71 @@ def _run_bench(args: argparse.Namespace) -> int:
         from .bench_store import run
 
         return run(args)
-    sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    repeat = args.repeat or (QUICK_REPEAT if args.quick else DEFAULT_REPEAT)
-    interactive = sys.stderr.isatty()
+    if args.plot is not None:
+        from .bench_plot import MissingMatplotlib, check_matplotlib
 
-    def progress(message: str) -> None:
-        if interactive:
-            print(f"\rmeasuring {message}...\033[K", end="", file=sys.stderr, flush=True)
+        try:
+            check_matplotlib()
+        except MissingMatplotlib as exc:
+            print(f"lazycache bench: --plot: {exc}", file=sys.stderr)
+            return 2
+    progress = Progress(enabled=sys.stderr.isatty() and not args.json, sections=len(args.sections))
+    try:
+        run = run_sections(args, progress)
+    finally:
+        progress.close()
+    print(json.dumps(run.to_json(), indent=2) if args.json else run.render())
+    if args.plot is not None:
+        from .bench_plot import plot
 
-    report = measure(args.operations, sizes, repeat, progress)
-    if interactive:
-        print("\r\033[K", end="", file=sys.stderr, flush=True)
-    print(render_json(report) if args.json else render_table(report))
-    return 1 if report.failed else 0
+        plot(run, args.plot)
+        if not args.json:
+            print(f"\nplot written to {args.plot}")
+    return 1 if run.failed else 0
 
 
 def _add_bench_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     bench = commands.add_parser(
         "bench",
-        help="measure ns/op of the hot dict operations against dict and other caches",
-        description="Measures ns/op of the hot dict operations, for both lazycache cores, dict and "
-        "(when installed) cachetools, cachebox and lru-dict, side by side in one run.",
+        help="measure lazycache against dict and other caches: ops, threads, latency, memory",
+        description="Measures both lazycache cores, dict and (when installed) cachetools, cachebox and "
+        "lru-dict side by side in one run: ns/op of the hot dict operations and a mixed workload (ops), "
+        "aggregate throughput of reader threads (threads), set latency while the writer flushes (latency) "
+        "and bytes per entry beyond a dict (memory). Every figure is the best (min) of several runs, "
+        "with the spread shown.",
         epilog="operations: " + "; ".join(f"{op.name}: {op.summary}" for op in OPERATIONS.values()),
     )
-    bench.add_argument("--sizes", type=_size_list, help="comma-separated key counts, e.g. 20k,100k (default: 20k,100k)")
-    bench.add_argument("--repeat", type=_positive_int, help=f"runs per cell; the best is reported (default: {DEFAULT_REPEAT})")
     bench.add_argument(
-        "--operations", type=_operation_list, default=list(OPERATIONS), help="comma-separated subset of the operations"
+        "--sections",
+        type=_section_list,
+        default=list(SECTIONS),
+        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)",
     )
-    bench.add_argument("--quick", action="store_true", help=f"smoke run: sizes {_human(QUICK_SIZES[0])}, repeat {QUICK_REPEAT}")
-    bench.add_argument("--json", action="store_true", help="print a JSON document instead of the table")
+    bench.add_argument(
+        "--sizes", type=_size_list, help="ops: comma-separated key counts, e.g. 20k,100k (default: 20k,100k,1M)"
+    )
+    bench.add_argument(
+        "--repeat",
+        type=_positive_int,
+        help=f"runs per figure in every section; the best is reported (default: ops {DEFAULT_REPEAT}, "
+        f"{DEFAULT_REPEAT_LARGE} at 1M keys; threads 3; latency 3; memory 2)",
+    )
+    bench.add_argument(
+        "--operations", type=_operation_list, default=list(OPERATIONS), help="ops: comma-separated subset of the operations"
+    )
+    bench.add_argument("--threads", type=_thread_counts, help="threads: comma-separated reader counts (default: 1,5,10,20)")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run in a few seconds: ops at {_human(QUICK_SIZES[0])} keys, small threads, latency and "
+        "memory runs, fewer repeats; checks that everything works, its figures mean little",
+    )
+    bench.add_argument("--json", action="store_true", help="print a JSON document of every section instead of tables")
+    bench.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw the ratios to dict as grouped bars into FILE.png (needs matplotlib: pip install 'lazycache[bench]')",
+    )
     bench.add_argument(
         "--store",
         nargs="?",
