@@ -94,3 +94,4 @@ cdef class Core:
     cdef object _remove_impl(self, object key)
     cdef object _remove_unlocked(self, object key)
     cdef int _finish(self, uint32_t r) except -1
+    cdef list _snapshot(self, int what)

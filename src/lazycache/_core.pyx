@@ -801,41 +801,35 @@ cdef class Core:
         return n
 
     # ----------------------------------------------------------- snapshots
-    def _keys(self):
+    cdef list _snapshot(self, int what):
+        """The live entries' keys (0), values (1) or (key, value) items (2), in insertion order."""
         cdef Py_ssize_t ix
+        cdef Entry *ep
         cdef list out = []
         self._acquire()
         try:
             for ix in range(self._nentries):
-                if self._entries[ix].key != NULL and self._entries[ix].value != NULL:
-                    out.append(<object>self._entries[ix].key)
+                ep = &self._entries[ix]
+                if ep.key == NULL or ep.value == NULL:
+                    continue
+                if what == 0:
+                    out.append(<object>ep.key)
+                elif what == 1:
+                    out.append(<object>ep.value)
+                else:
+                    out.append((<object>ep.key, <object>ep.value))
         finally:
             self._release()
         return out
+
+    def _keys(self):
+        return self._snapshot(0)
 
     def _values(self):
-        cdef Py_ssize_t ix
-        cdef list out = []
-        self._acquire()
-        try:
-            for ix in range(self._nentries):
-                if self._entries[ix].key != NULL and self._entries[ix].value != NULL:
-                    out.append(<object>self._entries[ix].value)
-        finally:
-            self._release()
-        return out
+        return self._snapshot(1)
 
     def _items(self):
-        cdef Py_ssize_t ix
-        cdef list out = []
-        self._acquire()
-        try:
-            for ix in range(self._nentries):
-                if self._entries[ix].key != NULL and self._entries[ix].value != NULL:
-                    out.append((<object>self._entries[ix].key, <object>self._entries[ix].value))
-        finally:
-            self._release()
-        return out
+        return self._snapshot(2)
 
     def _pending_keys(self):
         """Keys whose latest change has not been written (queued or in flight)."""
