@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Dict
 
@@ -50,9 +51,15 @@ CHILD = textwrap.dedent(
                 json.dump(data, f)
             os.replace(self.path + ".tmp", self.path)
 
-    impl, store_path, journal_path, fsync, mode, write_interval = sys.argv[1:7]
+    impl, store_spec, journal_path, fsync, mode, write_interval = sys.argv[1:7]
     cls = implementation_class(impl)
-    cache = cls(FileStore(store_path), journal=journal_path, journal_fsync=fsync, write_interval=float(write_interval))
+    if store_spec.startswith("sql:"):  # sql:URL|table, a key-value table in a real database
+        from lazycache.stores.sqlalchemy import SQLAlchemyStore
+        url, table = store_spec[4:].split("|")
+        store = SQLAlchemyStore(url, table)
+    else:
+        store = FileStore(store_spec)
+    cache = cls(store, journal=journal_path, journal_fsync=fsync, write_interval=float(write_interval))
     if mode == "write":
         i = 0
         while True:
@@ -71,12 +78,15 @@ CHILD = textwrap.dedent(
 )
 
 
-def run_child(impl: str, tmp_path: Path, fsync: str, mode: str, write_interval: float = 0.05) -> subprocess.Popen:
+def run_child(
+    impl: str, tmp_path: Path, fsync: str, mode: str, write_interval: float = 0.05, store: str = ""
+) -> subprocess.Popen:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    store = store or str(tmp_path / "store.json")
     return subprocess.Popen(
-        [sys.executable, str(script), impl, str(tmp_path / "store.json"), str(tmp_path / "journal"), fsync, mode, str(write_interval)],
+        [sys.executable, str(script), impl, store, str(tmp_path / "journal"), fsync, mode, str(write_interval)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -99,11 +109,12 @@ def acknowledged_state(lines: list) -> Dict[str, Any]:
     return state
 
 
-@pytest.mark.parametrize("fsync", ["always", "everysec", "no"])
-def test_every_acknowledged_write_survives_kill_9(impl: str, tmp_path: Path, fsync: str) -> None:
+def kill_mid_stream_then_replay(impl: str, tmp_path: Path, fsync: str, store: str, read_store: Any) -> None:
+    """A child writes until SIGKILL; a second process replays the journal; the store must hold
+    every acknowledged write (`read_store()` returns the store's content as a dict)."""
     # The writer flushes rarely (10 s), so most acknowledged writes exist only in memory and
-    # in the journal when the process dies. Every policy survives a process crash.
-    child = run_child(impl, tmp_path, fsync, "write", write_interval=10.0)
+    # in the journal when the process dies.
+    child = run_child(impl, tmp_path, fsync, "write", write_interval=10.0, store=store)
     assert child.stdout is not None
     head = []
     deadline = time.monotonic() + 30
@@ -121,10 +132,10 @@ def test_every_acknowledged_write_survives_kill_9(impl: str, tmp_path: Path, fsy
     expected = acknowledged_state(complete)
     assert glob.glob(str(tmp_path / "journal") + ".*.*"), "the killed process left no journal"
 
-    survivor = run_child(impl, tmp_path, fsync, "close")
+    survivor = run_child(impl, tmp_path, fsync, "close", store=store)
     out, err = survivor.communicate(timeout=60)
     assert survivor.returncode == 0, err
-    stored = json.loads((tmp_path / "store.json").read_text())
+    stored = read_store()
     # The write being printed when the process died may or may not have happened.
     unsure = {"k%d" % ((int(complete[-1].split()[2]) + 1) % 300)}
     for key in set(expected) | set(stored):
@@ -132,6 +143,34 @@ def test_every_acknowledged_write_survives_kill_9(impl: str, tmp_path: Path, fsy
             continue
         assert stored.get(key) == expected.get(key), key
     assert not glob.glob(str(tmp_path / "journal") + ".*.*"), "replayed and flushed journal segments were not deleted"
+
+
+@pytest.mark.parametrize("fsync", ["always", "everysec", "no"])
+def test_every_acknowledged_write_survives_kill_9(impl: str, tmp_path: Path, fsync: str) -> None:
+    # Every policy survives a process crash.
+    kill_mid_stream_then_replay(
+        impl, tmp_path, fsync, str(tmp_path / "store.json"), lambda: json.loads((tmp_path / "store.json").read_text())
+    )
+
+
+def test_every_acknowledged_write_reaches_a_postgresql_table_after_kill_9(impl: str, tmp_path: Path) -> None:
+    import sqlalchemy as sa
+    from services import postgres_url
+
+    url = postgres_url()
+    table = f"journal_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(url)
+
+    def read_table() -> Dict[str, Any]:
+        with engine.connect() as conn:
+            return {k: json.loads(v) for k, v in conn.exec_driver_sql(f'SELECT key, value FROM "{table}"')}
+
+    try:
+        kill_mid_stream_then_replay(impl, tmp_path, "everysec", f"sql:{url}|{table}", read_table)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table}"')
+        engine.dispose()
 
 
 def test_journal_segments_are_deleted_once_written(make_cache, tmp_path: Path) -> None:
