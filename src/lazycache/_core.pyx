@@ -137,15 +137,16 @@ cdef inline Py_ssize_t _lookup(Core self, object key, Py_hash_t h) except -2:
                         return ix
             i = _next_probe(i, &perturb, mask)
 
-cdef inline Py_ssize_t _find(Core self, object key) except -2:
+cdef inline Py_hash_t _hash(object key) except? -1:
     cdef Py_hash_t h
     if type(key) is str:
         h = (<PyASCIIObject *>key).hash  # str caches its hash: no call when it is known
-        if h == -1:
-            h = PyObject_Hash(key)
-    else:
-        h = PyObject_Hash(key)
-    return _lookup(self, key, h)
+        if h != -1:
+            return h
+    return PyObject_Hash(key)
+
+cdef inline Py_ssize_t _find(Core self, object key) except -2:
+    return _lookup(self, key, _hash(key))
 
 cdef inline object _outcome(Core self, Py_ssize_t ix, bint count):
     """What a read of the entry at ix sees: its value, MISSING (a tombstone) or ABSENT."""
@@ -475,7 +476,7 @@ cdef class Core:
         self._check_writable()
         if value is _MISSING:
             raise ValueError("lazycache.MISSING stands for 'no value' and cannot be stored")
-        h = PyObject_Hash(key)
+        h = _hash(key)
         ix = _lookup(self, key, h)
         self._sets += 1
         if ix < 0:
@@ -613,7 +614,7 @@ cdef class Core:
         try:
             old = self._remove_unlocked(key)
             if old is _ABSENT:
-                self._insert(key, PyObject_Hash(key), None, DIRTY | DELETED)
+                self._insert(key, _hash(key), None, DIRTY | DELETED)
                 self._deletes += 1
                 old = _MISSING
             raised = self._signal()
@@ -630,7 +631,7 @@ cdef class Core:
         cdef int raised = 0
         self._acquire()
         try:
-            h = PyObject_Hash(key)
+            h = _hash(key)
             ix = _lookup(self, key, h)
             if ix >= 0:
                 if self._entries[ix].value == NULL:
@@ -726,7 +727,7 @@ cdef class Core:
         cdef int raised = 0
         self._acquire()
         try:
-            h = PyObject_Hash(key)
+            h = _hash(key)
             ix = _lookup(self, key, h)
             if ix >= 0:
                 r = self._entries[ix].ring & RING_MASK
