@@ -51,6 +51,12 @@ from lazycache._sentinels import ABSENT, MISSING
 cdef extern from "Python.h":
     ctypedef struct PyASCIIObject:
         Py_hash_t hash
+    ctypedef int (*visitproc)(PyObject *, void *) noexcept
+    ctypedef int (*traverseproc)(PyObject *, visitproc, void *) noexcept
+    ctypedef int (*inquiry)(PyObject *) noexcept
+    ctypedef struct PyTypeObject:
+        traverseproc tp_traverse
+        inquiry tp_clear
 
 cdef object _MISSING = MISSING
 cdef object _ABSENT = ABSENT
@@ -1114,3 +1120,53 @@ cdef class Core:
     @property
     def _memory_epoch(self):
         return self._epoch
+
+
+# ----------------------------------------------------------------------------- garbage collection
+# The keys and values live in C arrays, where the cyclic garbage collector cannot see them;
+# LazyWriterCache (a Python subclass, collected by the GC) calls these through its base
+# type's slots, so that a cycle through a cached value (a value that refers to its cache)
+# is found, finalised (the cache flushes in __del__) and broken like any other.
+cdef int _core_traverse(PyObject *o, visitproc visit, void *arg) noexcept:
+    cdef Core self = <Core>o
+    cdef Py_ssize_t ix
+    cdef int err
+    for ix in range(self._nentries):
+        if self._entries[ix].key != NULL:
+            err = visit(self._entries[ix].key, arg)
+            if err:
+                return err
+        if self._entries[ix].value != NULL:
+            err = visit(self._entries[ix].value, arg)
+            if err:
+                return err
+    for ix in range(self._ngrave):
+        err = visit(self._grave[ix], arg)
+        if err:
+            return err
+    return 0
+
+
+cdef int _core_clear(PyObject *o) noexcept:
+    """Empties the core (it is about to be freed): every reference goes to the grave, then out."""
+    cdef Core self = <Core>o
+    cdef Py_ssize_t ix
+    for ix in range(self._nentries):
+        self._to_grave(self._entries[ix].key)
+        self._to_grave(self._entries[ix].value)
+        self._entries[ix].key = NULL
+        self._entries[ix].value = NULL
+    if self._indices != NULL:
+        memset(self._indices, 0xff, (self._mask + 1) * sizeof(int32_t))  # all EMPTY
+    self._nentries = self._used = self._ntomb = self._nslow = 0
+    if self._flags != NULL:
+        memset(self._flags, 0, self._cap * sizeof(uint8_t))
+    self._nslots = self._nfree = self._hand = 0
+    self._qhead = self._qlen = 0
+    self._npending = self._ninflight = 0
+    self._bury()
+    return 0
+
+
+(<PyTypeObject *>Core).tp_traverse = <traverseproc>_core_traverse
+(<PyTypeObject *>Core).tp_clear = <inquiry>_core_clear
