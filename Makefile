@@ -21,8 +21,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
+# e.g. make bench BENCH_ARGS="--plot benchmarks/results.png" or BENCH_ARGS="--store postgresql+psycopg://..."
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(VENV)/bin/lazycache bench
+	$(VENV)/bin/lazycache bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info src/lazycache/_core.c src/lazycache/_core*.so

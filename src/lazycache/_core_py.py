@@ -36,6 +36,9 @@ DELETED = 4  # tombstone: the delete has not reached the store yet
 STALE = 16  # invalidated by another process while its own write was in flight: drop once written
 PINNED = DIRTY | INFLIGHT | DELETED
 
+SLICE = 64
+"""Entries the writer takes or settles per hold of the lock: setters never wait for a whole batch."""
+
 SIGNAL_PRUNE = 1  # the map grew past maxsize
 SIGNAL_WRITE = 2  # the dirty queue reached write_threshold
 
@@ -458,14 +461,18 @@ class Core:
     def _take_batch(self, limit: int) -> List[Pending]:
         """Moves up to limit entries from the dirty queue to in flight, oldest first."""
         batch: List[Pending] = []
-        with self._lock:
-            while self._dirty and len(batch) < limit:
-                entry = self._dirty.popleft()
-                entry.flags = (entry.flags & ~DIRTY) | INFLIGHT
-                value = MISSING if entry.flags & DELETED else entry.value
-                batch.append((entry.key, value, entry, entry.seq))
-            self._ninflight += len(batch)
-            self._signals &= ~SIGNAL_WRITE
+        while len(batch) < limit:
+            with self._lock:
+                end = min(limit, len(batch) + SLICE)
+                while self._dirty and len(batch) < end:
+                    entry = self._dirty.popleft()
+                    entry.flags = (entry.flags & ~DIRTY) | INFLIGHT
+                    value = MISSING if entry.flags & DELETED else entry.value
+                    batch.append((entry.key, value, entry, entry.seq))
+                    self._ninflight += 1
+                self._signals &= ~SIGNAL_WRITE
+                if not self._dirty:
+                    break
         return batch
 
     def _finish(self, entry: Entry) -> None:
@@ -479,18 +486,23 @@ class Core:
 
     def _commit(self, batch: List[Pending]) -> None:
         """The batch is in the store: its entries are clean unless changed meanwhile."""
-        with self._lock:
-            for _key, _value, entry, _seq in batch:
-                self._finish(entry)
+        for start in range(0, len(batch), SLICE):
+            with self._lock:
+                for _key, _value, entry, _seq in batch[start : start + SLICE]:
+                    self._finish(entry)
 
     def _requeue(self, batch: List[Pending]) -> None:
         """The batch failed: unchanged entries go back to the front of the queue, in order."""
-        with self._lock:
-            for _key, _value, entry, seq in reversed(batch):
-                if entry.seq == seq and not entry.flags & DIRTY:
-                    entry.flags |= DIRTY
-                    self._dirty.appendleft(entry)
-                self._finish(entry)
+        end = len(batch)
+        while end > 0:  # from the back, a slice at a time, so the front of the queue ends in order
+            start = max(0, end - SLICE)
+            with self._lock:
+                for _key, _value, entry, seq in reversed(batch[start:end]):
+                    if entry.seq == seq and not entry.flags & DIRTY:
+                        entry.flags |= DIRTY
+                        self._dirty.appendleft(entry)
+                    self._finish(entry)
+            end = start
 
     def _oldest_in(self, batch: List[Pending]) -> int:
         """The clock stamp of the batch entry that has been pending longest."""

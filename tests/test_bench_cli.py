@@ -1,0 +1,213 @@
+"""`lazycache bench`: the command runs and reports every section. Structure only, never timings."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+
+from lazycache import cli
+from lazycache.bench_latency import FLUSH_MEMORY, FLUSH_SQLITE, IDLE
+from lazycache.bench_threads import QUICK_THREAD_COUNTS
+
+SECTIONS = ["ops", "threads", "latency", "memory"]
+
+try:
+    import matplotlib  # noqa: F401
+except ImportError:
+    HAVE_MATPLOTLIB = False
+else:
+    HAVE_MATPLOTLIB = True
+
+
+def run_bench(capsys: pytest.CaptureFixture[str], *args: str) -> Tuple[int, str, str]:
+    status = cli.main(["bench", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def available_contenders() -> List[str]:
+    return list(cli.load_contenders()[0])
+
+
+@pytest.fixture(scope="module")
+def quick_json(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[Dict[str, Any], Path]]:
+    """One `lazycache bench --quick --json [--plot FILE]` run, in a child process, shared by the tests below."""
+    plot = tmp_path_factory.mktemp("plot") / "bench.png"
+    command = [sys.executable, "-m", "lazycache", "bench", "--quick", "--json"]
+    if HAVE_MATPLOTLIB:
+        command += ["--plot", str(plot)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no progress bar when stderr is not a terminal
+    yield json.loads(done.stdout), plot
+
+
+def test_quick_json_has_every_section(quick_json: Tuple[Dict[str, Any], Path]) -> None:
+    document, _ = quick_json
+    assert document["sections"] == SECTIONS
+    assert document["quick"] is True
+    for key in ("python", "cpu", "cpus", "gil", "lazycache_implementation"):
+        assert key in document["environment"]
+    for section in SECTIONS:
+        part = document[section]
+        assert part["failed"] == {}, part["failed"]
+        assert part["results"], section
+        assert "units" in part
+
+
+def test_quick_json_ops(quick_json: Tuple[Dict[str, Any], Path]) -> None:
+    ops = quick_json[0]["ops"]
+    contenders = available_contenders()
+    assert ops["contenders"] == contenders
+    assert set(ops["contenders"]) | set(ops["skipped"]) == set(cli.CONTENDERS)
+    assert list(ops["operations"]) == list(cli.OPERATIONS)
+    assert "mixed" in ops["operations"]
+    cells = {(r["operation"], r["size"], r["contender"]) for r in ops["results"]}
+    assert cells == {(op, size, name) for op in cli.OPERATIONS for size in ops["sizes"] for name in contenders}
+    for record in ops["results"]:
+        assert record["ns_per_op"] > 0 and record["ratio_to_dict"] > 0 and record["spread"] >= 0
+        assert len(record["runs_ns_per_op"]) == ops["repeat"]
+        if record["contender"] == "dict":
+            assert record["ratio_to_dict"] == 1.0
+
+
+def test_quick_json_threads(quick_json: Tuple[Dict[str, Any], Path]) -> None:
+    threads = quick_json[0]["threads"]
+    assert threads["thread_counts"] == list(QUICK_THREAD_COUNTS)
+    cells = {(r["contender"], r["readers"], r["writer"]) for r in threads["results"]}
+    assert cells == {
+        (name, n, writer) for name in available_contenders() for n in QUICK_THREAD_COUNTS for writer in (False, True)
+    }
+    for record in threads["results"]:
+        assert record["ops_per_second"] > 0 and record["ratio_to_dict"] > 0
+        assert (record["writer_sets_per_second"] is not None) == record["writer"]
+
+
+def test_quick_json_latency(quick_json: Tuple[Dict[str, Any], Path]) -> None:
+    latency = quick_json[0]["latency"]
+    scenarios = [IDLE, FLUSH_MEMORY] + ([FLUSH_SQLITE] if FLUSH_SQLITE in latency["scenarios"] else [])
+    lazycaches = [name for name in available_contenders() if name.startswith("lazycache")]
+    cells = {(r["contender"], r["scenario"]) for r in latency["results"]}
+    assert cells == {("dict", IDLE)} | {(name, s) for name in lazycaches for s in scenarios}
+    for record in latency["results"]:
+        assert 0 < record["p50_us"] <= record["p99_us"] <= record["p99_9_us"] <= record["max_us"]
+        assert record["sets_counted"] > 0
+        assert (record["flush_ms"] is None) == (record["scenario"] == IDLE)
+
+
+def test_quick_json_memory(quick_json: Tuple[Dict[str, Any], Path]) -> None:
+    memory = quick_json[0]["memory"]
+    expected = set()
+    for name in available_contenders():
+        modes = ["clean", "pending"] if name.startswith("lazycache") else ["built"]
+        expected |= {(name, mode) for mode in modes}
+    assert {(r["contender"], r["mode"]) for r in memory["results"]} == expected
+    for record in memory["results"]:
+        assert record["bytes_per_entry"] > 0
+        if record["contender"] == "dict":
+            assert record["beyond_dict"] == 0
+
+
+@pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib not installed")
+def test_plot_writes_a_png(quick_json: Tuple[Dict[str, Any], Path]) -> None:
+    _, plot = quick_json
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot.stat().st_size > 10_000
+
+
+def test_quick_table_has_every_section(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run_bench(capsys, "--quick")
+    assert status == 0, out
+    for section in SECTIONS:
+        assert f"== {section}:" in out
+    for name in available_contenders():
+        assert name in out
+    for op in cli.OPERATIONS:
+        assert f"\n{op} " in out
+    for header in ("p50", "p99", "p99.9", "beyond dict", "B/entry", "reads/s"):
+        assert header in out
+    assert "best (min)" in out and "GIL" in out
+    assert err == ""  # capsys's stderr is not a terminal: no progress bar
+
+
+def test_sections_option_runs_only_those(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_bench(capsys, "--quick", "--sections", "memory,ops", "--json")
+    assert status == 0
+    document = json.loads(out)
+    assert document["sections"] == ["ops", "memory"]
+    assert document["threads"] is None and document["latency"] is None
+    assert document["ops"]["results"] and document["memory"]["results"]
+
+
+def test_unknown_section_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--sections", "ops,bogus"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown section(s) bogus" in err
+    assert "choose from ops, threads, latency, memory" in err
+
+
+def test_unknown_operation_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--operations", "get-hit,nope"])
+    assert "unknown operation(s) nope" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    status, out, err = run_bench(capsys, "--quick", "--sections", "ops", "--plot", str(tmp_path / "x.png"))
+    assert status == 2
+    assert "--plot" in err and "matplotlib" in err and "lazycache[bench]" in err
+    assert out == ""  # refused before measuring anything
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_console_entry_point_runs_the_ops_section() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lazycache", "bench", "--quick", "--sections", "ops", "--operations", "get-hit,mixed"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "== ops:" in done.stdout and "mixed" in done.stdout and "== threads" not in done.stdout
+
+
+def test_progress_bar_draws_on_a_terminal_only_after_its_delay() -> None:
+    import io
+
+    stream = io.StringIO()
+    progress = cli.Progress(enabled=True, stream=stream, delay=0.0, sections=2)
+    progress.section("ops", 4)
+    progress.advance("get-hit @ 2k: dict")
+    progress._last_draw = 0.0
+    progress.advance("get-hit @ 2k: lru.LRU")
+    progress.close()
+    text = stream.getvalue()
+    assert "[1/2] ops" in text and "25%" in text and text.endswith("\r\x1b[K")
+
+    quiet = io.StringIO()
+    progress = cli.Progress(enabled=True, stream=quiet, delay=60.0)
+    progress.section("ops", 4)
+    progress.advance("get-hit")
+    progress.close()
+    assert quiet.getvalue() == ""
+
+
+def test_zipf_ranks_favour_the_first_ranks() -> None:
+    import random
+
+    ranks = cli.zipf_ranks(20_000, 1_000, 1.1, random.Random(0))
+    assert all(0 <= r < 1_000 for r in ranks)
+    assert ranks.count(0) > ranks.count(1) > ranks.count(10) > 0
+    work = cli.Workload.build(1_000)
+    sets = sum(is_set for _, is_set in work.mixed)
+    assert len(work.mixed) == 1_000 and 50 < sets < 150
