@@ -83,7 +83,7 @@ cdef class Core:
     cdef int _check_writable(self) except -1
     cdef int _resize(self, Py_ssize_t minused) except -1
     cdef int _grow_ring(self) except -1
-    cdef int _push_dirty(self, uint32_t r, bint front) except -1
+    cdef int _grow_queue(self) except -1
     cdef uint32_t _pop_dirty(self) noexcept
     cdef Py_ssize_t _insert(self, object key, Py_hash_t h, object value, uint8_t flags) except -1
     cdef int _detach(self, uint32_t r) except -1

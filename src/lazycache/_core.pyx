@@ -181,6 +181,18 @@ cdef inline object _read(Core self, object key, bint count):
         self._release()
 
 
+cdef inline int _push_dirty(Core self, uint32_t r, bint front) except -1:
+    """Queues ring slot r for the writer (at the front: a batch put back after a failure)."""
+    if self._qlen == self._qcap:
+        self._grow_queue()
+    if front:
+        self._qhead = (self._qhead - 1) & (self._qcap - 1)
+        self._queue[self._qhead] = r
+    else:
+        self._queue[(self._qhead + self._qlen) & (self._qcap - 1)] = r
+    self._qlen += 1
+    return 0
+
 cdef class Core:
     """Map, dirty queue and CLOCK eviction bookkeeping (compiled)."""
 
@@ -339,31 +351,23 @@ cdef class Core:
         self._cap = cap
         return 0
 
-    cdef int _push_dirty(self, uint32_t r, bint front) except -1:
-        cdef Py_ssize_t cap, i
-        cdef uint32_t *queue
-        if self._qlen == self._qcap:
-            cap = self._qcap * 2 if self._qcap else 64
-            queue = <uint32_t *>PyMem_Malloc(cap * sizeof(uint32_t))
-            if queue == NULL:
-                raise MemoryError()
-            for i in range(self._qlen):
-                queue[i] = self._queue[(self._qhead + i) % self._qcap]
-            PyMem_Free(self._queue)
-            self._queue = queue
-            self._qcap = cap
-            self._qhead = 0
-        if front:
-            self._qhead = (self._qhead - 1 + self._qcap) % self._qcap
-            self._queue[self._qhead] = r
-        else:
-            self._queue[(self._qhead + self._qlen) % self._qcap] = r
-        self._qlen += 1
+    cdef int _grow_queue(self) except -1:
+        cdef Py_ssize_t cap = self._qcap * 2 if self._qcap else 64  # a power of two: see the masks
+        cdef Py_ssize_t i
+        cdef uint32_t *queue = <uint32_t *>PyMem_Malloc(cap * sizeof(uint32_t))
+        if queue == NULL:
+            raise MemoryError()
+        for i in range(self._qlen):
+            queue[i] = self._queue[(self._qhead + i) & (self._qcap - 1)]
+        PyMem_Free(self._queue)
+        self._queue = queue
+        self._qcap = cap
+        self._qhead = 0
         return 0
 
     cdef uint32_t _pop_dirty(self) noexcept:
         cdef uint32_t r = self._queue[self._qhead]
-        self._qhead = (self._qhead + 1) % self._qcap
+        self._qhead = (self._qhead + 1) & (self._qcap - 1)
         self._qlen -= 1
         return r
 
@@ -409,7 +413,7 @@ cdef class Core:
         if not _simple(key):
             self._nslow += 1
         if flags & DIRTY:
-            self._push_dirty(r, False)
+            _push_dirty(self, r, False)
             self._npending += 1
         if flags & DELETED:
             self._ntomb += 1
@@ -450,7 +454,7 @@ cdef class Core:
     cdef int _mark_dirty(self, uint32_t r) except -1:
         cdef uint8_t f = self._flags[r]
         if not f & DIRTY:
-            self._push_dirty(r, False)
+            _push_dirty(self, r, False)
             if not f & INFLIGHT:
                 self._npending += 1
             self._since[r] = self._clock
@@ -501,7 +505,7 @@ cdef class Core:
         ep.seq = self._seq
         ep.ring = r | REF_BIT
         if not f & DIRTY:
-            self._push_dirty(r, False)
+            _push_dirty(self, r, False)
             if not f & INFLIGHT:
                 self._npending += 1
             self._since[r] = self._clock
@@ -910,7 +914,7 @@ cdef class Core:
                 item = batch[i]
                 r = item[2]
                 if self._entries[self._pos[r]].seq == <uint32_t>item[3] and not self._flags[r] & DIRTY:
-                    self._push_dirty(r, True)
+                    _push_dirty(self, r, True)
                     self._flags[r] |= DIRTY
                 self._finish(r)
         finally:
