@@ -167,7 +167,8 @@ cdef inline object _outcome(Core self, Py_ssize_t ix, bint count):
             self._misses += 1
         return _MISSING
     if count:
-        ep.ring |= REF_BIT
+        if not ep.ring & REF_BIT:  # most reads find it set: leave the cache line clean
+            ep.ring |= REF_BIT
         self._hits += 1
     return <object>ep.value
 
