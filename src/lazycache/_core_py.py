@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any, Callable, Hashable, Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 from ._sentinels import ABSENT, MISSING
 
@@ -404,7 +404,7 @@ class Core:
                 self._new_entry(key, value, 0)
                 raised = self._signal()
             else:
-                old = entry.value
+                old = entry.value  # noqa: F841 - released after the lock, with the function's frame
                 entry.value = value
                 entry.ref = True
                 raised = 0

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .cli import (
+    Runs,
     BASELINE,
     CONTENDERS,
     NO_PROGRESS,
@@ -42,10 +43,8 @@ from .cli import (
     _human,
     _rotated,
     _symbols,
-    best_of,
     format_table,
     lazycache_class,
-    spread_of,
 )
 from .stores.base import GeneratedFields, Store
 
@@ -145,7 +144,7 @@ def _run_child(name: str, mode: str, size: int) -> Dict[str, Any]:
 
 
 @dataclass
-class MemoryCell:
+class MemoryCell(Runs):
     contender: str
     mode: str
     """"built" (not lazycache), "clean" or "pending" (lazycache)."""
@@ -157,14 +156,6 @@ class MemoryCell:
     @property
     def label(self) -> str:
         return self.contender if self.mode == BUILT else f"{self.contender}, {self.mode}"
-
-    @property
-    def best(self) -> float:
-        return best_of(self.samples)
-
-    @property
-    def spread(self) -> float:
-        return spread_of(self.samples)
 
     @property
     def beyond_dict(self) -> float:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .cli import (
+    Runs,
     BASELINE,
     GET_ITEM,
     NO_PROGRESS,
@@ -34,10 +35,8 @@ from .cli import (
     _human,
     _rotated,
     _symbols,
-    best_of,
     format_table,
     load_contenders,
-    spread_of,
 )
 
 THREAD_COUNTS = (1, 5, 10, 20)
@@ -53,7 +52,7 @@ CHUNK = 1_000
 
 
 @dataclass
-class ThreadCell:
+class ThreadCell(Runs):
     """The runs of one contender × reader count × with or without the writer."""
 
     contender: str
@@ -67,14 +66,6 @@ class ThreadCell:
     """dict's best ns/op with the same threads."""
     one_reader: float = math.nan
     """This contender's best ns/op with one reader, same writer setting."""
-
-    @property
-    def best(self) -> float:
-        return best_of(self.samples)
-
-    @property
-    def spread(self) -> float:
-        return spread_of(self.samples)
 
     @property
     def ops_per_second(self) -> float:

@@ -394,17 +394,10 @@ def spread_of(samples: Sequence[float]) -> float:
     return (max(samples) - best) / best * 100 if best else 0.0
 
 
-@dataclass
-class Cell:
-    """The runs of one operation × size × contender."""
+class Runs:
+    """A figure measured several times: its `samples` (one per run) give the best and the spread."""
 
-    operation: str
-    size: int
-    contender: str
-    samples: List[float] = field(default_factory=list)
-    """ns/op of each run."""
-    baseline: float = math.nan
-    """dict's best ns/op in the same row."""
+    samples: List[float]
 
     @property
     def best(self) -> float:
@@ -414,6 +407,19 @@ class Cell:
     def spread(self) -> float:
         """(max - min) / min of the runs, in percent."""
         return spread_of(self.samples)
+
+
+@dataclass
+class Cell(Runs):
+    """The runs of one operation × size × contender."""
+
+    operation: str
+    size: int
+    contender: str
+    samples: List[float] = field(default_factory=list)
+    """ns/op of each run."""
+    baseline: float = math.nan
+    """dict's best ns/op in the same row."""
 
     @property
     def ratio(self) -> float:
