@@ -1,7 +1,7 @@
 # Declarations of the compiled core, so that other Cython modules can cimport it.
 from cpython.object cimport PyObject
 from cpython.pythread cimport PyThread_type_lock
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 cdef enum:
     DIRTY = 1       # queued for the writer
@@ -18,9 +18,7 @@ cdef enum:
 ctypedef struct Entry:
     PyObject *key       # NULL: a hole left by a removed entry
     PyObject *value     # NULL: a tombstone (a delete waiting for the store)
-    Py_hash_t hash
-    uint32_t seq        # version of the entry's latest change
-    uint32_t ring       # the entry's ring slot, and REF_BIT (CLOCK reference bit)
+    uint64_t meta       # the hash's low 32 bits | the ring slot << 32 | REF_BIT (CLOCK reference bit)
 
 
 cdef class Core:
@@ -41,6 +39,7 @@ cdef class Core:
     cdef uint32_t *_pos
     cdef uint8_t *_flags
     cdef int64_t *_since
+    cdef uint32_t *_seqs                # per ring slot: version of the entry's latest change
     cdef uint32_t *_free
     cdef Py_ssize_t _cap
     cdef Py_ssize_t _nslots

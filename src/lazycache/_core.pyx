@@ -6,11 +6,12 @@ is the specification, and every test runs against both). What differs is how
 the work is done:
 
 * The map is a hash table of its own, laid out like CPython's dict: an index
-  array into an array of entries kept in insertion order. An entry holds the key,
-  the value, the hash, the version of its latest change and its ring slot with the
-  CLOCK reference bit, in 32 bytes; a read touches the same memory a dict read
-  does, and marking the entry referenced is a write to a line already loaded.
-* Per-entry state (dirty, in flight, deleted) lives in C arrays indexed by the
+  array into an array of entries kept in insertion order. An entry is 24 bytes,
+  like a dict's: the key, the value, and one word holding the hash's low 32 bits,
+  the entry's ring slot and the CLOCK reference bit; a read touches the same
+  memory a dict read does, and marking the entry referenced writes a line already
+  loaded (and only when the bit is clear).
+* Per-entry state (dirty, in flight, deleted, version) lives in C arrays indexed by the
   entry's ring slot, a stable id (entries move when the table is compacted, ring
   slots do not). The dirty queue is a C circular buffer of ring slots.
 * Reads (``[]``, ``get``, ``in``, ``len``) and writes (``[]=``, ``del``) of keys of
@@ -42,7 +43,7 @@ from cpython.pythread cimport (
     PyThread_release_lock,
 )
 from cpython.ref cimport Py_XDECREF, Py_XINCREF
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memset
 
 from lazycache._core_py import _check_size
@@ -66,8 +67,16 @@ cdef enum:
     DUMMY = -2      # index slot of a removed entry
     MINSIZE = 8
 
-cdef uint32_t REF_BIT = 0x80000000u
-cdef uint32_t RING_MASK = 0x7fffffffu
+# Entry.meta: the hash's low 32 bits, the entry's ring slot (31 bits), the reference bit.
+cdef uint64_t REF_BIT = 1ULL << 63
+
+
+cdef inline uint32_t _ring(Entry *ep) noexcept nogil:
+    return <uint32_t>((ep.meta >> 32) & 0x7fffffffu)
+
+
+cdef inline uint64_t _meta(Py_hash_t h, uint32_t r) noexcept nogil:
+    return <uint64_t>(<uint32_t>h) | (<uint64_t>r << 32)
 
 
 cdef inline bint _simple(object key) noexcept:
@@ -91,8 +100,8 @@ cdef Py_ssize_t _clock_scan(uint8_t *flags, uint32_t *pos, Entry *entries, Py_ss
         f = flags[h]
         if f & USED and not f & (PINNED | VICTIM):
             ep = &entries[pos[h]]
-            if ep.ring & REF_BIT:
-                ep.ring &= RING_MASK
+            if ep.meta & REF_BIT:
+                ep.meta &= ~REF_BIT
             else:
                 flags[h] = f | VICTIM
                 chosen[n] = h
@@ -119,8 +128,8 @@ cdef inline Py_ssize_t _lookup(Core self, object key, Py_hash_t h) except -2:
         if self._indices == NULL:
             return -1
         mask = self._mask
-        i = <size_t>h & mask
-        perturb = <size_t>h
+        i = <size_t>(<uint32_t>h) & mask
+        perturb = <size_t>(<uint32_t>h)
         while True:
             ix = self._indices[i]
             if ix == EMPTY:
@@ -129,7 +138,7 @@ cdef inline Py_ssize_t _lookup(Core self, object key, Py_hash_t h) except -2:
                 ep = &self._entries[ix]
                 if ep.key == <PyObject *>key:
                     return ix
-                if ep.hash == h:
+                if <uint32_t>ep.meta == <uint32_t>h:
                     startkey = ep.key
                     entries = self._entries
                     Py_XINCREF(startkey)
@@ -167,8 +176,8 @@ cdef inline object _outcome(Core self, Py_ssize_t ix, bint count):
             self._misses += 1
         return _MISSING
     if count:
-        if not ep.ring & REF_BIT:  # most reads find it set: leave the cache line clean
-            ep.ring |= REF_BIT
+        if not ep.meta & REF_BIT:  # most reads find it set: leave the cache line clean
+            ep.meta |= REF_BIT
         self._hits += 1
     return <object>ep.value
 
@@ -222,6 +231,7 @@ cdef class Core:
         PyMem_Free(self._pos)
         PyMem_Free(self._flags)
         PyMem_Free(self._since)
+        PyMem_Free(self._seqs)
         PyMem_Free(self._free)
         PyMem_Free(self._queue)
         PyMem_Free(self._grave)
@@ -319,9 +329,9 @@ cdef class Core:
             if ep.key == NULL:
                 continue
             entries[j] = ep[0]
-            self._pos[ep.ring & RING_MASK] = <uint32_t>j
-            i = <size_t>ep.hash & mask
-            perturb = <size_t>ep.hash
+            self._pos[_ring(ep)] = <uint32_t>j
+            i = <size_t>(<uint32_t>ep.meta) & mask
+            perturb = <size_t>(<uint32_t>ep.meta)
             while indices[i] != EMPTY:
                 i = _next_probe(i, &perturb, mask)
             indices[i] = <int32_t>j
@@ -349,6 +359,10 @@ cdef class Core:
         if since == NULL:
             raise MemoryError()
         self._since = since
+        cdef uint32_t *seqs = <uint32_t *>PyMem_Realloc(self._seqs, cap * sizeof(uint32_t))
+        if seqs == NULL:
+            raise MemoryError()
+        self._seqs = seqs
         self._cap = cap
         return 0
 
@@ -388,8 +402,8 @@ cdef class Core:
                 self._grow_ring()
             r = <uint32_t>self._nslots
             self._nslots += 1
-        i = <size_t>h & self._mask
-        perturb = <size_t>h
+        i = <size_t>(<uint32_t>h) & self._mask
+        perturb = <size_t>(<uint32_t>h)
         while self._indices[i] >= 0:
             i = _next_probe(i, &perturb, self._mask)
         ix = self._nentries
@@ -401,10 +415,9 @@ cdef class Core:
         else:
             ep.value = <PyObject *>value
             Py_XINCREF(ep.value)
-        ep.hash = h
+        ep.meta = _meta(h, r) | REF_BIT
         self._seq += 1
-        ep.seq = self._seq
-        ep.ring = r | REF_BIT
+        self._seqs[r] = self._seq
         self._indices[i] = <int32_t>ix
         self._nentries += 1
         self._used += 1
@@ -425,8 +438,8 @@ cdef class Core:
         cdef Py_ssize_t ix = self._pos[r], cap
         cdef uint32_t *free
         cdef Entry *ep = &self._entries[ix]
-        cdef size_t i = <size_t>ep.hash & self._mask
-        cdef size_t perturb = <size_t>ep.hash
+        cdef size_t i = <size_t>(<uint32_t>ep.meta) & self._mask
+        cdef size_t perturb = <size_t>(<uint32_t>ep.meta)
         while self._indices[i] != ix:
             i = _next_probe(i, &perturb, self._mask)
         self._indices[i] = DUMMY
@@ -494,7 +507,7 @@ cdef class Core:
             self._insert(key, h, value, DIRTY)
             return 0
         ep = &self._entries[ix]
-        r = ep.ring & RING_MASK
+        r = _ring(ep)
         f = self._flags[r]
         if f & DELETED:
             f &= ~DELETED
@@ -503,8 +516,8 @@ cdef class Core:
         Py_XINCREF(<PyObject *>value)
         ep.value = <PyObject *>value
         self._seq += 1
-        ep.seq = self._seq
-        ep.ring = r | REF_BIT
+        self._seqs[r] = self._seq
+        ep.meta |= REF_BIT
         if not f & DIRTY:
             _push_dirty(self, r, False)
             if not f & INFLIGHT:
@@ -519,7 +532,7 @@ cdef class Core:
         old[0] = ep.value
         ep.value = NULL
         self._seq += 1
-        ep.seq = self._seq
+        self._seqs[r] = self._seq
         self._mark_dirty(r)
         self._flags[r] |= DELETED
         self._ntomb += 1
@@ -535,7 +548,7 @@ cdef class Core:
             return _ABSENT
         if self._entries[ix].value == NULL:
             return _MISSING
-        self._tombstone(self._entries[ix].ring & RING_MASK, &old)
+        self._tombstone(_ring(&self._entries[ix]), &old)
         value = <object>old
         Py_XDECREF(old)  # `value` holds it now
         return value
@@ -666,7 +679,7 @@ cdef class Core:
         try:
             ix = _find(self, key)
             if ix >= 0 and self._entries[ix].value != NULL:
-                self._entries[ix].ring |= REF_BIT
+                self._entries[ix].meta |= REF_BIT
                 return False, <object>self._entries[ix].value
             self._set(key, value, &old)
             raised = self._signal()
@@ -688,8 +701,8 @@ cdef class Core:
                 return _ABSENT, self._epoch
             ep = &self._entries[ix]
             if ep.value == NULL:
-                return _MISSING, ep.seq
-            return <object>ep.value, ep.seq
+                return _MISSING, self._seqs[_ring(ep)]
+            return <object>ep.value, self._seqs[_ring(ep)]
         finally:
             self._release()
 
@@ -704,7 +717,7 @@ cdef class Core:
             if expected is _ABSENT:
                 if ix >= 0 or self._epoch != version:
                     return False
-            elif ix < 0 or self._entries[ix].seq != version:
+            elif ix < 0 or self._seqs[_ring(&self._entries[ix])] != version:
                 return False
             self._set(key, value, &old)
             raised = self._signal()
@@ -721,7 +734,7 @@ cdef class Core:
         self._acquire()
         try:
             ix = _find(self, key)
-            return ix >= 0 and (self._flags[self._entries[ix].ring & RING_MASK] & (DIRTY | INFLIGHT)) != 0
+            return ix >= 0 and (self._flags[_ring(&self._entries[ix])] & (DIRTY | INFLIGHT)) != 0
         finally:
             self._release()
 
@@ -741,7 +754,7 @@ cdef class Core:
             h = _hash(key)
             ix = _lookup(self, key, h)
             if ix >= 0:
-                r = self._entries[ix].ring & RING_MASK
+                r = _ring(&self._entries[ix])
                 if self._flags[r] & (DIRTY | INFLIGHT):
                     return
             if value is _MISSING:
@@ -758,7 +771,7 @@ cdef class Core:
                 old = ep.value
                 Py_XINCREF(<PyObject *>value)
                 ep.value = <PyObject *>value
-                ep.ring |= REF_BIT
+                ep.meta |= REF_BIT
         finally:
             self._release()
             Py_XDECREF(old)
@@ -780,7 +793,7 @@ cdef class Core:
             if ix < 0:
                 raise KeyError("popitem(): cache is empty")
             key = <object>self._entries[ix].key
-            self._tombstone(self._entries[ix].ring & RING_MASK, &old)
+            self._tombstone(_ring(&self._entries[ix]), &old)
             value = <object>old
             Py_XDECREF(old)
             raised = self._signal()
@@ -801,7 +814,7 @@ cdef class Core:
             for ix in range(self._nentries):
                 if self._entries[ix].key != NULL and self._entries[ix].value != NULL:
                     old = NULL
-                    self._tombstone(self._entries[ix].ring & RING_MASK, &old)
+                    self._tombstone(_ring(&self._entries[ix]), &old)
                     self._to_grave(old)
                     n += 1
             raised = self._signal()
@@ -851,7 +864,7 @@ cdef class Core:
         try:
             for ix in range(self._nentries):
                 if (self._entries[ix].key != NULL
-                        and self._flags[self._entries[ix].ring & RING_MASK] & (DIRTY | INFLIGHT)):
+                        and self._flags[_ring(&self._entries[ix])] & (DIRTY | INFLIGHT)):
                     out.append(<object>self._entries[ix].key)
         finally:
             self._release()
@@ -875,7 +888,7 @@ cdef class Core:
                 self._flags[r] = f
                 self._ninflight += 1
                 ep = &self._entries[self._pos[r]]
-                batch.append((<object>ep.key, _MISSING if ep.value == NULL else <object>ep.value, r, ep.seq))
+                batch.append((<object>ep.key, _MISSING if ep.value == NULL else <object>ep.value, r, self._seqs[r]))
             self._signals &= ~SIGNAL_WRITE
             if self._qlen == 0 and self._qcap > 1024:  # the backlog is gone: give its memory back
                 PyMem_Free(self._queue)
@@ -914,7 +927,7 @@ cdef class Core:
             for i in range(len(batch) - 1, -1, -1):
                 item = batch[i]
                 r = item[2]
-                if self._entries[self._pos[r]].seq == <uint32_t>item[3] and not self._flags[r] & DIRTY:
+                if self._seqs[r] == <uint32_t>item[3] and not self._flags[r] & DIRTY:
                     _push_dirty(self, r, True)
                     self._flags[r] |= DIRTY
                 self._finish(r)
@@ -934,7 +947,7 @@ cdef class Core:
             if not self._flags[r] & USED or self._flags[r] & DELETED:
                 return _MISSING, True
             ep = &self._entries[self._pos[r]]
-            return <object>ep.value, ep.seq != seq
+            return <object>ep.value, self._seqs[r] != seq
         finally:
             self._release()
 
@@ -988,7 +1001,7 @@ cdef class Core:
             for ix in range(self._nentries):
                 if self._entries[ix].key == NULL:
                     continue
-                r = self._entries[ix].ring & RING_MASK
+                r = _ring(&self._entries[ix])
                 if self._flags[r] & (DIRTY | INFLIGHT):
                     self._flags[r] &= ~(DIRTY | INFLIGHT)
                     if self._flags[r] & DELETED:
@@ -1033,7 +1046,7 @@ cdef class Core:
                 r = <uint32_t>chosen[i]
                 self._flags[r] &= ~VICTIM
                 ep = &self._entries[self._pos[r]]
-                if ep.ring & REF_BIT:
+                if ep.meta & REF_BIT:
                     continue  # read while the hand was sweeping: a second chance
                 victims.append((<object>ep.key, <object>ep.value))
                 self._detach(r)
@@ -1057,7 +1070,7 @@ cdef class Core:
             for key in keys:
                 ix = _find(self, key)
                 if ix >= 0:
-                    r = self._entries[ix].ring & RING_MASK
+                    r = _ring(&self._entries[ix])
                     if not self._flags[r] & PINNED:
                         self._detach(r)
                         n += 1
