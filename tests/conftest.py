@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
-from helpers import LONG, SHORT, quiet_class, require_implementation
+from helpers import LONG, SHORT, close_caches, quiet_class, require_implementation
 
-from lazycache import FlushError, MemoryStore
+from lazycache import MemoryStore
 from lazycache.cache import implementation_class
 
 IMPLEMENTATIONS = [
@@ -52,13 +52,4 @@ def make_cache(cache_cls: type) -> Iterator[Callable[..., Any]]:
         return cache
 
     yield make
-
-    unexpected: List[BaseException] = []
-    for cache, close_may_fail in made:
-        try:
-            cache.close()
-        except FlushError as exc:
-            if not close_may_fail:
-                unexpected.append(exc)
-    if unexpected:
-        raise unexpected[0]
+    close_caches(made)

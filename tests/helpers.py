@@ -349,3 +349,18 @@ def run_in_forked_child(child: Callable[[], Any], timeout: float = TIMEOUT * 2) 
     if not payload["ok"]:
         raise AssertionError("in the forked child:\n" + payload["error"])
     return payload["result"]
+
+
+def close_caches(made: Sequence[Tuple[Any, bool]]) -> None:
+    """Closes every (cache, close_may_fail) made by a fixture; re-raises the first FlushError not expected."""
+    from lazycache import FlushError
+
+    unexpected: List[BaseException] = []
+    for cache, may_fail in made:
+        try:
+            cache.close()
+        except FlushError as exc:
+            if not may_fail:
+                unexpected.append(exc)
+    if unexpected:
+        raise unexpected[0]

@@ -19,6 +19,7 @@ import os
 from typing import Any, Callable, Dict, Optional
 
 import pytest
+from helpers import close_caches
 
 HOST = "127.0.0.1"
 """Loopback only: the tests never reach beyond this machine."""
@@ -189,18 +190,11 @@ def db_cache(database: Any, make_cache: Any) -> Any:
         return cache
 
     yield make
-    from lazycache import FlushError
-
-    failures = []
-    for cache, may_fail in made:
-        try:
-            cache.close()
-        except FlushError as exc:
-            if not may_fail:
-                failures.append(exc)
-        cache.store.close()
-    if failures:
-        raise failures[0]
+    try:
+        close_caches(made)
+    finally:
+        for cache, _ in made:
+            cache.store.close()
 
 
 # ----------------------------------------------------------------------------- Redis helpers

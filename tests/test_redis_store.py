@@ -16,7 +16,7 @@ from typing import Any, List
 
 import pytest
 import redis
-from helpers import TIMEOUT, wait_until
+from helpers import TIMEOUT, close_caches, wait_until
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis_cluster import free_port, private_redis  # noqa: F401  (fixture)
@@ -69,15 +69,7 @@ def redis_cache(make_cache: Any, make_store: Any) -> Any:
         return cache
 
     yield make
-    failures = []
-    for cache, may_fail in made:
-        try:
-            cache.close()
-        except FlushError as exc:
-            if not may_fail:
-                failures.append(exc)
-    if failures:
-        raise failures[0]
+    close_caches(made)
 
 
 VALUES = {

@@ -117,9 +117,10 @@ class _Stop:
         self.now = False
 
 
-def _reader(
-    structure: Any, chunks: List[Sequence[Any]], barrier: threading.Barrier, stop: _Stop, out: List[Any], slot: int
+def _run_loop(
+    loop: Any, structure: Any, chunks: List[Sequence[Any]], barrier: threading.Barrier, stop: _Stop, out: List[Any], slot: int
 ) -> None:
+    """One thread: runs `loop` (GET_ITEM or SET_ITEM) over the chunks until stopped; out[slot] = (start, end, ops)."""
     clock = time.perf_counter_ns
     done = 0
     try:
@@ -127,30 +128,13 @@ def _reader(
         start = clock()
         while not stop.now:
             for chunk in chunks:
-                GET_ITEM(structure, chunk)
+                loop(structure, chunk)
                 done += len(chunk)
                 if stop.now:
                     break
         out[slot] = (start, clock(), done)
     except BaseException as exc:  # reported by the main thread
         out[slot] = exc
-
-
-def _writer(structure: Any, chunks: List[Sequence[Any]], barrier: threading.Barrier, stop: _Stop, out: List[Any]) -> None:
-    clock = time.perf_counter_ns
-    done = 0
-    try:
-        barrier.wait()
-        start = clock()
-        while not stop.now:
-            for chunk in chunks:
-                SET_ITEM(structure, chunk)
-                done += len(chunk)
-                if stop.now:
-                    break
-        out[0] = (start, clock(), done)
-    except BaseException as exc:
-        out[0] = exc
 
 
 def run_window(structure: Any, keys: Sequence[Any], readers: int, writer: bool, duration: float) -> Tuple[float, float]:
@@ -162,12 +146,14 @@ def run_window(structure: Any, keys: Sequence[Any], readers: int, writer: bool, 
     results: List[Any] = [None] * readers
     writer_result: List[Any] = [None]
     threads = [
-        threading.Thread(target=_reader, args=(structure, reader_chunks[i], barrier, stop, results, i), daemon=True)
+        threading.Thread(target=_run_loop, args=(GET_ITEM, structure, reader_chunks[i], barrier, stop, results, i), daemon=True)
         for i in range(readers)
     ]
     if writer:
         threads.append(
-            threading.Thread(target=_writer, args=(structure, writer_chunks, barrier, stop, writer_result), daemon=True)
+            threading.Thread(
+                target=_run_loop, args=(SET_ITEM, structure, writer_chunks, barrier, stop, writer_result, 0), daemon=True
+            )
         )
     was_enabled = gc.isenabled()
     gc.collect()
