@@ -16,10 +16,13 @@ return the URL of a service after requiring it, e.g. `engine = create_engine(pos
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable, Dict, Optional
 
 import pytest
-from helpers import close_caches
+from helpers import TIMEOUT, close_caches
+
+from lazycache.stores.sqlalchemy import SQLAlchemyStore
 
 HOST = "127.0.0.1"
 """Loopback only: the tests never reach beyond this machine."""
@@ -247,3 +250,21 @@ def delete_redis_keys(client: Any, prefix: str) -> int:
     if batch:
         deleted += client.delete(*batch)
     return deleted
+
+
+
+class HeldStore(SQLAlchemyStore):
+    """A real SQLAlchemyStore whose next write can be held at its start, until released."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.holding = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, upserts: Any, deletes: Any) -> Any:
+        if self.holding:
+            self.holding = False
+            self.entered.set()
+            assert self.release.wait(TIMEOUT * 2), "the test never released the held write"
+        return super().write(upserts, deletes)

@@ -12,7 +12,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 from helpers import TIMEOUT
-from services import database, db_cache  # noqa: F401  (fixtures)
+from services import HeldStore, database, db_cache  # noqa: F401  (fixtures)
 
 from lazycache import FlushError
 from lazycache.serializers import PICKLE, SerializationError, Serializer
@@ -29,23 +29,6 @@ def stored(database, table: str, engine=None) -> dict:
     kv = sa.table(table, sa.column("key"), sa.column("value"))
     with engine.connect() as conn:
         return {key: json.loads(value) for key, value in conn.execute(sa.select(kv.c.key, kv.c.value))}
-
-
-class HeldStore(SQLAlchemyStore):
-    """A real SQLAlchemyStore whose next write can be held at its start, until released."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.holding = False
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def write(self, upserts, deletes):
-        if self.holding:
-            self.holding = False
-            self.entered.set()
-            assert self.release.wait(TIMEOUT * 2), "the test never released the held write"
-        return super().write(upserts, deletes)
 
 
 # ----------------------------------------------------------------------------- through the cache

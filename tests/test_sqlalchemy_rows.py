@@ -13,7 +13,7 @@ from typing import Optional
 import pytest
 import sqlalchemy as sa
 from helpers import TIMEOUT
-from services import database, db_cache  # noqa: F401  (fixtures)
+from services import HeldStore, database, db_cache  # noqa: F401  (fixtures)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from lazycache.serializers import SerializationError
@@ -58,23 +58,6 @@ def rows(database, table: sa.Table) -> dict:
     """name -> row dict, read with a separate connection."""
     with database.engine.connect() as conn:
         return {row.name: dict(row._mapping) for row in conn.execute(sa.select(table))}
-
-
-class HeldStore(SQLAlchemyStore):
-    """A real SQLAlchemyStore whose next write can be held at its start, until released."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.holding = False
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def write(self, upserts, deletes):
-        if self.holding:
-            self.holding = False
-            self.entered.set()
-            assert self.release.wait(TIMEOUT * 2), "the test never released the held write"
-        return super().write(upserts, deletes)
 
 
 # ----------------------------------------------------------------------------- dicts
