@@ -12,8 +12,9 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Reinstalled whenever the build inputs change, so the compiled core never lags behind its source.
+# A core that fails to compile is an error here (setup.py would otherwise fall back to pure Python).
 $(STAMP): $(PY) pyproject.toml setup.py src/lazycache/_core.pyx src/lazycache/_core.pxd
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	LAZYCACHE_REQUIRE_EXTENSIONS=1 $(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 install: $(STAMP)
@@ -26,5 +27,79 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	$(VENV)/bin/lazycache bench $(BENCH_ARGS)
 
+# make docs: the documentation site (mkdocs.yml, docs/) built into site/, warnings as errors.
+# Its tools are the `docs` extra, added to the development install.
+DOCS_STAMP := $(STAMP).docs
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $@
+
+.PHONY: docs
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --clean --site-dir site
+
+# make lint: ruff, cython-lint, mypy --strict (the package, and the typed example as a user
+# sees the installed package), pyright (strict, on the example), and stubtest (the compiled
+# core against _core.pyi). The tools are the `lint` extra, added to the development install.
+LINT_STAMP := $(STAMP).lint
+$(LINT_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[lint]'
+	touch $@
+
+.PHONY: lint
+lint: $(LINT_STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	# cython-lint runs pycodestyle, which it looks up on PATH.
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/cython-lint src/lazycache/_core.pyx src/lazycache/_core.pxd
+	$(VENV)/bin/mypy --strict src/lazycache
+	$(VENV)/bin/mypy --strict examples/typed_usage.py
+	$(VENV)/bin/pyright examples/typed_usage.py
+	$(PY) -m mypy.stubtest lazycache._core --allowlist stubtest_allowlist.txt
+
+# Release checks. Their tools (the `release` extra) go into the same venv, from the installed
+# package's metadata, so the package itself is not reinstalled.
+RELEASE_STAMP := $(STAMP).release
+$(RELEASE_STAMP): $(STAMP) tools/extra_requirements.py
+	$(PY) tools/extra_requirements.py release > $(VENV)/release-requirements.txt
+	$(PY) -m pip install --quiet -r $(VENV)/release-requirements.txt
+	touch $@
+
+# make dist: the sdist, and the wheel built from it (dist/); the wheel repaired to a manylinux
+# tag (wheelhouse/); both checked (twine, tools/check_dist.py); then the repaired wheel installed
+# in a fresh venv outside the tree and the test suite run against it (tools/test_installed.py).
+.PHONY: dist
+dist: $(RELEASE_STAMP)
+	rm -rf dist wheelhouse
+	env -u LAZYCACHE_NO_EXTENSIONS -u LAZYCACHE_CYTHON_TRACE LAZYCACHE_REQUIRE_EXTENSIONS=1 \
+		$(PY) -m build --outdir dist .
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/auditwheel repair --wheel-dir wheelhouse dist/*.whl
+	$(VENV)/bin/twine check --strict dist/*.tar.gz wheelhouse/*.whl
+	$(PY) tools/check_dist.py dist/*.tar.gz wheelhouse/*.whl
+	env -u LAZYCACHE_NO_EXTENSIONS $(PY) tools/test_installed.py --wheel wheelhouse/*.whl --expect cython
+	$(MAKE) dist-fallback
+
+# The pure-Python fallbacks: LAZYCACHE_NO_EXTENSIONS=1 builds a py3-none-any wheel, checked and
+# tested in a fresh venv (the compiled-core tests skip there); and a build whose C compiler
+# fails must still succeed, with the pure-Python package and a notice saying why.
+.PHONY: dist-fallback
+dist-fallback: $(RELEASE_STAMP)
+	rm -rf dist/pure dist/no-compiler
+	LAZYCACHE_NO_EXTENSIONS=1 $(PY) -m build --wheel --outdir dist/pure .
+	$(PY) tools/check_dist.py --pure dist/*.tar.gz dist/pure/*.whl
+	LAZYCACHE_NO_EXTENSIONS=1 $(PY) tools/test_installed.py --wheel dist/pure/*.whl --expect python
+	env -u LAZYCACHE_NO_EXTENSIONS -u LAZYCACHE_REQUIRE_EXTENSIONS CC=/bin/false \
+		$(PY) -m build --wheel --outdir dist/no-compiler . > dist/no-compiler.log 2>&1 \
+		|| { cat dist/no-compiler.log; exit 1; }
+	grep -q "the compiled core was not built" dist/no-compiler.log
+	$(PY) -c "import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist(); \
+		assert not [n for n in names if '/_core.' in n and not n.endswith(('.pyi', '.pxd', '.pyx'))], names" \
+		dist/no-compiler/*.whl
+
+# The GitHub workflows against their schema (bundled with check-jsonschema: no network).
+.PHONY: check-workflows
+check-workflows: $(RELEASE_STAMP)
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info src/lazycache/_core.c src/lazycache/_core*.so
+	rm -rf $(VENV) build dist wheelhouse site src/*.egg-info src/lazycache/_core.c src/lazycache/_core*.so

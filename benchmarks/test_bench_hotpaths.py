@@ -8,20 +8,26 @@ extra_info), so divide the reported times by SIZE for a time per operation.
 `lazycache bench` measures more operations and caches and prints ns/op directly.
 This directory is not part of `make test`, which runs tests/ only.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Sequence, Tuple
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 
 pytest.importorskip("pytest_benchmark")
 
-from lazycache.cli import CONTENDERS, Contender, Unavailable, Workload  # noqa: E402
+from lazycache.cli import CONTENDERS, Contender, Unavailable, Workload
 
 SIZE = 20_000
 SET_NEW_ROUNDS = 20
 
-CONTENDER_IDS = {"dict": "dict", "lazycache (cython)": "lazycache-cython", "lazycache (python)": "lazycache-python"}
+CONTENDER_IDS = {
+    "dict": "dict",
+    "lazycache (cython)": "lazycache-cython",
+    "lazycache (python)": "lazycache-python",
+}
 
 
 def get_all(cache: Any, keys: Sequence[str]) -> None:
@@ -48,41 +54,49 @@ def contender(request: pytest.FixtureRequest) -> Contender:
 
 
 @pytest.fixture
-def structures(contender: Contender) -> Iterator[List[Any]]:
+def structures(contender: Contender) -> Iterator[list[Any]]:
     """Structures a test builds; each is closed when the test ends."""
-    built: List[Any] = []
+    built: list[Any] = []
     yield built
     for structure in built:
         contender.close(structure)
 
 
-def _filled(contender: Contender, structures: List[Any], keys: Sequence[str], **kwargs: Any) -> Any:
+def _filled(contender: Contender, structures: list[Any], keys: Sequence[str], **kwargs: Any) -> Any:
     structure = contender.filled(keys, **kwargs)
     structures.append(structure)
     return structure
 
 
-def test_get_hit(benchmark: Any, contender: Contender, structures: List[Any], workload: Workload) -> None:
+def test_get_hit(
+    benchmark: Any, contender: Contender, structures: list[Any], workload: Workload
+) -> None:
     benchmark.group = "get-hit"
     benchmark.extra_info["ops_per_call"] = SIZE
     cache = _filled(contender, structures, workload.keys)
     benchmark(get_all, cache, workload.shuffled)
 
 
-def test_set_existing(benchmark: Any, contender: Contender, structures: List[Any], workload: Workload) -> None:
+def test_set_existing(
+    benchmark: Any, contender: Contender, structures: list[Any], workload: Workload
+) -> None:
     benchmark.group = "set-existing"
     benchmark.extra_info["ops_per_call"] = SIZE
     cache = _filled(contender, structures, workload.keys)
     benchmark(set_all, cache, workload.shuffled)
 
 
-def test_set_new(benchmark: Any, contender: Contender, structures: List[Any], workload: Workload) -> None:
+def test_set_new(
+    benchmark: Any, contender: Contender, structures: list[Any], workload: Workload
+) -> None:
     """Inserts SIZE new keys into a full, clean cache of maxsize=SIZE: a fresh one every round."""
     benchmark.group = "set-new"
     benchmark.extra_info["ops_per_call"] = SIZE
 
-    def fresh() -> Tuple[Tuple[Any, Sequence[str]], dict]:
-        while structures:  # the last round's cache: closing it waits for its pruner, so none runs meanwhile
+    def fresh() -> tuple[tuple[Any, Sequence[str]], dict]:
+        while (
+            structures
+        ):  # the last round's cache: closing it waits for its pruner, so none runs meanwhile
             contender.close(structures.pop())
         cache = _filled(contender, structures, workload.keys, maxsize=SIZE, clean=True)
         return (cache, workload.absent), {}

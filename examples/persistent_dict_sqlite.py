@@ -6,6 +6,7 @@ Run it twice: the second run starts from the counts the first one left. Writes g
 memory at dict speed; a background thread saves them in batches (one transaction per
 batch), and `close()` (the end of the `with` block) saves whatever is left.
 """
+
 from __future__ import annotations
 
 import sys

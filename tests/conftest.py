@@ -3,9 +3,11 @@
 The compiled core is required: if `lazycache._core` cannot be imported, its tests FAIL
 (they do not skip), unless LAZYCACHE_NO_EXTENSIONS is set, in which case they skip.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, List, Tuple
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import pytest
 from helpers import LONG, SHORT, close_caches, quiet_class, require_implementation
@@ -40,9 +42,11 @@ def make_cache(cache_cls: type) -> Iterator[Callable[..., Any]]:
     and a pruner that never evicts on its own, for exact, repeatable sequences. Every cache
     is closed at teardown; a FlushError there fails the test unless `close_may_fail`.
     """
-    made: List[Tuple[Any, bool]] = []
+    made: list[tuple[Any, bool]] = []
 
-    def make(store: Any = None, *, quiet: bool = False, close_may_fail: bool = False, **options: Any) -> Any:
+    def make(
+        store: Any = None, *, quiet: bool = False, close_may_fail: bool = False, **options: Any
+    ) -> Any:
         interval = LONG if quiet else SHORT
         options.setdefault("write_interval", interval)
         options.setdefault("prune_interval", interval)

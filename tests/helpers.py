@@ -3,6 +3,7 @@
 Every store here is a real `MemoryStore` subclass (no mocks): a switch makes it fail or
 block, and it records what it was asked to do.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -13,7 +14,8 @@ import signal
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import pytest
 
@@ -43,7 +45,9 @@ def require_implementation(name: str) -> type:
     """
     if name == "cython":
         if NO_EXTENSIONS:
-            pytest.skip("LAZYCACHE_NO_EXTENSIONS is set: the compiled core is deliberately not tested")
+            pytest.skip(
+                "LAZYCACHE_NO_EXTENSIONS is set: the compiled core is deliberately not tested"
+            )
         try:
             importlib.import_module("lazycache._core")
         except ImportError as exc:
@@ -64,9 +68,11 @@ def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT, message: 
         time.sleep(0.005)
 
 
-def run_threads(target: Callable[..., None], args_list: Sequence[Tuple[Any, ...]], timeout: float = 30.0) -> None:
+def run_threads(
+    target: Callable[..., None], args_list: Sequence[tuple[Any, ...]], timeout: float = 30.0
+) -> None:
     """Runs target(*args) in one thread per args tuple, starting together; re-raises the first error."""
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
     barrier = threading.Barrier(len(args_list))
 
     def run(*args: Any) -> None:
@@ -110,28 +116,28 @@ class FailingStore(MemoryStore):
     is recorded in `write_calls` as (upserts, deletes), failed or not.
     """
 
-    def __init__(self, data: Optional[Dict[Any, Any]] = None) -> None:
+    def __init__(self, data: dict[Any, Any] | None = None) -> None:
         super().__init__(data)
         self.fail = False
         self.fail_loads = False
         self.error: Callable[[], BaseException] = lambda: ConnectionError("store is down")
-        self.write_calls: List[Tuple[List[Tuple[Any, Any]], List[Any]]] = []
-        self.load_calls: List[List[Any]] = []
+        self.write_calls: list[tuple[list[tuple[Any, Any]], list[Any]]] = []
+        self.load_calls: list[list[Any]] = []
 
-    def load_many(self, keys: Sequence[Any]) -> Dict[Any, Any]:
+    def load_many(self, keys: Sequence[Any]) -> dict[Any, Any]:
         self.load_calls.append(list(keys))
         if self.fail_loads:
             raise self.error()
         return super().load_many(keys)
 
-    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
+    def write(self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
         self.write_calls.append((list(upserts), list(deletes)))
         if self.fail:
             raise self.error()
         return super().write(upserts, deletes)
 
     @property
-    def upserted_keys(self) -> List[Any]:
+    def upserted_keys(self) -> list[Any]:
         return [key for upserts, _ in self.write_calls for key, _ in upserts]
 
 
@@ -139,7 +145,7 @@ class BlockingStore(FailingStore):
     """A FailingStore whose write can be held: after `hold()`, the next write signals
     `entered` and waits for `release` (then fails if `fail` is set, else writes)."""
 
-    def __init__(self, data: Optional[Dict[Any, Any]] = None) -> None:
+    def __init__(self, data: dict[Any, Any] | None = None) -> None:
         super().__init__(data)
         self._holding = False
         self.entered = threading.Event()
@@ -150,7 +156,7 @@ class BlockingStore(FailingStore):
         self.release.clear()
         self._holding = True
 
-    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
+    def write(self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
         if self._holding:
             self._holding = False
             self.entered.set()
@@ -168,11 +174,11 @@ class IdStore(BlockingStore):
     A value gets an id when it has none (dict item or attribute "id" missing or None).
     """
 
-    def __init__(self, data: Optional[Dict[Any, Any]] = None) -> None:
+    def __init__(self, data: dict[Any, Any] | None = None) -> None:
         super().__init__(data)
         self.next_id = 1
 
-    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
+    def write(self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
         super().write(upserts, deletes)
         generated = {}
         for key, value in upserts:
@@ -215,15 +221,15 @@ class TimedStore(FailingStore):
     """A FailingStore that records when each write was called (`call_times`, time.monotonic())
     and can fail a given number of times: `fail_times(n)` makes the next n writes raise `error()`."""
 
-    def __init__(self, data: Optional[Dict[Any, Any]] = None) -> None:
+    def __init__(self, data: dict[Any, Any] | None = None) -> None:
         super().__init__(data)
-        self.call_times: List[float] = []
+        self.call_times: list[float] = []
         self.failures_left = 0
 
     def fail_times(self, count: int) -> None:
         self.failures_left = count
 
-    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
+    def write(self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
         self.call_times.append(time.monotonic())
         if self.failures_left > 0:
             self.failures_left -= 1
@@ -231,7 +237,7 @@ class TimedStore(FailingStore):
             raise self.error()
         return super().write(upserts, deletes)
 
-    def gaps(self) -> List[float]:
+    def gaps(self) -> list[float]:
         """Seconds between consecutive write calls."""
         return [b - a for a, b in zip(self.call_times, self.call_times[1:])]
 
@@ -244,18 +250,20 @@ class RejectingStore(FailingStore):
     `write_calls`; the ones that succeeded also in `committed_calls`.
     """
 
-    def __init__(self, data: Optional[Dict[Any, Any]] = None, poison: Sequence[Any] = ()) -> None:
+    def __init__(self, data: dict[Any, Any] | None = None, poison: Sequence[Any] = ()) -> None:
         super().__init__(data)
         self.poison = set(poison)
         self.poison_values: set = set()
         self.poison_deletes: set = set()
-        self.committed_calls: List[Tuple[List[Tuple[Any, Any]], List[Any]]] = []
+        self.committed_calls: list[tuple[list[tuple[Any, Any]], list[Any]]] = []
 
-    def rejected(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> List[Any]:
-        bad = [k for k, v in upserts if k in self.poison or (_hashable(v) and v in self.poison_values)]
+    def rejected(self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]) -> list[Any]:
+        bad = [
+            k for k, v in upserts if k in self.poison or (_hashable(v) and v in self.poison_values)
+        ]
         return bad + [k for k in deletes if k in self.poison_deletes]
 
-    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
+    def write(self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
         bad = self.rejected(upserts, deletes)
         if bad:
             self.write_calls.append((list(upserts), list(deletes)))
@@ -265,9 +273,13 @@ class RejectingStore(FailingStore):
         return result
 
     @property
-    def committed_keys(self) -> List[Any]:
+    def committed_keys(self) -> list[Any]:
         """Every key committed, in commit order, once per commit (upserts and deletes)."""
-        return [k for upserts, deletes in self.committed_calls for k in [k for k, _ in upserts] + list(deletes)]
+        return [
+            k
+            for upserts, deletes in self.committed_calls
+            for k in [k for k, _ in upserts] + list(deletes)
+        ]
 
 
 def _hashable(value: Any) -> bool:
@@ -282,21 +294,25 @@ class SharedLogStore(BlockingStore):
     """A BlockingStore that also appends one JSON line per committed write to the file `path`,
     with the pid of the writing process: forked processes share it, so a test can see who wrote what."""
 
-    def __init__(self, path: Any, data: Optional[Dict[Any, Any]] = None) -> None:
+    def __init__(self, path: Any, data: dict[Any, Any] | None = None) -> None:
         super().__init__(data)
         self.path = str(path)
 
-    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
+    def write(self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
         result = super().write(upserts, deletes)
-        line = json.dumps({"pid": os.getpid(), "upserts": [[k, v] for k, v in upserts], "deletes": list(deletes)})
+        line = json.dumps(
+            {"pid": os.getpid(), "upserts": [[k, v] for k, v in upserts], "deletes": list(deletes)}
+        )
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, (line + "\n").encode())  # one write(2) on an O_APPEND file: lines never interleave
+            os.write(
+                fd, (line + "\n").encode()
+            )  # one write(2) on an O_APPEND file: lines never interleave
         finally:
             os.close(fd)
         return result
 
-    def log(self) -> List[Dict[str, Any]]:
+    def log(self) -> list[dict[str, Any]]:
         """The committed writes of every process, in order."""
         if not os.path.exists(self.path):
             return []
@@ -316,19 +332,19 @@ def run_in_forked_child(child: Callable[[], Any], timeout: float = TIMEOUT * 2) 
         try:
             os.close(read_fd)
             try:
-                payload: Dict[str, Any] = {"ok": True, "result": child()}
+                payload: dict[str, Any] = {"ok": True, "result": child()}
             except BaseException:  # reported to the parent below
                 payload = {"ok": False, "error": traceback.format_exc()}
             data = json.dumps(payload, default=repr).encode()
             view = memoryview(data)
             while view:
-                view = view[os.write(write_fd, view):]
+                view = view[os.write(write_fd, view) :]
             os.close(write_fd)
             status = 0
         finally:
             os._exit(status)
     os.close(write_fd)
-    chunks: List[bytes] = []
+    chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -344,18 +360,34 @@ def run_in_forked_child(child: Callable[[], Any], timeout: float = TIMEOUT * 2) 
     finally:
         os.close(read_fd)
     _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"the forked child failed (wait status {status})"
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (
+        f"the forked child failed (wait status {status})"
+    )
     payload = json.loads(b"".join(chunks))
     if not payload["ok"]:
         raise AssertionError("in the forked child:\n" + payload["error"])
     return payload["result"]
 
 
-def close_caches(made: Sequence[Tuple[Any, bool]]) -> None:
+def recording(make_cache: Callable[..., Any]) -> tuple[Callable[..., Any], list[tuple[Any, bool]]]:
+    """(make, made): make_cache(store, **options), each cache also recorded in `made` as
+    (cache, close_may_fail), so that a fixture can close_caches(made) before it tears down
+    what those caches write to (conftest's make_cache closes them only at its own teardown)."""
+    made: list[tuple[Any, bool]] = []
+
+    def make(store: Any, **options: Any) -> Any:
+        cache = make_cache(store, **options)
+        made.append((cache, options.get("close_may_fail", False)))
+        return cache
+
+    return make, made
+
+
+def close_caches(made: Sequence[tuple[Any, bool]]) -> None:
     """Closes every (cache, close_may_fail) made by a fixture; re-raises the first FlushError not expected."""
     from lazycache import FlushError
 
-    unexpected: List[BaseException] = []
+    unexpected: list[BaseException] = []
     for cache, may_fail in made:
         try:
             cache.close()

@@ -4,11 +4,11 @@
 closed at once, so clients fail fast instead of hanging); `restore()` lets them through
 again. Everything listens and connects on 127.0.0.1 only.
 """
+
 from __future__ import annotations
 
 import socket
 import threading
-from typing import List
 
 
 class CuttableProxy:
@@ -16,7 +16,7 @@ class CuttableProxy:
         self.upstream = (upstream_host, upstream_port)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
-        self._sockets: List[socket.socket] = []
+        self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._down = False
         self._closed = False

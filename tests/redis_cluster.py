@@ -16,14 +16,16 @@ under LAZYCACHE_REQUIRE_SERVICES=1 (see tests/services.py).
 
 Import the fixtures into a test module: `from redis_cluster import redis_cluster  # noqa: F401`.
 """
+
 from __future__ import annotations
 
 import random
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any
 
 import pytest
 from services import HOST, redis_binaries
@@ -61,12 +63,14 @@ def free_port(cluster_bus: bool = False) -> int:
 class RedisServer:
     """One redis-server process on 127.0.0.1, in its own directory."""
 
-    def __init__(self, directory: Path, *, cluster: bool = False, extra: Optional[List[str]] = None) -> None:
+    def __init__(
+        self, directory: Path, *, cluster: bool = False, extra: list[str] | None = None
+    ) -> None:
         self.directory = directory
         self.cluster = cluster
         self.extra = list(extra or [])
         self.port = 0
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -79,9 +83,11 @@ class RedisServer:
     def client(self, **options: Any) -> Any:
         import redis
 
-        return redis.Redis(host=HOST, port=self.port, socket_timeout=5, socket_connect_timeout=3, **options)
+        return redis.Redis(
+            host=HOST, port=self.port, socket_timeout=5, socket_connect_timeout=3, **options
+        )
 
-    def start(self, port: Optional[int] = None) -> "RedisServer":
+    def start(self, port: int | None = None) -> RedisServer:
         """Starts the server (on `port`, or on a free one) and waits until it answers PING."""
         server, _ = redis_binaries()
         last_error = ""
@@ -91,22 +97,35 @@ class RedisServer:
             workdir.mkdir(parents=True, exist_ok=True)
             args = [
                 server,
-                "--port", str(self.port),
-                "--bind", HOST,
-                "--dir", str(workdir),
-                "--save", "",
-                "--appendonly", "no",
-                "--daemonize", "no",
-                "--logfile", str(workdir / "redis.log"),
+                "--port",
+                str(self.port),
+                "--bind",
+                HOST,
+                "--dir",
+                str(workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(workdir / "redis.log"),
             ]
             if self.cluster:
                 args += [
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", str(workdir / "nodes.conf"),
-                    "--cluster-node-timeout", "2000",
-                    "--cluster-announce-ip", HOST,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(workdir / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-announce-ip",
+                    HOST,
                 ]
-            self.process = subprocess.Popen(args + self.extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                args + self.extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             if self._wait_ready():
                 return self
             last_error = self._log_tail(workdir)
@@ -156,7 +175,7 @@ class Cluster:
         self.servers = [RedisServer(directory, cluster=True) for _ in range(masters)]
 
     @property
-    def ports(self) -> List[int]:
+    def ports(self) -> list[int]:
         return [server.port for server in self.servers]
 
     @property
@@ -168,21 +187,37 @@ class Cluster:
         """A new `redis.cluster.RedisCluster` on this cluster (close it when done)."""
         from redis.cluster import RedisCluster
 
-        return RedisCluster(host=HOST, port=self.servers[0].port, socket_timeout=5, socket_connect_timeout=3, **options)
+        return RedisCluster(
+            host=HOST,
+            port=self.servers[0].port,
+            socket_timeout=5,
+            socket_connect_timeout=3,
+            **options,
+        )
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         try:
             for server in self.servers:
                 server.start()
             _, cli = redis_binaries()
             create = subprocess.run(
-                [cli, "--cluster", "create", *[s.address for s in self.servers], "--cluster-replicas", "0", "--cluster-yes"],
+                [
+                    cli,
+                    "--cluster",
+                    "create",
+                    *[s.address for s in self.servers],
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
                 capture_output=True,
                 text=True,
                 timeout=START_TIMEOUT * 2,
             )
             if create.returncode != 0:
-                raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout[-2000:]}{create.stderr[-2000:]}")
+                raise RuntimeError(
+                    f"redis-cli --cluster create failed: {create.stdout[-2000:]}{create.stderr[-2000:]}"
+                )
             self._wait_ok()
         except BaseException:
             self.stop()
@@ -197,7 +232,10 @@ class Cluster:
                 client = server.client()
                 try:
                     info = client.cluster("INFO")  # parsed into a dict by redis-py
-                    states.append(_field(info, "cluster_state") == "ok" and _field(info, "cluster_slots_ok") == "16384")
+                    states.append(
+                        _field(info, "cluster_state") == "ok"
+                        and _field(info, "cluster_slots_ok") == "16384"
+                    )
                 except Exception:
                     states.append(False)
                 finally:
@@ -205,7 +243,9 @@ class Cluster:
             if all(states):
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster on ports {self.ports} did not reach cluster_state:ok")
+                raise RuntimeError(
+                    f"the cluster on ports {self.ports} did not reach cluster_state:ok"
+                )
             time.sleep(0.05)
 
     def flushall(self) -> None:

@@ -13,14 +13,15 @@ test is skipped with the reason, or FAILS when the environment sets
 LAZYCACHE_REQUIRE_SERVICES=1 (CI, where every server must be there). The helpers below
 return the URL of a service after requiring it, e.g. `engine = create_engine(postgres_url())`.
 """
+
 from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable
 
 import pytest
-from helpers import TIMEOUT, close_caches
+from helpers import TIMEOUT, close_caches, recording
 
 from lazycache.stores.sqlalchemy import SQLAlchemyStore
 
@@ -36,7 +37,7 @@ CONNECT_TIMEOUT = 3
 
 REQUIRE_ENV = "LAZYCACHE_REQUIRE_SERVICES"
 
-_checked: Dict[str, Optional[str]] = {}
+_checked: dict[str, str | None] = {}
 """Service name -> None if reachable, else why not. Each service is checked once per session."""
 
 
@@ -70,14 +71,23 @@ def require_service(name: str, check: Callable[[], Any]) -> None:
 def _check_postgres() -> None:
     import psycopg
 
-    with psycopg.connect(host=HOST, port=5432, user="postgres", dbname="test", connect_timeout=CONNECT_TIMEOUT) as conn:
+    with psycopg.connect(
+        host=HOST, port=5432, user="postgres", dbname="test", connect_timeout=CONNECT_TIMEOUT
+    ) as conn:
         conn.execute("SELECT 1")
 
 
 def _check_mariadb() -> None:
     import pymysql
 
-    conn = pymysql.connect(host=HOST, port=3306, user="root", password="", database="test", connect_timeout=CONNECT_TIMEOUT)
+    conn = pymysql.connect(
+        host=HOST,
+        port=3306,
+        user="root",
+        password="",
+        database="test",
+        connect_timeout=CONNECT_TIMEOUT,
+    )
     try:
         with conn.cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -88,7 +98,13 @@ def _check_mariadb() -> None:
 def _check_redis() -> None:
     import redis
 
-    client = redis.Redis(host=HOST, port=6379, db=0, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
+    client = redis.Redis(
+        host=HOST,
+        port=6379,
+        db=0,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=CONNECT_TIMEOUT,
+    )
     try:
         client.ping()
     finally:
@@ -115,7 +131,7 @@ def redis_url() -> str:
 
 # ----------------------------------------------------------------------------- SQL databases as fixtures
 #
-# Import these into a test module (`from services import database, db_cache  # noqa: F401`).
+# Import these into a test module (`from services import database, db_cache`, with a noqa for F401).
 # `database` runs the test once per SQL server; `db_cache` also once per lazycache core.
 
 SQL_DATABASES = ["sqlite", "postgresql", "mariadb"]
@@ -185,13 +201,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
 @pytest.fixture
 def db_cache(database: Any, make_cache: Any) -> Any:
     """make_cache (see conftest) for caches over `database`: closed before its tables are dropped."""
-    made: list = []
-
-    def make(store: Any, **options: Any) -> Any:
-        cache = make_cache(store, **options)
-        made.append((cache, options.get("close_may_fail", False)))
-        return cache
-
+    make, made = recording(make_cache)
     yield make
     try:
         close_caches(made)
@@ -209,16 +219,21 @@ def _check_redis_binaries() -> None:
 
     missing = [name for name in ("redis-server", "redis-cli") if shutil.which(name) is None]
     if missing:
-        raise FileNotFoundError(f"{' and '.join(missing)} not on PATH (install the redis-server package)")
+        raise FileNotFoundError(
+            f"{' and '.join(missing)} not on PATH (install the redis-server package)"
+        )
 
 
-def redis_binaries() -> "tuple[str, str]":
+def redis_binaries() -> tuple[str, str]:
     """The paths of `redis-server` and `redis-cli`, for tests that start their own servers
     (a Redis Cluster, a private server); skips if they are not installed (fails under
     LAZYCACHE_REQUIRE_SERVICES=1)."""
     import shutil
 
-    require_service("redis-server and redis-cli (to start test servers on loopback ports)", _check_redis_binaries)
+    require_service(
+        "redis-server and redis-cli (to start test servers on loopback ports)",
+        _check_redis_binaries,
+    )
     return shutil.which("redis-server"), shutil.which("redis-cli")  # type: ignore[return-value]
 
 
@@ -229,7 +244,7 @@ def unique_name(prefix: str = "lctest") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def redis_client(url: Optional[str] = None, **options: Any) -> Any:
+def redis_client(url: str | None = None, **options: Any) -> Any:
     """A `redis.Redis` on the local Redis (or on `url`), bytes responses; skips if unreachable. Close it when done."""
     import redis
 
@@ -242,7 +257,14 @@ def delete_redis_keys(client: Any, prefix: str) -> int:
     """Deletes every key starting with `prefix` (SCAN + DEL); returns how many."""
     deleted = 0
     batch = []
-    for key in client.scan_iter(match=prefix.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?").replace("[", "\\[") + "*", count=1000):
+    for key in client.scan_iter(
+        match=prefix.replace("\\", "\\\\")
+        .replace("*", "\\*")
+        .replace("?", "\\?")
+        .replace("[", "\\[")
+        + "*",
+        count=1000,
+    ):
         batch.append(key)
         if len(batch) >= 1000:
             deleted += client.delete(*batch)
@@ -250,7 +272,6 @@ def delete_redis_keys(client: Any, prefix: str) -> int:
     if batch:
         deleted += client.delete(*batch)
     return deleted
-
 
 
 class HeldStore(SQLAlchemyStore):

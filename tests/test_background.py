@@ -1,4 +1,5 @@
 """The writer and pruner threads: they run on their own, wake early under pressure, and survive errors."""
+
 from __future__ import annotations
 
 import logging
@@ -19,7 +20,9 @@ def test_background_writer_writes_within_a_short_interval(make_cache) -> None:
     cache["a"] = 1
     del cache["a"]
     cache["b"] = 2
-    wait_until(lambda: store.data == {"b": 2} and cache.pending == 0, message=f"store has {store.data}")
+    wait_until(
+        lambda: store.data == {"b": 2} and cache.pending == 0, message=f"store has {store.data}"
+    )
     assert cache.stats.writes >= 2
 
 
@@ -40,7 +43,10 @@ def test_writer_is_woken_again_by_each_full_batch(make_cache) -> None:
     for round_ in range(3):
         for i in range(5):
             cache[(round_, i)] = i
-        wait_until(lambda: len(store.data) == 5 * (round_ + 1), message=f"round {round_} not written")
+        wait_until(
+            lambda written=5 * (round_ + 1): len(store.data) == written,
+            message=f"round {round_} not written",
+        )
 
 
 def test_pruner_evicts_loaded_entries_to_maxsize_when_woken_by_size_pressure(make_cache) -> None:
@@ -127,7 +133,10 @@ def test_writer_survives_an_exception_raised_outside_the_store(make_cache, caplo
     wait_until(lambda: "a" in store.data)
     wait_until(lambda: any("'a'" in r.getMessage() and r.exc_info for r in caplog.records))
     cache["b"] = {"x": 2}
-    wait_until(lambda: "b" in store.data and cache.pending == 0, message="the writer stopped after the error")
+    wait_until(
+        lambda: "b" in store.data and cache.pending == 0,
+        message="the writer stopped after the error",
+    )
     assert cache["a"] == {"x": 1}
 
 
@@ -150,7 +159,9 @@ def test_pruner_survives_an_exception(cache_cls, caplog) -> None:
             assert cache[i] == i
         wait_until(lambda: not cache.explode)
         wait_until(lambda: len(cache) <= 5, message=f"size stayed at {len(cache)}")
-        record = next(r for r in caplog.records if r.exc_info and "prune exploded" in str(r.exc_info[1]))
+        record = next(
+            r for r in caplog.records if r.exc_info and "prune exploded" in str(r.exc_info[1])
+        )
         assert record.levelno == logging.ERROR and record.name == "lazycache"
         assert "lazycache-pruner" in {t.name for t in lazycache_threads()}
     finally:

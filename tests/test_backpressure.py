@@ -4,6 +4,7 @@
 "write-through" writes the setter's own entry synchronously. Changing an entry that is
 already pending adds nothing to the backlog and is always allowed.
 """
+
 from __future__ import annotations
 
 import threading
@@ -57,7 +58,9 @@ def test_raise_refuses_a_new_key_when_full_but_allows_changing_a_pending_one(mak
 
 
 def test_backpressure_error_names_the_limit_and_the_key(make_cache) -> None:
-    cache = make_cache(down_store(), max_pending=3, on_full="raise", close_may_fail=True, **FAST_RETRY)
+    cache = make_cache(
+        down_store(), max_pending=3, on_full="raise", close_may_fail=True, **FAST_RETRY
+    )
     fill(cache, 3)
     with pytest.raises(BackpressureError, match=r"max_pending=3.*'the-new-key'") as info:
         cache["the-new-key"] = 1
@@ -86,8 +89,14 @@ def test_compound_writes_are_refused_too_unless_the_key_is_pending(make_cache) -
 
 # ----------------------------------------------------------------- "block"
 def test_block_waits_for_block_timeout_then_raises(make_cache) -> None:
-    cache = make_cache(down_store(), max_pending=10, on_full="block", block_timeout=0.2,
-                       close_may_fail=True, **FAST_RETRY)
+    cache = make_cache(
+        down_store(),
+        max_pending=10,
+        on_full="block",
+        block_timeout=0.2,
+        close_may_fail=True,
+        **FAST_RETRY,
+    )
     fill(cache)
     started = time.monotonic()
     with pytest.raises(BackpressureError, match="max_pending=10"):
@@ -144,7 +153,9 @@ def test_write_through_writes_the_setters_entry_synchronously(make_cache) -> Non
 
 def test_write_through_failure_raises_to_the_setter_and_caches_nothing(make_cache) -> None:
     store = FailingStore()
-    cache = make_cache(store, quiet=True, max_pending=10, on_full="write-through", close_may_fail=True)
+    cache = make_cache(
+        store, quiet=True, max_pending=10, on_full="write-through", close_may_fail=True
+    )
     fill(cache)
     store.fail = True
     with pytest.raises(ConnectionError):
@@ -209,7 +220,9 @@ def test_compound_writes_under_write_through_wait_for_the_writer(make_cache) -> 
 
 # ----------------------------------------------------------------- memory stays bounded
 @pytest.mark.parametrize("on_full", ["raise", "block"])
-def test_pending_stays_bounded_while_many_threads_write_to_a_down_store(make_cache, on_full) -> None:
+def test_pending_stays_bounded_while_many_threads_write_to_a_down_store(
+    make_cache, on_full
+) -> None:
     store = down_store()
     limit, writers = 20, 6
     cache = make_cache(store, max_pending=limit, on_full=on_full, block_timeout=0.02, **FAST_RETRY)
@@ -262,7 +275,9 @@ def test_unknown_on_full_policy_is_a_value_error(cache_cls, value) -> None:
         cache_cls(MemoryStore(), on_full=value)
 
 
-@pytest.mark.parametrize("value, error", [(0, ValueError), (-1, ValueError), ("1", TypeError), (None, TypeError)])
+@pytest.mark.parametrize(
+    "value, error", [(0, ValueError), (-1, ValueError), ("1", TypeError), (None, TypeError)]
+)
 def test_bad_block_timeout_is_rejected(cache_cls, value, error) -> None:
     with pytest.raises(error, match="block_timeout"):
         cache_cls(MemoryStore(), block_timeout=value)
@@ -271,8 +286,13 @@ def test_bad_block_timeout_is_rejected(cache_cls, value, error) -> None:
 def test_rejected_failure_options_start_no_threads(cache_cls) -> None:
     before = sum(t.name.startswith("lazycache-") for t in threading.enumerate())
     for kwargs in (
-        {"max_pending": 0}, {"on_full": "drop"}, {"block_timeout": 0}, {"retry_initial": 0},
-        {"retry_max": -1}, {"max_retries": -1}, {"on_write_error": 1},
+        {"max_pending": 0},
+        {"on_full": "drop"},
+        {"block_timeout": 0},
+        {"retry_initial": 0},
+        {"retry_max": -1},
+        {"max_retries": -1},
+        {"on_write_error": 1},
     ):
         with pytest.raises((ValueError, TypeError)):
             cache_cls(MemoryStore(), **kwargs)

@@ -1,12 +1,14 @@
 """`lazycache bench`: the command runs and reports every section. Structure only, never timings."""
+
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any
 
 import pytest
 
@@ -24,30 +26,32 @@ else:
     HAVE_MATPLOTLIB = True
 
 
-def run_bench(capsys: pytest.CaptureFixture[str], *args: str) -> Tuple[int, str, str]:
+def run_bench(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     status = cli.main(["bench", *args])
     out, err = capsys.readouterr()
     return status, out, err
 
 
-def available_contenders() -> List[str]:
+def available_contenders() -> list[str]:
     return list(cli.load_contenders()[0])
 
 
 @pytest.fixture(scope="module")
-def quick_json(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[Dict[str, Any], Path]]:
+def quick_json(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, Any], Path]]:
     """One `lazycache bench --quick --json [--plot FILE]` run, in a child process, shared by the tests below."""
     plot = tmp_path_factory.mktemp("plot") / "bench.png"
     command = [sys.executable, "-m", "lazycache", "bench", "--quick", "--json"]
     if HAVE_MATPLOTLIB:
         command += ["--plot", str(plot)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # no progress bar when stderr is not a terminal
     yield json.loads(done.stdout), plot
 
 
-def test_quick_json_has_every_section(quick_json: Tuple[Dict[str, Any], Path]) -> None:
+def test_quick_json_has_every_section(quick_json: tuple[dict[str, Any], Path]) -> None:
     document, _ = quick_json
     assert document["sections"] == SECTIONS
     assert document["quick"] is True
@@ -60,7 +64,7 @@ def test_quick_json_has_every_section(quick_json: Tuple[Dict[str, Any], Path]) -
         assert "units" in part
 
 
-def test_quick_json_ops(quick_json: Tuple[Dict[str, Any], Path]) -> None:
+def test_quick_json_ops(quick_json: tuple[dict[str, Any], Path]) -> None:
     ops = quick_json[0]["ops"]
     contenders = available_contenders()
     assert ops["contenders"] == contenders
@@ -68,7 +72,9 @@ def test_quick_json_ops(quick_json: Tuple[Dict[str, Any], Path]) -> None:
     assert list(ops["operations"]) == list(cli.OPERATIONS)
     assert "mixed" in ops["operations"]
     cells = {(r["operation"], r["size"], r["contender"]) for r in ops["results"]}
-    assert cells == {(op, size, name) for op in cli.OPERATIONS for size in ops["sizes"] for name in contenders}
+    assert cells == {
+        (op, size, name) for op in cli.OPERATIONS for size in ops["sizes"] for name in contenders
+    }
     for record in ops["results"]:
         assert record["ns_per_op"] > 0 and record["ratio_to_dict"] > 0 and record["spread"] >= 0
         assert len(record["runs_ns_per_op"]) == ops["repeat"]
@@ -76,21 +82,26 @@ def test_quick_json_ops(quick_json: Tuple[Dict[str, Any], Path]) -> None:
             assert record["ratio_to_dict"] == 1.0
 
 
-def test_quick_json_threads(quick_json: Tuple[Dict[str, Any], Path]) -> None:
+def test_quick_json_threads(quick_json: tuple[dict[str, Any], Path]) -> None:
     threads = quick_json[0]["threads"]
     assert threads["thread_counts"] == list(QUICK_THREAD_COUNTS)
     cells = {(r["contender"], r["readers"], r["writer"]) for r in threads["results"]}
     assert cells == {
-        (name, n, writer) for name in available_contenders() for n in QUICK_THREAD_COUNTS for writer in (False, True)
+        (name, n, writer)
+        for name in available_contenders()
+        for n in QUICK_THREAD_COUNTS
+        for writer in (False, True)
     }
     for record in threads["results"]:
         assert record["ops_per_second"] > 0 and record["ratio_to_dict"] > 0
         assert (record["writer_sets_per_second"] is not None) == record["writer"]
 
 
-def test_quick_json_latency(quick_json: Tuple[Dict[str, Any], Path]) -> None:
+def test_quick_json_latency(quick_json: tuple[dict[str, Any], Path]) -> None:
     latency = quick_json[0]["latency"]
-    scenarios = [IDLE, FLUSH_MEMORY] + ([FLUSH_SQLITE] if FLUSH_SQLITE in latency["scenarios"] else [])
+    scenarios = [IDLE, FLUSH_MEMORY] + (
+        [FLUSH_SQLITE] if FLUSH_SQLITE in latency["scenarios"] else []
+    )
     lazycaches = [name for name in available_contenders() if name.startswith("lazycache")]
     cells = {(r["contender"], r["scenario"]) for r in latency["results"]}
     assert cells == {("dict", IDLE)} | {(name, s) for name in lazycaches for s in scenarios}
@@ -100,7 +111,7 @@ def test_quick_json_latency(quick_json: Tuple[Dict[str, Any], Path]) -> None:
         assert (record["flush_ms"] is None) == (record["scenario"] == IDLE)
 
 
-def test_quick_json_memory(quick_json: Tuple[Dict[str, Any], Path]) -> None:
+def test_quick_json_memory(quick_json: tuple[dict[str, Any], Path]) -> None:
     memory = quick_json[0]["memory"]
     expected = set()
     for name in available_contenders():
@@ -114,7 +125,7 @@ def test_quick_json_memory(quick_json: Tuple[Dict[str, Any], Path]) -> None:
 
 
 @pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib not installed")
-def test_plot_writes_a_png(quick_json: Tuple[Dict[str, Any], Path]) -> None:
+def test_plot_writes_a_png(quick_json: tuple[dict[str, Any], Path]) -> None:
     _, plot = quick_json
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot.stat().st_size > 10_000
@@ -163,7 +174,9 @@ def test_plot_without_matplotlib_is_a_clear_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    status, out, err = run_bench(capsys, "--quick", "--sections", "ops", "--plot", str(tmp_path / "x.png"))
+    status, out, err = run_bench(
+        capsys, "--quick", "--sections", "ops", "--plot", str(tmp_path / "x.png")
+    )
     assert status == 2
     assert "--plot" in err and "matplotlib" in err and "lazycache[bench]" in err
     assert out == ""  # refused before measuring anything
@@ -172,7 +185,17 @@ def test_plot_without_matplotlib_is_a_clear_error(
 
 def test_console_entry_point_runs_the_ops_section() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "lazycache", "bench", "--quick", "--sections", "ops", "--operations", "get-hit,mixed"],
+        [
+            sys.executable,
+            "-m",
+            "lazycache",
+            "bench",
+            "--quick",
+            "--sections",
+            "ops",
+            "--operations",
+            "get-hit,mixed",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -10,13 +10,14 @@ PostgresNotifyCoherence LISTEN/NOTIFY), on each core:
 * B's own pending write of a key is not dropped by A's invalidation of that key; B
   commits after A, and then A reads B's value.
 """
+
 from __future__ import annotations
 
 import multiprocessing
 import os
 import time
 import traceback
-from typing import Any, Callable, Dict
+from typing import Any, Callable
 
 import pytest
 from helpers import TIMEOUT
@@ -36,7 +37,7 @@ ABSENT = "<absent>"
 # ----------------------------------------------------------------------------- the child process
 
 
-def _build(spec: Dict[str, Any]) -> Any:
+def _build(spec: dict[str, Any]) -> Any:
     from lazycache.cache import implementation_class
 
     cls = implementation_class(spec["impl"])
@@ -62,7 +63,9 @@ def _wait_for(cache: Any, key: str, expected: Any, timeout: float) -> float:
         if value == expected:
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
-            raise AssertionError(f"{key!r} is still {value!r} after {timeout}s, expected {expected!r}")
+            raise AssertionError(
+                f"{key!r} is still {value!r} after {timeout}s, expected {expected!r}"
+            )
         time.sleep(0.001)
 
 
@@ -75,7 +78,7 @@ def _wait_heard(cache: Any, messages: int, timeout: float) -> int:
     return int(cache._coherence.received)
 
 
-OPS: Dict[str, Callable[..., Any]] = {
+OPS: dict[str, Callable[..., Any]] = {
     "get": lambda cache, key: cache.get(key, ABSENT),
     "set": lambda cache, key, value: cache.__setitem__(key, value),
     "flush": lambda cache: cache.flush().written,
@@ -88,7 +91,7 @@ OPS: Dict[str, Callable[..., Any]] = {
 }
 
 
-def _child(conn: Any, spec: Dict[str, Any]) -> None:
+def _child(conn: Any, spec: dict[str, Any]) -> None:
     try:
         cache = _build(spec)
     except BaseException:
@@ -114,10 +117,12 @@ def _child(conn: Any, spec: Dict[str, Any]) -> None:
 class Peer:
     """A spawned process holding one cache; `call(op, *args)` runs an operation there."""
 
-    def __init__(self, name: str, spec: Dict[str, Any]) -> None:
+    def __init__(self, name: str, spec: dict[str, Any]) -> None:
         self.name = name
         self.conn, child_conn = SPAWN.Pipe()
-        self.process = SPAWN.Process(target=_child, args=(child_conn, spec), name=f"lazycache-{name}", daemon=True)
+        self.process = SPAWN.Process(
+            target=_child, args=(child_conn, spec), name=f"lazycache-{name}", daemon=True
+        )
         self.process.start()
         child_conn.close()
 
@@ -156,7 +161,13 @@ def shared(request: pytest.FixtureRequest, impl: str) -> Any:
     kind = request.param
     name = unique_name("lcmp")
     if kind == "redis":
-        spec = {"kind": "redis", "url": redis_url(), "prefix": name + ":", "channel": name + ":invalidate", "impl": impl}
+        spec = {
+            "kind": "redis",
+            "url": redis_url(),
+            "prefix": name + ":",
+            "channel": name + ":invalidate",
+            "impl": impl,
+        }
         client = redis_client()
 
         def stored(key: str) -> Any:
@@ -173,8 +184,16 @@ def shared(request: pytest.FixtureRequest, impl: str) -> Any:
 
         database = Database("postgresql", postgres_url())
         table = database.table_name("lcmp")
-        reader = SQLAlchemyStore(database.engine, table)  # creates the table before the processes race to
-        spec = {"kind": "postgresql", "url": postgres_url(), "table": table, "channel": name.replace("-", "_"), "impl": impl}
+        reader = SQLAlchemyStore(
+            database.engine, table
+        )  # creates the table before the processes race to
+        spec = {
+            "kind": "postgresql",
+            "url": postgres_url(),
+            "table": table,
+            "channel": name.replace("-", "_"),
+            "impl": impl,
+        }
         yield spec, lambda key: reader.load_many([key]).get(key, ABSENT)
         reader.close()
         database.teardown()
@@ -186,7 +205,10 @@ def peers(shared: Any) -> Any:
     started = []
 
     def start(**writer_intervals: float) -> Any:
-        made = [Peer(name, {**spec, "write_interval": interval}) for name, interval in writer_intervals.items()]
+        made = [
+            Peer(name, {**spec, "write_interval": interval})
+            for name, interval in writer_intervals.items()
+        ]
         started.extend(made)
         for peer in made:  # spawned together, awaited together: imports overlap
             peer.ready()
@@ -221,7 +243,9 @@ def test_two_processes_stay_coherent(peers) -> None:
     a.call("set", "k2", "theirs")
     a.call("flush")
     assert stored("k2") == "theirs"
-    b.call("wait_heard", a.call("published"), TIMEOUT)  # every invalidation A sent has been applied in B
+    b.call(
+        "wait_heard", a.call("published"), TIMEOUT
+    )  # every invalidation A sent has been applied in B
     assert b.call("get", "k2") == "mine" and b.call("pending") == 1
     # ... and, committed after A's, is what both end with.
     assert b.call("flush") == 1

@@ -1,6 +1,7 @@
 """PostgresNotifyCoherence in one process: caches over one SQLAlchemyStore on the local
 PostgreSQL (a table of this test's own), invalidating each other with LISTEN/NOTIFY.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,13 +38,25 @@ def pg_pair(make_cache: Any, pg: Database) -> Any:
             store = SQLAlchemyStore(pg.engine, pg.table_name())
             stores.append(store)
         options.setdefault("write_interval", 3600)
-        return [make_cache(store, coherence=PostgresNotifyCoherence(store if isinstance(store, SQLAlchemyStore) else LIBPQ_URL, channel), **options) for _ in range(2)]
+        return [
+            make_cache(
+                store,
+                coherence=PostgresNotifyCoherence(
+                    store if isinstance(store, SQLAlchemyStore) else LIBPQ_URL, channel
+                ),
+                **options,
+            )
+            for _ in range(2)
+        ]
 
     yield make
 
 
 def heard(cache: Any, messages: int) -> None:
-    wait_until(lambda: cache._coherence.received >= messages, message=f"{messages} notification(s) never arrived")
+    wait_until(
+        lambda: cache._coherence.received >= messages,
+        message=f"{messages} notification(s) never arrived",
+    )
 
 
 def test_a_write_in_one_cache_invalidates_the_other(pg_pair) -> None:
@@ -105,7 +118,8 @@ def test_a_terminated_listener_is_noticed_and_replaced(pg_pair, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="lazycache"):
         with psycopg.connect(LIBPQ_URL, autocommit=True) as admin:
             killed = admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (name,)
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                (name,),
             ).fetchall()
         assert killed == [(True,)]
         wait_until(lambda: b._coherence.losses == 1, message="the listener's death went unnoticed")

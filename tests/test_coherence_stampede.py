@@ -2,10 +2,11 @@
 store load, over a real RedisStore; and an invalidation that arrives while a load of its
 key is in flight keeps that load from caching the value it read before the write.
 """
+
 from __future__ import annotations
 
 import threading
-from typing import Any, List
+from typing import Any
 
 import pytest
 from helpers import TIMEOUT, run_threads, wait_until
@@ -25,7 +26,7 @@ class HeldRedisStore(RedisStore):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.loads: List[List[Any]] = []
+        self.loads: list[list[Any]] = []
         self.lock = threading.Lock()
         self.holding = False
         self.entered = threading.Event()
@@ -64,9 +65,9 @@ def held_store() -> Any:
         client.close()
 
 
-def stampede(cache: Any, store: HeldRedisStore, key: str) -> List[Any]:
+def stampede(cache: Any, store: HeldRedisStore, key: str) -> list[Any]:
     """THREADS threads read key at once while the first load is held; returns what each read."""
-    results: List[Any] = []
+    results: list[Any] = []
     store.hold()
     releaser = threading.Timer(HOLD, store.release.set)
     releaser.start()
@@ -98,7 +99,7 @@ def test_a_failed_load_fails_every_waiter_and_the_next_read_retries(make_cache, 
     held_store.write([("hot", 1)], [])
     cache = make_cache(held_store)
     held_store.fail_next = ConnectionError("redis went away")
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
 
     def read() -> None:
         try:
@@ -114,9 +115,13 @@ def test_a_failed_load_fails_every_waiter_and_the_next_read_retries(make_cache, 
     assert cache["hot"] == 1 and len(held_store.loads) == 2
 
 
-def test_while_the_channel_is_down_misses_still_share_a_load_but_nothing_is_cached(make_cache, held_store) -> None:
+def test_while_the_channel_is_down_misses_still_share_a_load_but_nothing_is_cached(
+    make_cache, held_store
+) -> None:
     held_store.write([("hot", 1)], [])
-    channel = RedisCoherence("redis://127.0.0.1:1/0", unique_name("lcst"), connect_timeout=0.2)  # nothing listens there
+    channel = RedisCoherence(
+        "redis://127.0.0.1:1/0", unique_name("lcst"), connect_timeout=0.2
+    )  # nothing listens there
     cache = make_cache(held_store, coherence=channel)
     assert not cache.coherent
     assert stampede(cache, held_store, "hot") == [1] * THREADS
@@ -143,8 +148,10 @@ def test_an_invalidation_during_a_load_is_not_lost(make_cache) -> None:
     reader_store._lock = store._lock
     reader_store.load_many = load_many  # type: ignore[method-assign]
     a = make_cache(store, coherence=RedisCoherence(redis_url(), channel), write_interval=3600)
-    b = make_cache(reader_store, coherence=RedisCoherence(redis_url(), channel), write_interval=3600)
-    seen: List[Any] = []
+    b = make_cache(
+        reader_store, coherence=RedisCoherence(redis_url(), channel), write_interval=3600
+    )
+    seen: list[Any] = []
     reader = threading.Thread(target=lambda: seen.append(b["k"]))
     reader.start()
     assert held.wait(TIMEOUT)

@@ -1,4 +1,5 @@
 """Deletes are queued like writes and reach the store; a pending delete hides the stored row."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,8 +1,8 @@
 """CLOCK eviction: clean entries only, second chance for recently used ones, same choices in both cores."""
+
 from __future__ import annotations
 
 import random
-from typing import List, Tuple
 
 from helpers import quiet_class, require_implementation
 
@@ -76,12 +76,12 @@ def test_evicted_entries_are_read_back_from_the_store(make_cache) -> None:
     assert cache.stats.loads == 8
 
 
-def run_eviction_script(cache_cls: type, seed: int) -> List[Tuple[str, object]]:
+def run_eviction_script(cache_cls: type, seed: int) -> list[tuple[str, object]]:
     """Runs a fixed random sequence of sets/gets/deletes/flushes/prunes; returns what was observed."""
     rng = random.Random(seed)
     store = MemoryStore({f"s{i}": i for i in range(40)})
     cache = quiet_class(cache_cls)(store, maxsize=8, write_interval=3600, prune_interval=3600)
-    trace: List[Tuple[str, object]] = []
+    trace: list[tuple[str, object]] = []
     try:
         for step in range(600):
             op = rng.random()
@@ -103,7 +103,16 @@ def run_eviction_script(cache_cls: type, seed: int) -> List[Tuple[str, object]]:
         trace.append(("final-prune", cache.prune(), sorted(cache.keys())))
         stats = cache.stats.as_dict()
         # durations and ages are timings, not behaviour
-        trace.append(("stats", {k: v for k, v in stats.items() if k not in ("last_flush_duration", "oldest_pending_age")}))
+        trace.append(
+            (
+                "stats",
+                {
+                    k: v
+                    for k, v in stats.items()
+                    if k not in ("last_flush_duration", "oldest_pending_age")
+                },
+            )
+        )
     finally:
         cache.close()
     return trace
@@ -115,7 +124,9 @@ def test_eviction_is_identical_in_both_cores() -> None:
     for seed in range(5):
         python_trace = run_eviction_script(python_cls, seed)
         cython_trace = run_eviction_script(cython_cls, seed)
-        assert any(event[0] == "prune" and event[1] for event in python_trace), "the script never evicted"
+        assert any(event[0] == "prune" and event[1] for event in python_trace), (
+            "the script never evicted"
+        )
         for step, (p, c) in enumerate(zip(python_trace, cython_trace)):
             assert p == c, f"seed {seed}, event {step}: python {p!r} != cython {c!r}"
         assert len(python_trace) == len(cython_trace)

@@ -16,6 +16,7 @@ complain about"), and the tests that show lazycache's answer:
 | 9  | no metrics on the queue (depth, oldest age, failures)  | test_observability.py (every test) |
 | 10 | backpressure arrives as a surprise; async users left out | test_backpressure.py: the policy is chosen by the user (block with a timeout, raise with a clear message, write through), test_backpressure_error_names_the_limit_and_the_key; test_shutdown.py: test_setter_blocked_by_backpressure_is_released_when_the_cache_closes. No asyncio API exists yet: not covered |
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,13 +46,17 @@ def recorder():
 
 
 # ----------------------------------------------------------------- retries
-def test_recoverable_failure_is_retried_in_the_background_and_the_newest_value_wins(make_cache) -> None:
+def test_recoverable_failure_is_retried_in_the_background_and_the_newest_value_wins(
+    make_cache,
+) -> None:
     store = FailingStore()
     store.fail = True
     cache = make_cache(store, **FAST_RETRY)
     expected = {f"k{i}": "v1" for i in range(10)}
     cache.update(expected)
-    wait_until(lambda: cache.stats.retries >= 3, message="the writer did not retry in the background")
+    wait_until(
+        lambda: cache.stats.retries >= 3, message="the writer did not retry in the background"
+    )
     assert store.data == {}
     assert cache.pending == 10
     for i in range(5):  # written while the batch is being retried
@@ -78,7 +83,9 @@ def test_backoff_grows_between_attempts(make_cache) -> None:
     # The backoff after the n-th failure is retry_initial * 2**(n-1), times a jitter in [0.5, 1].
     for n, gap in enumerate(gaps, start=1):
         floor = 0.5 * 0.01 * 2 ** (n - 1)
-        assert gap >= floor * 0.9, f"attempt {n + 1} came {gap:.4f}s after attempt {n}, before the backoff {floor}s"
+        assert gap >= floor * 0.9, (
+            f"attempt {n + 1} came {gap:.4f}s after attempt {n}, before the backoff {floor}s"
+        )
     assert sum(gaps[3:]) > 2 * sum(gaps[:3]), f"the gaps did not grow: {gaps}"
     assert cache.pending == 1 and store.data == {}
 
@@ -100,7 +107,9 @@ def test_wake_ups_during_a_backoff_cause_no_extra_attempts(make_cache) -> None:
     window = time.monotonic() - started
     attempts = len(store.call_times) - before
     assert sets > 50
-    assert attempts <= window / 0.1 + 2, f"{attempts} attempts in {window:.2f}s with a backoff of at least 0.1s"
+    assert attempts <= window / 0.1 + 2, (
+        f"{attempts} attempts in {window:.2f}s with a backoff of at least 0.1s"
+    )
 
 
 def test_retry_max_caps_the_backoff(make_cache) -> None:
@@ -109,7 +118,9 @@ def test_retry_max_caps_the_backoff(make_cache) -> None:
     cache = make_cache(store, retry_initial=0.01, retry_max=0.02, close_may_fail=True)
     cache["a"] = 1
     # Uncapped, the 20th attempt would come 0.01 * 2**18 s (43 minutes) after the 19th.
-    wait_until(lambda: len(store.call_times) >= 20, message="the backoff was not capped at retry_max")
+    wait_until(
+        lambda: len(store.call_times) >= 20, message="the backoff was not capped at retry_max"
+    )
     assert cache.stats.retries >= 19
 
 
@@ -120,7 +131,11 @@ def test_each_failed_attempt_is_logged_with_its_keys(make_cache, caplog) -> None
     cache = make_cache(store, close_may_fail=True, **FAST_RETRY)
     cache["the-key"] = 1
     wait_until(lambda: cache.stats.retries >= 3)
-    messages = [r.getMessage() for r in caplog.records if r.name == "lazycache" and r.levelno == logging.WARNING]
+    messages = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "lazycache" and r.levelno == logging.WARNING
+    ]
     for attempt in (1, 2, 3):
         assert any("'the-key'" in m and f"attempt {attempt}" in m for m in messages), messages
     assert any("store is down" in m for m in messages)
@@ -133,7 +148,7 @@ def test_max_retries_hands_the_entries_to_on_write_error_after_the_last_attempt(
     cache = make_cache(store, quiet=True, max_retries=2, on_write_error=errors)
     cache["a"] = 1
     cache["b"] = 2
-    for attempt in (1, 2):
+    for _attempt in (1, 2):
         with pytest.raises(FlushError) as info:
             cache.flush()
         assert sorted(info.value.result.failed_keys) == ["a", "b"]
@@ -263,7 +278,9 @@ def test_poison_keys_are_isolated_and_everything_else_is_committed(make_cache) -
     assert result.written == 97
     assert store.data == {f"k{i}": i for i in range(100) if f"k{i}" not in POISON}
     committed = Counter(store.committed_keys)
-    assert set(committed) == set(store.data) and set(committed.values()) == {1}  # each good key once
+    assert set(committed) == set(store.data) and set(committed.values()) == {
+        1
+    }  # each good key once
     # bisection: at most one failing node per poison key per level, two calls per failing node
     assert len(store.write_calls) <= 1 + 2 * 3 * math.ceil(math.log2(100))
     # the error path: told once per key, the value still readable, not pending, listed, counted
@@ -296,7 +313,9 @@ def test_one_bad_record_does_not_block_the_background_writer(make_cache) -> None
     for i in range(20):
         cache[f"after{i}"] = i
         expected[f"after{i}"] = i
-    wait_until(lambda: cache.pending == 0, message=f"{cache.pending} entries stuck behind a bad record")
+    wait_until(
+        lambda: cache.pending == 0, message=f"{cache.pending} entries stuck behind a bad record"
+    )
     assert store.data == expected
     assert [k for k, _, _ in errors.calls] == ["bad"]
     cache["later"] = 1
@@ -356,7 +375,9 @@ def test_unserializable_value_is_isolated_without_bisection(make_cache) -> None:
     assert store.data == {f"k{i}": str(i) for i in range(50) if i != 7}
     [(key, value, exc)] = errors.calls
     assert key == "k7" and value is unserializable
-    assert isinstance(exc, SerializationError) and exc.key == "k7" and isinstance(exc.cause, TypeError)
+    assert (
+        isinstance(exc, SerializationError) and exc.key == "k7" and isinstance(exc.cause, TypeError)
+    )
     assert cache["k7"] is unserializable and cache.pending == 0
     assert list(cache.write_errors) == ["k7"]
 
@@ -389,15 +410,21 @@ def test_on_write_error_that_raises_is_logged_and_the_writer_carries_on(make_cac
     cache["bad"] = 2
     cache["good2"] = 3
     wait_until(lambda: cache.pending == 0 and seen == ["bad"])
-    wait_until(lambda: any("on_write_error raised" in r.getMessage() and "'bad'" in r.getMessage() for r in caplog.records))
+    wait_until(
+        lambda: any(
+            "on_write_error raised" in r.getMessage() and "'bad'" in r.getMessage()
+            for r in caplog.records
+        )
+    )
     record = next(r for r in caplog.records if "on_write_error raised" in r.getMessage())
     assert record.levelno >= logging.ERROR and record.exc_info is not None
     assert "dead-letter queue is down" in str(record.exc_info[1])
     assert store.data == {"good1": 1, "good2": 3}
     assert "bad" in cache.write_errors and cache["bad"] == 2
     cache["later"] = 4
-    wait_until(lambda: "later" in store.data, message="the writer stopped after on_write_error raised")
-
+    wait_until(
+        lambda: "later" in store.data, message="the writer stopped after on_write_error raised"
+    )
 
 
 def test_on_write_error_that_flushes_does_not_deadlock_the_writer(make_cache) -> None:
@@ -416,8 +443,10 @@ def test_on_write_error_that_flushes_does_not_deadlock_the_writer(make_cache) ->
     try:
         cache["bad"] = 1
         cache["later"] = 2
-        wait_until(lambda: "later" in store.data and cache.pending == 0,
-                   message="the writer hung in a flush() called from on_write_error")
+        wait_until(
+            lambda: "later" in store.data and cache.pending == 0,
+            message="the writer hung in a flush() called from on_write_error",
+        )
     finally:
         try:
             cache.close(timeout=0.5)  # with a deadline: a hung writer must not hang the test too
@@ -483,7 +512,6 @@ def test_order_is_kept_when_the_store_goes_down_while_a_poisoned_batch_is_split(
         cache.flush()
     assert info.value.result.poisoned_keys == ("k3",)
     assert store.committed_keys == ["k0", "k1", "k2"], "entries were committed out of their order"
-
 
 
 def test_a_newer_value_survives_the_failure_of_the_batch_it_replaced(make_cache) -> None:

@@ -4,6 +4,7 @@ The processes share one store through a file (SharedLogStore: one JSON line per 
 write, with the writer's pid), so the test sees who wrote what. The child always leaves by
 os._exit (run_in_forked_child), never returning into pytest.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,9 @@ def keys_written(log, pid):
     ]
 
 
-def test_child_starts_with_nothing_pending_and_its_own_writer_writes_its_writes(make_cache, tmp_path) -> None:
+def test_child_starts_with_nothing_pending_and_its_own_writer_writes_its_writes(
+    make_cache, tmp_path
+) -> None:
     store = SharedLogStore(tmp_path / "writes.jsonl")
     store.fail = True  # the store is down at the fork: the parent's writes are waiting
     cache = make_cache(store, **FAST_RETRY)
@@ -104,7 +107,12 @@ def test_child_that_closes_its_cache_flushes_only_its_own_writes(make_cache, tmp
         del cache["c1"]
         cache["c2"] = 2
         result = cache.close()
-        return {"written": result.written, "deleted": result.deleted, "pid": os.getpid(), "closed": cache.closed}
+        return {
+            "written": result.written,
+            "deleted": result.deleted,
+            "pid": os.getpid(),
+            "closed": cache.closed,
+        }
 
     report = run_in_forked_child(child)
     assert report["closed"] and (report["written"], report["deleted"]) == (1, 1)
@@ -122,7 +130,9 @@ def test_forked_child_can_fork_again(make_cache, tmp_path) -> None:
 
     def grandchild():
         cache["grandchild"] = 2
-        wait_until(lambda: "grandchild" in store.data and cache.pending == 0)  # committed: logged too
+        wait_until(
+            lambda: "grandchild" in store.data and cache.pending == 0
+        )  # committed: logged too
         return os.getpid()
 
     def child():

@@ -1,17 +1,17 @@
 """The crash journal: acknowledged writes survive a process that is killed before they were flushed."""
+
 from __future__ import annotations
 
 import glob
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import pytest
 from helpers import FailingStore, wait_until
@@ -86,7 +86,16 @@ def run_child(
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     store = store or str(tmp_path / "store.json")
     return subprocess.Popen(
-        [sys.executable, str(script), impl, store, str(tmp_path / "journal"), fsync, mode, str(write_interval)],
+        [
+            sys.executable,
+            str(script),
+            impl,
+            store,
+            str(tmp_path / "journal"),
+            fsync,
+            mode,
+            str(write_interval),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -94,9 +103,9 @@ def run_child(
     )
 
 
-def acknowledged_state(lines: list) -> Dict[str, Any]:
+def acknowledged_state(lines: list) -> dict[str, Any]:
     """The final value of every key after the acknowledged writes (complete lines only)."""
-    state: Dict[str, Any] = {}
+    state: dict[str, Any] = {}
     for line in lines:
         parts = line.split()
         if len(parts) != 3:
@@ -109,7 +118,9 @@ def acknowledged_state(lines: list) -> Dict[str, Any]:
     return state
 
 
-def kill_mid_stream_then_replay(impl: str, tmp_path: Path, fsync: str, store: str, read_store: Any) -> None:
+def kill_mid_stream_then_replay(
+    impl: str, tmp_path: Path, fsync: str, store: str, read_store: Any
+) -> None:
     """A child writes until SIGKILL; a second process replays the journal; the store must hold
     every acknowledged write (`read_store()` returns the store's content as a dict)."""
     # The writer flushes rarely (10 s), so most acknowledged writes exist only in memory and
@@ -123,37 +134,45 @@ def kill_mid_stream_then_replay(impl: str, tmp_path: Path, fsync: str, store: st
         if not line:
             break
         head.append(line)
-    os.kill(child.pid, signal.SIGKILL)
+    child.kill()  # SIGKILL on POSIX, TerminateProcess on Windows: no chance to flush
     rest = child.stdout.read()  # not communicate(): it would skip what readline() buffered
     child.wait(timeout=30)
     err = child.stderr.read() if child.stderr else ""
-    *complete, partial = ("".join(head) + rest).split("\n")
+    *complete, _partial = ("".join(head) + rest).split("\n")
     assert len(complete) >= 2000, err
     expected = acknowledged_state(complete)
     assert glob.glob(str(tmp_path / "journal") + ".*.*"), "the killed process left no journal"
 
     survivor = run_child(impl, tmp_path, fsync, "close", store=store)
-    out, err = survivor.communicate(timeout=60)
+    _, err = survivor.communicate(timeout=60)
     assert survivor.returncode == 0, err
     stored = read_store()
     # The write being printed when the process died may or may not have happened.
-    unsure = {"k%d" % ((int(complete[-1].split()[2]) + 1) % 300)}
+    unsure = {f"k{(int(complete[-1].split()[2]) + 1) % 300}"}
     for key in set(expected) | set(stored):
         if key in unsure:
             continue
         assert stored.get(key) == expected.get(key), key
-    assert not glob.glob(str(tmp_path / "journal") + ".*.*"), "replayed and flushed journal segments were not deleted"
+    assert not glob.glob(str(tmp_path / "journal") + ".*.*"), (
+        "replayed and flushed journal segments were not deleted"
+    )
 
 
 @pytest.mark.parametrize("fsync", ["always", "everysec", "no"])
 def test_every_acknowledged_write_survives_kill_9(impl: str, tmp_path: Path, fsync: str) -> None:
     # Every policy survives a process crash.
     kill_mid_stream_then_replay(
-        impl, tmp_path, fsync, str(tmp_path / "store.json"), lambda: json.loads((tmp_path / "store.json").read_text())
+        impl,
+        tmp_path,
+        fsync,
+        str(tmp_path / "store.json"),
+        lambda: json.loads((tmp_path / "store.json").read_text()),
     )
 
 
-def test_every_acknowledged_write_reaches_a_postgresql_table_after_kill_9(impl: str, tmp_path: Path) -> None:
+def test_every_acknowledged_write_reaches_a_postgresql_table_after_kill_9(
+    impl: str, tmp_path: Path
+) -> None:
     import sqlalchemy as sa
     from services import postgres_url
 
@@ -161,9 +180,12 @@ def test_every_acknowledged_write_reaches_a_postgresql_table_after_kill_9(impl: 
     table = f"journal_{uuid.uuid4().hex[:12]}"
     engine = sa.create_engine(url)
 
-    def read_table() -> Dict[str, Any]:
+    def read_table() -> dict[str, Any]:
         with engine.connect() as conn:
-            return {k: json.loads(v) for k, v in conn.exec_driver_sql(f'SELECT key, value FROM "{table}"')}
+            return {
+                k: json.loads(v)
+                for k, v in conn.exec_driver_sql(f'SELECT key, value FROM "{table}"')
+            }
 
     try:
         kill_mid_stream_then_replay(impl, tmp_path, "everysec", f"sql:{url}|{table}", read_table)
@@ -216,7 +238,9 @@ def test_a_torn_last_record_is_ignored(tmp_path: Path) -> None:
     assert list(Journal(str(tmp_path / "j")).replay()) == [("a", 1)]
 
 
-def test_an_unpicklable_value_is_refused_before_anything_changes(make_cache, tmp_path: Path) -> None:
+def test_an_unpicklable_value_is_refused_before_anything_changes(
+    make_cache, tmp_path: Path
+) -> None:
     cache = make_cache(journal=str(tmp_path / "j"))
     with pytest.raises(SerializationError) as info:
         cache["lock"] = lambda: None

@@ -1,4 +1,5 @@
 """Closing: idempotent, flushes, refuses writes afterwards; dropped and exiting caches are flushed."""
+
 from __future__ import annotations
 
 import gc
@@ -161,7 +162,12 @@ def test_garbage_collected_cache_whose_flush_fails_logs_the_lost_keys(cache_cls,
     cache["lost-key"] = 1
     del cache
     gc.collect()
-    wait_until(lambda: any("'lost-key'" in r.getMessage() and "garbage-collected" in r.getMessage() for r in caplog.records))
+    wait_until(
+        lambda: any(
+            "'lost-key'" in r.getMessage() and "garbage-collected" in r.getMessage()
+            for r in caplog.records
+        )
+    )
 
 
 ATEXIT_SCRIPT = textwrap.dedent(
@@ -219,7 +225,11 @@ def test_open_cache_is_flushed_at_exit_while_a_background_write_is_running(impl,
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(out), impl], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script, str(out), impl],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text()) == {f"k{i}": i for i in range(1, 100)}

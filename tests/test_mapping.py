@@ -1,4 +1,5 @@
 """LazyWriterCache is a MutableMapping that behaves like a dict."""
+
 from __future__ import annotations
 
 import types
@@ -200,7 +201,11 @@ def test_failed_operation_with_unhashable_key_is_not_counted(make_cache) -> None
     cache = make_cache(quiet=True)
     cache["a"] = 1
     before = cache.stats
-    for operation in (lambda: cache.__setitem__([1], 1), lambda: cache.discard([1]), lambda: cache.get([1])):
+    for operation in (
+        lambda: cache.__setitem__([1], 1),
+        lambda: cache.discard([1]),
+        lambda: cache.get([1]),
+    ):
         with pytest.raises(TypeError):
             operation()
     after = cache.stats

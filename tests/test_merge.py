@@ -1,15 +1,16 @@
 """Fields the store generates (autoincrement ids) are merged back into the cached values."""
+
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 from helpers import IdStore
 
 
 class Row:
-    def __init__(self, name: str, id: Optional[int] = None) -> None:
+    def __init__(self, name: str, id: int | None = None) -> None:
         self.name = name
         self.id = id
 
@@ -17,12 +18,12 @@ class Row:
 @dataclass(frozen=True)
 class FrozenRow:
     name: str
-    id: Optional[int] = None
+    id: int | None = None
 
 
 class TupleRow(NamedTuple):
     name: str
-    id: Optional[int] = None
+    id: int | None = None
 
 
 def test_dict_value_gets_generated_id(make_cache) -> None:

@@ -1,4 +1,5 @@
 """Metrics on the queue: depth, age of the oldest pending write, the last flush, retries and failures."""
+
 from __future__ import annotations
 
 import threading
@@ -12,13 +13,18 @@ from lazycache import FlushError, MemoryStore
 FAST_RETRY = {"retry_initial": 0.01, "retry_max": 0.05}
 
 
-def test_oldest_pending_age_grows_while_the_store_is_down_and_is_zero_when_nothing_is_pending(make_cache) -> None:
+def test_oldest_pending_age_grows_while_the_store_is_down_and_is_zero_when_nothing_is_pending(
+    make_cache,
+) -> None:
     store = FailingStore()
     cache = make_cache(store, **FAST_RETRY)
     assert cache.stats.oldest_pending_age == 0.0
     store.fail = True
     cache["a"] = 1
-    wait_until(lambda: cache.stats.oldest_pending_age >= 0.1, message="the age of a stuck write did not grow")
+    wait_until(
+        lambda: cache.stats.oldest_pending_age >= 0.1,
+        message="the age of a stuck write did not grow",
+    )
     first = cache.stats.oldest_pending_age
     time.sleep(0.05)
     assert cache.stats.oldest_pending_age > first
@@ -36,13 +42,15 @@ def test_oldest_pending_age_counts_from_the_write(make_cache) -> None:
     cache["a"] = 1
     age = cache.stats.oldest_pending_age
     elapsed = time.monotonic() - started
-    assert 0.0 <= age <= elapsed + 0.1, f"oldest_pending_age is {age}s for a write made {elapsed:.3f}s ago"
+    assert 0.0 <= age <= elapsed + 0.1, (
+        f"oldest_pending_age is {age}s for a write made {elapsed:.3f}s ago"
+    )
 
 
 def test_oldest_pending_age_counts_a_batch_in_flight(make_cache) -> None:
     store = BlockingStore()
     cache = make_cache(store, quiet=True)
-    cache.stats  # noqa: B018 - a first reading, so that the write below is stamped with a recent time
+    _ = cache.stats  # a first reading, so that the write below is stamped with a recent time
     cache["a"] = 1
     store.hold()
     thread = threading.Thread(target=lambda: cache.flush(), daemon=True)
@@ -78,7 +86,9 @@ def test_last_flush_duration_and_last_batch_size_describe_the_last_flush(make_ca
     assert result.batches == 3
     stats = cache.stats
     assert stats.last_batch_size == 5  # 10, 10, then 5
-    assert stats.last_flush_duration >= 3 * SlowStore.delay * 0.9  # it includes the time in the store
+    assert (
+        stats.last_flush_duration >= 3 * SlowStore.delay * 0.9
+    )  # it includes the time in the store
     assert stats.last_flush_duration == result.duration
     cache.flush()  # nothing to write: the last flush that wrote something is still described
     assert cache.stats.last_flush_duration == result.duration and cache.stats.last_batch_size == 5
@@ -135,7 +145,9 @@ def test_a_write_made_during_a_long_backoff_is_not_stamped_with_an_old_time(make
     # or a write made late in the backoff would look as old as the backoff.
     store = FailingStore()
     store.fail = True
-    cache = make_cache(store, write_interval=0.02, retry_initial=1.0, retry_max=1.0, close_may_fail=True)
+    cache = make_cache(
+        store, write_interval=0.02, retry_initial=1.0, retry_max=1.0, close_may_fail=True
+    )
     cache["old"] = 1
     wait_until(lambda: cache.stats.retries >= 1)
     time.sleep(0.6)  # well into the backoff

@@ -1,4 +1,5 @@
 """The behaviours the origin (Go lazywritercache) tests, ported."""
+
 from __future__ import annotations
 
 import pytest

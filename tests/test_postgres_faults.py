@@ -3,6 +3,7 @@
 The store reaches PostgreSQL through a TCP proxy the test cuts and restores, so the
 database really goes away (connections die, new ones are refused) and comes back.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import random
 import threading
 import time
 import uuid
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -31,7 +32,7 @@ def pg() -> Any:
     direct = make_engine(url)
     proxy = CuttableProxy(5432)
     proxied = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/test"
-    tables: List[str] = []
+    tables: list[str] = []
     yield direct, proxy, proxied, tables
     proxy.close()
     with direct.begin() as conn:
@@ -47,18 +48,30 @@ def kv_store(pg: Any) -> SQLAlchemyStore:
     return SQLAlchemyStore(proxied, name, engine_options={"connect_args": {"connect_timeout": 2}})
 
 
-def table_rows(pg: Any, name: str) -> Dict[str, Any]:
+def table_rows(pg: Any, name: str) -> dict[str, Any]:
     direct = pg[0]
     with direct.connect() as conn:
-        return {key: json.loads(value) for key, value in conn.exec_driver_sql(f'SELECT key, value FROM "{name}"')}
+        return {
+            key: json.loads(value)
+            for key, value in conn.exec_driver_sql(f'SELECT key, value FROM "{name}"')
+        }
 
 
-def test_an_outage_loses_nothing_and_memory_stays_within_max_pending(pg: Any, make_cache: Any) -> None:
+def test_an_outage_loses_nothing_and_memory_stays_within_max_pending(
+    pg: Any, make_cache: Any
+) -> None:
     _, proxy, _, tables = pg
     store = kv_store(pg)
     max_pending = 200
-    cache = make_cache(store, write_interval=0.02, max_pending=max_pending, on_full="block", block_timeout=60, **FAST_RETRY)
-    model: Dict[str, int] = {}
+    cache = make_cache(
+        store,
+        write_interval=0.02,
+        max_pending=max_pending,
+        on_full="block",
+        block_timeout=60,
+        **FAST_RETRY,
+    )
+    model: dict[str, int] = {}
     for i in range(100):
         cache[f"k{i}"] = i
         model[f"k{i}"] = i
@@ -81,7 +94,9 @@ def test_an_outage_loses_nothing_and_memory_stays_within_max_pending(pg: Any, ma
     while time.monotonic() < deadline:
         peak = max(peak, cache.pending)
         time.sleep(0.005)
-    assert not done.is_set(), "the writer should be held back by max_pending while the database is down"
+    assert not done.is_set(), (
+        "the writer should be held back by max_pending while the database is down"
+    )
     assert peak <= max_pending + 1  # one writer thread: at most one past the bound
     # Entries already pending can still change while the database is down.
     pending_key = next(k for k in model if cache._is_pending(k))
@@ -96,7 +111,9 @@ def test_an_outage_loses_nothing_and_memory_stays_within_max_pending(pg: Any, ma
     assert table_rows(pg, tables[-1]) == model  # every last value, row by row
 
 
-def test_a_row_violating_a_constraint_is_isolated_and_the_rest_committed(pg: Any, make_cache: Any) -> None:
+def test_a_row_violating_a_constraint_is_isolated_and_the_rest_committed(
+    pg: Any, make_cache: Any
+) -> None:
     direct, _, proxied, tables = pg
     name = f"people_{uuid.uuid4().hex[:12]}"
     tables.append(name)
@@ -109,10 +126,12 @@ def test_a_row_violating_a_constraint_is_isolated_and_the_rest_committed(pg: Any
         sa.Column("age", sa.Integer, sa.CheckConstraint("age >= 0"), nullable=False),
     )
     metadata.create_all(direct)
-    rejected: List[Any] = []
+    rejected: list[Any] = []
     store = SQLAlchemyStore(proxied, table, key="name")
     cache = make_cache(
-        store, write_interval=3600, on_write_error=lambda key, value, exc: rejected.append((key, value, type(exc).__name__))
+        store,
+        write_interval=3600,
+        on_write_error=lambda key, value, exc: rejected.append((key, value, type(exc).__name__)),
     )
     for i in range(50):
         cache[f"p{i}"] = {"age": -1 if i == 17 else i}
@@ -131,7 +150,9 @@ def test_a_row_violating_a_constraint_is_isolated_and_the_rest_committed(pg: Any
     assert cache.write_errors == {} and cache.pending == 0
 
 
-def test_close_with_the_database_down_keeps_its_deadline_and_names_the_unwritten_keys(pg: Any, make_cache: Any) -> None:
+def test_close_with_the_database_down_keeps_its_deadline_and_names_the_unwritten_keys(
+    pg: Any, make_cache: Any
+) -> None:
     _, proxy, _, _ = pg
     store = kv_store(pg)
     cache = make_cache(store, write_interval=3600, close_may_fail=True, **FAST_RETRY)
@@ -148,12 +169,16 @@ def test_close_with_the_database_down_keeps_its_deadline_and_names_the_unwritten
     assert sorted(info.value.result.failed_keys) == [f"lost{i}" for i in range(5)]
 
 
-def test_stress_with_the_database_cut_and_restored_ends_with_every_last_value(pg: Any, make_cache: Any) -> None:
+def test_stress_with_the_database_cut_and_restored_ends_with_every_last_value(
+    pg: Any, make_cache: Any
+) -> None:
     _, proxy, _, tables = pg
     store = kv_store(pg)
-    cache = make_cache(store, maxsize=100, write_interval=0.01, prune_interval=0.01, batch_size=50, **FAST_RETRY)
+    cache = make_cache(
+        store, maxsize=100, write_interval=0.01, prune_interval=0.01, batch_size=50, **FAST_RETRY
+    )
     nthreads, nkeys, ops = 4, 400, 1500
-    models: List[Dict[str, Any]] = []
+    models: list[dict[str, Any]] = []
     stop_faults = threading.Event()
 
     def faults() -> None:
@@ -170,7 +195,7 @@ def test_stress_with_the_database_cut_and_restored_ends_with_every_last_value(pg
     def work(tid: int) -> None:
         rng = random.Random(tid)
         mine = [f"s{k}" for k in range(tid, nkeys, nthreads)]
-        model: Dict[str, Any] = {}
+        model: dict[str, Any] = {}
         models.append(model)
         for n in range(ops):
             key = rng.choice(mine)
@@ -181,7 +206,9 @@ def test_stress_with_the_database_cut_and_restored_ends_with_every_last_value(pg
                 try:
                     del cache[key]
                 except KeyError:
-                    raise AssertionError(f"{key} is in the model but the cache says it is gone")
+                    raise AssertionError(
+                        f"{key} is in the model but the cache says it is gone"
+                    ) from None
                 del model[key]
             else:
                 cache.discard(key)
@@ -195,7 +222,7 @@ def test_stress_with_the_database_cut_and_restored_ends_with_every_last_value(pg
         fault_thread.join()
         proxy.restore()
     cache.close(timeout=60)
-    expected: Dict[str, Any] = {}
+    expected: dict[str, Any] = {}
     for model in models:
         expected.update(model)
     assert cache.stats.retries > 0, "the faults never hit a write"

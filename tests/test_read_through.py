@@ -1,4 +1,5 @@
 """A miss reads through to the store; what it loads is cached clean."""
+
 from __future__ import annotations
 
 import pytest

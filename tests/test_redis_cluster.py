@@ -5,12 +5,13 @@ per slot and one round trip per node; keys sharing a hash tag are one transactio
 slot that moved is found again (MOVED); invalidations published through one node reach
 a subscriber on another.
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
-from helpers import close_caches, wait_until
+from helpers import close_caches, recording, wait_until
 from redis.crc import key_slot
 from redis_cluster import Cluster, redis_cluster  # noqa: F401  (fixture)
 from services import unique_name
@@ -40,7 +41,7 @@ def cluster_prefix(redis_cluster: Cluster) -> Any:
 
 @pytest.fixture
 def cluster_store(redis_cluster: Cluster, cluster_prefix: str) -> Any:
-    made: List[RedisStore] = []
+    made: list[RedisStore] = []
 
     def make(**options: Any) -> RedisStore:
         options.setdefault("prefix", cluster_prefix)
@@ -55,20 +56,14 @@ def cluster_store(redis_cluster: Cluster, cluster_prefix: str) -> Any:
 
 @pytest.fixture
 def cluster_cache(make_cache: Any, cluster_store: Any) -> Any:
-    made: list = []
-
-    def make(store: RedisStore, **options: Any) -> Any:
-        cache = make_cache(store, **options)
-        made.append((cache, options.get("close_may_fail", False)))
-        return cache
-
+    make, made = recording(make_cache)
     yield make
     close_caches(made)
 
 
-def one_key_per_slot(prefix: str) -> Dict[int, str]:
+def one_key_per_slot(prefix: str) -> dict[int, str]:
     """slot -> a key (without the prefix) whose prefixed form hashes to that slot, for all 16384 slots."""
-    found: Dict[int, str] = {}
+    found: dict[int, str] = {}
     n = 0
     encoded = prefix.encode()
     while len(found) < SLOTS:
@@ -78,7 +73,7 @@ def one_key_per_slot(prefix: str) -> Dict[int, str]:
     return found
 
 
-def per_node(cluster: Cluster, prefix: str) -> Dict[int, int]:
+def per_node(cluster: Cluster, prefix: str) -> dict[int, int]:
     """port -> how many keys with this prefix the node holds."""
     counts = {}
     for server in cluster.servers:
@@ -108,7 +103,9 @@ def test_the_store_finds_out_it_is_on_a_cluster(cluster_store, redis_cluster) ->
     assert "cluster" in repr(store) and str(redis_cluster.ports[0]) in repr(store)
 
 
-def test_a_batch_over_every_slot_lands_in_full(cluster_store, cluster_cache, redis_cluster, cluster_prefix) -> None:
+def test_a_batch_over_every_slot_lands_in_full(
+    cluster_store, cluster_cache, redis_cluster, cluster_prefix
+) -> None:
     keys = one_key_per_slot(cluster_prefix)
     cache = cluster_cache(cluster_store(), quiet=True, batch_size=SLOTS + 100)
     cache.update({key: {"slot": slot} for slot, key in keys.items()})
@@ -129,19 +126,28 @@ def test_a_batch_over_every_slot_lands_in_full(cluster_store, cluster_cache, red
     assert sum(per_node(redis_cluster, cluster_prefix).values()) == 0
 
 
-def test_keys_sharing_a_hash_tag_are_one_transaction(cluster_store, cluster_cache, redis_cluster) -> None:
+def test_keys_sharing_a_hash_tag_are_one_transaction(
+    cluster_store, cluster_cache, redis_cluster
+) -> None:
     store = cluster_store(ttl=lambda key, value: 60 if key.endswith("session") else None)
     cache = cluster_cache(store, quiet=True)
-    user = {f"{{user:{n}}}:{part}": n for n in range(5) for part in ("profile", "settings", "session")}
+    user = {
+        f"{{user:{n}}}:{part}": n for n in range(5) for part in ("profile", "settings", "session")
+    }
     multi = calls(redis_cluster, "multi")
     cache.update(user)
     cache.flush()
-    assert calls(redis_cluster, "multi") - multi == 5  # five tags: five slots, five transactions (MSET + SET PX)
+    assert (
+        calls(redis_cluster, "multi") - multi == 5
+    )  # five tags: five slots, five transactions (MSET + SET PX)
     assert store.load_many(list(user)) == user
     rkey = store.redis_key("{user:3}:session")
     client = redis_cluster.client()
     try:
-        assert 59_000 < client.pttl(rkey) <= 60_000 and client.pttl(store.redis_key("{user:3}:profile")) == -1
+        assert (
+            59_000 < client.pttl(rkey) <= 60_000
+            and client.pttl(store.redis_key("{user:3}:profile")) == -1
+        )
     finally:
         client.close()
 
@@ -200,7 +206,9 @@ def test_a_moved_slot_is_found_again(cluster_store, redis_cluster) -> None:
         admin.close()
 
 
-def test_invalidations_cross_nodes(cluster_store, cluster_cache, redis_cluster, cluster_prefix) -> None:
+def test_invalidations_cross_nodes(
+    cluster_store, cluster_cache, redis_cluster, cluster_prefix
+) -> None:
     channel = cluster_prefix + "invalidate"
     stores = [cluster_store(), cluster_store()]
     channels = [RedisCoherence(stores[0], channel), RedisCoherence(stores[1], channel)]
@@ -227,7 +235,9 @@ def test_invalidations_cross_nodes(cluster_store, cluster_cache, redis_cluster, 
 
 
 def test_open_redis_on_a_cluster(redis_cluster, cluster_prefix, impl) -> None:
-    with open_redis(redis_cluster.url, prefix=cluster_prefix, implementation=impl, write_interval=0.02) as cache:
+    with open_redis(
+        redis_cluster.url, prefix=cluster_prefix, implementation=impl, write_interval=0.02
+    ) as cache:
         assert cache.store.cluster
         cache.update({f"o{i}": i for i in range(100)})
     reopened = open_redis(redis_cluster.url, prefix=cluster_prefix, implementation=impl)

@@ -3,6 +3,7 @@
 (Idempotent close, writes refused after close, flushing of dropped caches and of caches
 left open at exit with a healthy store: see test_lifecycle.py.)
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,9 @@ SRC = str(Path(__file__).resolve().parent.parent / "src")
 FAST_RETRY = {"retry_initial": 0.01, "retry_max": 0.1}
 
 
-def test_close_with_the_store_down_names_exactly_the_unwritten_keys_within_its_deadline(make_cache) -> None:
+def test_close_with_the_store_down_names_exactly_the_unwritten_keys_within_its_deadline(
+    make_cache,
+) -> None:
     store = FailingStore()
     cache = make_cache(store, close_may_fail=True, **FAST_RETRY)
     for i in range(5):
@@ -49,7 +52,10 @@ def test_close_with_the_store_down_names_exactly_the_unwritten_keys_within_its_d
     assert cache["late3"] == 3  # nothing unwritten was dropped
     store.fail = False
     assert cache.flush().written == 20  # and it can still be written
-    assert store.data == {**{f"early{i}": i for i in range(1, 5)}, **{f"late{i}": i for i in range(20)}}
+    assert store.data == {
+        **{f"early{i}": i for i in range(1, 5)},
+        **{f"late{i}": i for i in range(20)},
+    }
 
 
 def test_close_with_a_hung_store_returns_within_its_deadline(make_cache) -> None:
@@ -159,7 +165,9 @@ def test_non_positive_flush_timeout_is_a_value_error(make_cache, timeout) -> Non
 
 
 @pytest.mark.parametrize("timeout", [0, -1, "1"])
-def test_close_with_an_invalid_timeout_raises_and_leaves_the_cache_open(make_cache, timeout) -> None:
+def test_close_with_an_invalid_timeout_raises_and_leaves_the_cache_open(
+    make_cache, timeout
+) -> None:
     # A rejected argument must not half-close the cache: a later close() still flushes.
     store = FailingStore()
     cache = make_cache(store, quiet=True)
@@ -195,7 +203,11 @@ def test_cache_left_open_with_the_store_down_names_the_lost_keys_at_exit(impl) -
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-c", EXIT_SCRIPT, impl], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", EXIT_SCRIPT, impl],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "2"
@@ -208,8 +220,15 @@ def test_setter_blocked_by_backpressure_is_released_when_the_cache_closes(make_c
     # it should meet the closed cache's RuntimeError promptly, not wait out block_timeout.
     store = FailingStore()
     store.fail = True
-    cache = make_cache(store, max_pending=1, on_full="block", block_timeout=3, close_may_fail=True,
-                       retry_initial=0.01, retry_max=0.05)
+    cache = make_cache(
+        store,
+        max_pending=1,
+        on_full="block",
+        block_timeout=3,
+        close_may_fail=True,
+        retry_initial=0.01,
+        retry_max=0.05,
+    )
     cache["a"] = 1
     outcome = []
 
@@ -227,7 +246,9 @@ def test_setter_blocked_by_backpressure_is_released_when_the_cache_closes(make_c
         cache.close(timeout=0.2)
     thread.join(5)
     [(exc, when)] = outcome
-    assert when - closed_at < 1.5, f"the setter waited {when - closed_at:.2f}s after close (block_timeout=3)"
+    assert when - closed_at < 1.5, (
+        f"the setter waited {when - closed_at:.2f}s after close (block_timeout=3)"
+    )
     assert isinstance(exc, RuntimeError) and "closed" in str(exc), repr(exc)
 
 
@@ -258,8 +279,11 @@ def test_cache_left_open_with_a_hung_store_does_not_hang_interpreter_exit(impl) 
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
-        [sys.executable, "-c", HUNG_EXIT_SCRIPT, impl], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", HUNG_EXIT_SCRIPT, impl],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         out, err = proc.communicate(timeout=10)

@@ -4,12 +4,12 @@ Recoverable (retrying the batch later may work): a killed connection, a deadlock
 serialization failure, a lock timeout or a busy SQLite file. Not recoverable (the data's
 fault): integrity and data errors, a missing table, a value the serializer cannot encode.
 """
+
 from __future__ import annotations
 
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import sqlalchemy as sa
@@ -62,8 +62,14 @@ def test_read_through_error_surfaces_as_an_exception_not_a_miss(database, db_cac
     store.write([("there", 1)], [])
     assert cache["there"] == 1
     with database.engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP TABLE {database.engine.dialect.identifier_preparer.quote(store.table.name)}")
-    for read in (lambda: cache["elsewhere"], lambda: cache.get("elsewhere"), lambda: "elsewhere" in cache):
+        conn.exec_driver_sql(
+            f"DROP TABLE {database.engine.dialect.identifier_preparer.quote(store.table.name)}"
+        )
+    for read in (
+        lambda: cache["elsewhere"],
+        lambda: cache.get("elsewhere"),
+        lambda: "elsewhere" in cache,
+    ):
         with pytest.raises(sa.exc.DBAPIError) as caught:
             read()
         assert store.is_recoverable(caught.value) is False  # a missing table will still be missing
@@ -81,17 +87,27 @@ def test_integrity_error_is_not_recoverable(database) -> None:
     store = SQLAlchemyStore(database.engine, table, key="name")
     store.write([("a", {"email": "same@example.com"})], [])
     with pytest.raises(sa.exc.IntegrityError) as caught:
-        store.write([("b", {"email": "other@example.com"}), ("c", {"email": "same@example.com"})], [])
+        store.write(
+            [("b", {"email": "other@example.com"}), ("c", {"email": "same@example.com"})], []
+        )
     assert store.is_recoverable(caught.value) is False
-    with database.engine.connect() as conn:  # nothing of the batch; "a" untouched (MySQL would have updated it)
-        assert conn.execute(sa.select(table.c.name, table.c.email)).all() == [("a", "same@example.com")]
+    with (
+        database.engine.connect() as conn
+    ):  # nothing of the batch; "a" untouched (MySQL would have updated it)
+        assert conn.execute(sa.select(table.c.name, table.c.email)).all() == [
+            ("a", "same@example.com")
+        ]
 
 
-@pytest.mark.parametrize("size", [pytest.param(2, id="small-batch"), pytest.param(700, id="pipelined-batch")])
+@pytest.mark.parametrize(
+    "size", [pytest.param(2, id="small-batch"), pytest.param(700, id="pipelined-batch")]
+)
 def test_a_key_the_column_cannot_hold_is_not_recoverable(database, size) -> None:
     store = SQLAlchemyStore(database.engine, database.table_name(), key_type=int)
     upserts = [(i, "fine") for i in range(1, size)]
-    upserts.insert(size * 2 // 3, (2**70, "too big for BIGINT"))  # in a later statement of a pipelined batch
+    upserts.insert(
+        size * 2 // 3, (2**70, "too big for BIGINT")
+    )  # in a later statement of a pipelined batch
     with pytest.raises(Exception) as caught:  # DataError on the servers, OverflowError from sqlite3
         store.write(upserts, [])
     assert store.is_recoverable(caught.value) is False
@@ -120,12 +136,16 @@ def test_missing_sqlalchemy_raises_import_error_naming_the_extra() -> None:
 
 @SERVERS
 def test_killed_connection_is_recoverable_and_the_next_write_reconnects(database) -> None:
-    store = SQLAlchemyStore(database.url, database.table_name())  # its own engine: one pooled connection
+    store = SQLAlchemyStore(
+        database.url, database.table_name()
+    )  # its own engine: one pooled connection
     try:
         store.write([("a", 1)], [])
         with store.engine.connect() as conn:
             session = conn.exec_driver_sql(
-                "SELECT pg_backend_pid()" if database.kind == "postgresql" else "SELECT CONNECTION_ID()"
+                "SELECT pg_backend_pid()"
+                if database.kind == "postgresql"
+                else "SELECT CONNECTION_ID()"
             ).scalar()
         with database.engine.connect() as admin:
             if database.kind == "postgresql":
@@ -160,9 +180,16 @@ def test_deadlock_is_recoverable(database) -> None:
                 for i in range(50):  # make the other transaction the larger one
                     other.exec_driver_sql(update_sql(database, name), (f"k{i}",))
             other.exec_driver_sql(update_sql(database, name), ("b",))
-            thread, outcome = run_in_thread(store.write, [("a", 1), ("b", 1)], [])  # locks a, waits for b
-            wait_until(lambda: waiting_for_a_lock(database, name) >= 1, message="the store never waited for the lock")
-            other.exec_driver_sql(update_sql(database, name), ("a",))  # closes the cycle; returns once the store gave up
+            thread, outcome = run_in_thread(
+                store.write, [("a", 1), ("b", 1)], []
+            )  # locks a, waits for b
+            wait_until(
+                lambda: waiting_for_a_lock(database, name) >= 1,
+                message="the store never waited for the lock",
+            )
+            other.exec_driver_sql(
+                update_sql(database, name), ("a",)
+            )  # closes the cycle; returns once the store gave up
             other.rollback()
         thread.join(TIMEOUT)
         error = outcome.get("error")
@@ -202,13 +229,20 @@ def test_lock_timeout_or_busy_database_is_recoverable(database) -> None:
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 def test_serialization_failure_is_recoverable(database) -> None:
     name = database.table_name()
-    store = SQLAlchemyStore(database.url, name, engine_options={"isolation_level": "REPEATABLE READ"})
+    store = SQLAlchemyStore(
+        database.url, name, engine_options={"isolation_level": "REPEATABLE READ"}
+    )
     try:
         store.write([("a", 0)], [])
         with database.engine.connect() as other:
             other.exec_driver_sql(update_sql(database, name), ("a",))
-            thread, outcome = run_in_thread(store.write, [("a", 1)], [])  # its snapshot predates the commit below
-            wait_until(lambda: waiting_for_a_lock(database, name) >= 1, message="the store never waited for the lock")
+            thread, outcome = run_in_thread(
+                store.write, [("a", 1)], []
+            )  # its snapshot predates the commit below
+            wait_until(
+                lambda: waiting_for_a_lock(database, name) >= 1,
+                message="the store never waited for the lock",
+            )
             other.commit()
         thread.join(TIMEOUT)
         error = outcome.get("error")

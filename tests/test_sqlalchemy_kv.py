@@ -2,6 +2,7 @@
 
 Every test runs on each database; those that go through a cache also run on each core.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,9 @@ def stored(database, table: str, engine=None) -> dict:
     engine = engine or database.engine
     kv = sa.table(table, sa.column("key"), sa.column("value"))
     with engine.connect() as conn:
-        return {key: json.loads(value) for key, value in conn.execute(sa.select(kv.c.key, kv.c.value))}
+        return {
+            key: json.loads(value) for key, value in conn.execute(sa.select(kv.c.key, kv.c.value))
+        }
 
 
 # ----------------------------------------------------------------------------- through the cache
@@ -106,8 +109,10 @@ def test_many_deletes_and_upserts_go_in_one_transaction(database, db_cache) -> N
         pytest.param("json", id="json"),
         pytest.param("pickle", id="pickle"),
         pytest.param("msgpack", id="msgpack"),
-        pytest.param((lambda v: repr(v), lambda s: eval(s)), id="custom-text-pair"),  # noqa: S307
-        pytest.param(Serializer(PICKLE.dumps, PICKLE.loads, binary=True, name="mine"), id="custom-binary"),
+        pytest.param((lambda v: repr(v), lambda s: eval(s)), id="custom-text-pair"),
+        pytest.param(
+            Serializer(PICKLE.dumps, PICKLE.loads, binary=True, name="mine"), id="custom-binary"
+        ),
     ],
 )
 def test_each_serializer_round_trips(database, db_cache, serializer) -> None:
@@ -121,11 +126,17 @@ def test_each_serializer_round_trips(database, db_cache, serializer) -> None:
     fresh = SQLAlchemyStore(database.new_engine(), store.table.name, serializer=serializer)
     assert fresh.load_many(["a", "b"]) == {"a": value}
     column = sa.inspect(database.engine).get_columns(store.table.name)[1]["type"]
-    assert isinstance(column, sa.String) != store.serializer.binary  # TEXT for text, a BLOB kind for bytes
+    assert (
+        isinstance(column, sa.String) != store.serializer.binary
+    )  # TEXT for text, a BLOB kind for bytes
 
 
-@pytest.mark.parametrize("size", [pytest.param(3, id="small-batch"), pytest.param(600, id="pipelined-batch")])
-def test_unencodable_value_raises_serialization_error_naming_its_key_and_writes_nothing(database, size) -> None:
+@pytest.mark.parametrize(
+    "size", [pytest.param(3, id="small-batch"), pytest.param(600, id="pipelined-batch")]
+)
+def test_unencodable_value_raises_serialization_error_naming_its_key_and_writes_nothing(
+    database, size
+) -> None:
     store = kv_store(database)
     store.write([("before", 0)], [])
     upserts = [(f"k{i}", i) for i in range(size)]
@@ -134,7 +145,9 @@ def test_unencodable_value_raises_serialization_error_naming_its_key_and_writes_
         store.write(upserts, ["before"])
     assert caught.value.key == "bad"
     assert store.is_recoverable(caught.value) is False
-    assert stored(database, store.table.name) == {"before": 0}  # the batch was not partially committed
+    assert stored(database, store.table.name) == {
+        "before": 0
+    }  # the batch was not partially committed
     store.write([("after", 1)], [])  # the connection is fine
     assert stored(database, store.table.name) == {"before": 0, "after": 1}
 
@@ -155,7 +168,9 @@ def test_int_and_uuid_keys_keep_their_type(database, db_cache) -> None:
     ints = db_cache(kv_store(database, key_type=int), quiet=True)
     ints.update({1: "one", 2**40: "big", -5: "negative"})
     ints.flush()
-    assert SQLAlchemyStore(database.engine, ints.store.table.name, key_type=int).load_many([1, 2**40, -5, 3]) == {
+    assert SQLAlchemyStore(database.engine, ints.store.table.name, key_type=int).load_many(
+        [1, 2**40, -5, 3]
+    ) == {
         1: "one",
         2**40: "big",
         -5: "negative",
@@ -164,12 +179,16 @@ def test_int_and_uuid_keys_keep_their_type(database, db_cache) -> None:
     keys = [uuid.uuid4() for _ in range(60)]  # above the single-statement size on PostgreSQL
     uuids.update({key: str(key) for key in keys})
     uuids.flush()
-    fresh = db_cache(SQLAlchemyStore(database.engine, uuids.store.table.name, key_type=uuid.UUID), quiet=True)
+    fresh = db_cache(
+        SQLAlchemyStore(database.engine, uuids.store.table.name, key_type=uuid.UUID), quiet=True
+    )
     assert all(fresh[key] == str(key) for key in keys)
     assert fresh.store.load_many([uuid.uuid4()]) == {}
 
 
-def test_keys_of_another_type_than_the_column_are_refused_the_same_way_everywhere(database, db_cache) -> None:
+def test_keys_of_another_type_than_the_column_are_refused_the_same_way_everywhere(
+    database, db_cache
+) -> None:
     store = kv_store(database)  # str keys
     with pytest.raises(SerializationError) as caught:
         store.write([("a", 1), (2, "an int key")], [])
@@ -184,7 +203,9 @@ def test_keys_of_another_type_than_the_column_are_refused_the_same_way_everywher
     assert stored(database, store.table.name) == {"a": 1}
 
 
-def test_unicode_keys_differing_in_case_accents_or_trailing_space_are_distinct(database, db_cache) -> None:
+def test_unicode_keys_differing_in_case_accents_or_trailing_space_are_distinct(
+    database, db_cache
+) -> None:
     store = kv_store(database)
     cache = db_cache(store, quiet=True)
     keys = ["a", "A", "á", "a ", "ä", "日本", "🔑"]
@@ -205,13 +226,17 @@ def test_large_values_round_trip(database, db_cache) -> None:
 def test_a_batch_of_many_sizable_values_round_trips(database, db_cache) -> None:
     store = kv_store(database)
     cache = db_cache(store, quiet=True, batch_size=1000)
-    values = {f"doc{i}": {"body": f"{i}:" + "ü\\'\"\n" * 3000} for i in range(400)}  # 400 x ~15 KB, quotes and escapes
+    values = {
+        f"doc{i}": {"body": f"{i}:" + "ü\\'\"\n" * 3000} for i in range(400)
+    }  # 400 x ~15 KB, quotes and escapes
     cache.update(values)
     cache.flush()
     assert stored(database, store.table.name) == values
 
 
-def test_value_set_during_a_flush_is_kept_in_memory_and_written_by_the_next_flush(database, db_cache) -> None:
+def test_value_set_during_a_flush_is_kept_in_memory_and_written_by_the_next_flush(
+    database, db_cache
+) -> None:
     store = HeldStore(database.engine, database.table_name())
     cache = db_cache(store, quiet=True)
     cache["k"] = "old"
@@ -229,7 +254,9 @@ def test_value_set_during_a_flush_is_kept_in_memory_and_written_by_the_next_flus
     assert stored(database, store.table.name) == {"k": "new"}
 
 
-def test_a_fresh_engine_sees_exactly_the_last_value_of_every_key_after_close(database, db_cache) -> None:
+def test_a_fresh_engine_sees_exactly_the_last_value_of_every_key_after_close(
+    database, db_cache
+) -> None:
     rng = random.Random(4)
     store = kv_store(database)
     cache = db_cache(store, batch_size=50)  # background writer running, small batches

@@ -1,4 +1,5 @@
 """lazycache.open(), the examples and `lazycache bench --store`: the SQL store as a newcomer meets it."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ EXAMPLES = ROOT / "examples"
 
 def run(args, cwd=None, env=None, timeout=120) -> subprocess.CompletedProcess:
     environment = dict(os.environ, **(env or {}))
-    proc = subprocess.run(args, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        args, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -50,7 +53,9 @@ def test_open_is_a_persistent_dict_across_two_opens(tmp_path, impl) -> None:
         third.close()
 
 
-def test_open_defaults_to_lazycache_db_in_the_current_directory(tmp_path, monkeypatch, impl) -> None:
+def test_open_defaults_to_lazycache_db_in_the_current_directory(
+    tmp_path, monkeypatch, impl
+) -> None:
     monkeypatch.chdir(tmp_path)
     with lazycache.open(implementation=impl) as cache:
         cache["k"] = "v"
@@ -67,7 +72,13 @@ def test_open_defaults_to_lazycache_db_in_the_current_directory(tmp_path, monkey
 def test_open_takes_cache_options_a_table_a_serializer_and_an_engine(database, impl) -> None:
     table = database.table_name()
     with lazycache.open(
-        database.engine, table, serializer="pickle", key_type=int, implementation=impl, batch_size=2, maxsize=10
+        database.engine,
+        table,
+        serializer="pickle",
+        key_type=int,
+        implementation=impl,
+        batch_size=2,
+        maxsize=10,
     ) as cache:
         assert (cache.batch_size, cache.maxsize) == (2, 10)
         cache.update({i: {i} for i in range(5)})  # sets: pickle, not JSON
@@ -112,10 +123,26 @@ def test_open_rejects_unknown_cache_options(tmp_path) -> None:
 
 def test_persistent_dict_example_counts_across_runs(tmp_path) -> None:
     path = tmp_path / "visits.db"
-    first = run([sys.executable, str(EXAMPLES / "persistent_dict_sqlite.py"), str(path)], cwd=tmp_path)
+    first = run(
+        [sys.executable, str(EXAMPLES / "persistent_dict_sqlite.py"), str(path)], cwd=tmp_path
+    )
     assert "/          3" in first.stdout and "/about     1" in first.stdout
-    second = run([sys.executable, str(EXAMPLES / "persistent_dict_sqlite.py"), str(path)], cwd=tmp_path)
-    assert "/          6" in second.stdout and "/about     2" in second.stdout and "/pricing   2" in second.stdout
+    second = run(
+        [sys.executable, str(EXAMPLES / "persistent_dict_sqlite.py"), str(path)], cwd=tmp_path
+    )
+    assert (
+        "/          6" in second.stdout
+        and "/about     2" in second.stdout
+        and "/pricing   2" in second.stdout
+    )
+
+
+def test_typed_usage_example_runs_on_each_core(tmp_path, impl) -> None:
+    # The example picks the core as a user would: the best available, or the twin on request.
+    env = {"LAZYCACHE_NO_EXTENSIONS": "1"} if impl == "python" else None
+    proc = run([sys.executable, str(EXAMPLES / "typed_usage.py")], cwd=tmp_path, env=env)
+    assert f"typed usage: ok ({impl} core)" in proc.stdout
+    assert list(tmp_path.iterdir()) == []  # its SQLite file was temporary
 
 
 def test_orm_postgres_example_merges_the_generated_id(tmp_path) -> None:
@@ -126,10 +153,18 @@ def test_orm_postgres_example_merges_the_generated_id(tmp_path) -> None:
         first = run([sys.executable, str(EXAMPLES / "orm_postgres.py")], env=env)
         assert "before the write: Person(id=None, name='alice'" in first.stdout
         assert "after the write:  Person(id=1, name='alice'" in first.stdout
-        assert "read through:     Person(id=1, name='alice', email='alice@example.org')" in first.stdout
-        second = run([sys.executable, str(EXAMPLES / "orm_postgres.py")], env=env)  # same rows, same ids
+        assert (
+            "read through:     Person(id=1, name='alice', email='alice@example.org')"
+            in first.stdout
+        )
+        second = run(
+            [sys.executable, str(EXAMPLES / "orm_postgres.py")], env=env
+        )  # same rows, same ids
         assert "after the write:  Person(id=1, name='alice'" in second.stdout
-        assert "in the table:     [Person(id=1, name='alice'" in second.stdout and "id=3" not in second.stdout
+        assert (
+            "in the table:     [Person(id=1, name='alice'" in second.stdout
+            and "id=3" not in second.stdout
+        )
     finally:
         engine = sa.create_engine(url)
         with engine.begin() as conn:
@@ -153,10 +188,25 @@ def test_bench_store_quick_runs_on_a_sqlite_file(tmp_path) -> None:
 
 
 def test_bench_store_json_on_the_embedded_default() -> None:
-    proc = run([sys.executable, "-m", "lazycache", "bench", "--store", "--quick", "--sizes", "200", "--json"])
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "lazycache",
+            "bench",
+            "--store",
+            "--quick",
+            "--sizes",
+            "200",
+            "--json",
+        ]
+    )
     document = json.loads(proc.stdout)
     assert document["database"].startswith("SQLite") and document["batches"] == [200]
     by_method = {result["method"]: result for result in document["results"]}
     assert by_method["sqlite3 executemany"]["vs_raw_best"] == 1.0
-    assert by_method["origin: per row SELECT, then INSERT or UPDATE (SQLAlchemy Core)"]["vs_origin"] == 1.0
+    assert (
+        by_method["origin: per row SELECT, then INSERT or UPDATE (SQLAlchemy Core)"]["vs_origin"]
+        == 1.0
+    )
     assert all(result["rows_per_s"] > 0 for result in document["results"])

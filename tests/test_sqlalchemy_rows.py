@@ -2,6 +2,7 @@
 
 Every test runs on SQLite, PostgreSQL and MariaDB; those that go through a cache also run on each core.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -30,7 +31,13 @@ def people_table(database, metadata=None) -> sa.Table:
         sa.Column("name", sa.String(100), nullable=False, unique=True),
         sa.Column("email", sa.String(100)),
         # An SQL onupdate (bumped by every update), qualified: in an upsert it means the existing row.
-        sa.Column("revision", sa.Integer, nullable=False, server_default="0", onupdate=sa.literal_column(f"{name}.revision") + 1),
+        sa.Column(
+            "revision",
+            sa.Integer,
+            nullable=False,
+            server_default="0",
+            onupdate=sa.literal_column(f"{name}.revision") + 1,
+        ),
         sa.Column("created_at", sa.DateTime, nullable=False, server_default=sa.func.now()),
     )
 
@@ -45,7 +52,8 @@ def person_class(database) -> type:
         __tablename__ = database.table_name("person")
         id: Mapped[int] = mapped_column(primary_key=True)
         name: Mapped[str] = mapped_column(sa.String(100), unique=True)
-        email: Mapped[Optional[str]] = mapped_column(sa.String(100))
+        # Optional, not "str | None": SQLAlchemy evaluates the annotation, which Python 3.9 cannot.
+        email: Mapped[Optional[str]] = mapped_column(sa.String(100))  # noqa: UP045
         created_at: Mapped[datetime.datetime] = mapped_column(server_default=sa.func.now())
 
         def __repr__(self) -> str:
@@ -74,7 +82,9 @@ def test_dict_rows_get_the_generated_id_and_server_defaults_merged(database, db_
     assert set(in_db) == {"alice", "bob"}
     alice = cache["alice"]
     assert alice["id"] == in_db["alice"]["id"] and isinstance(alice["id"], int)
-    assert alice["created_at"] == in_db["alice"]["created_at"] and isinstance(alice["created_at"], datetime.datetime)
+    assert alice["created_at"] == in_db["alice"]["created_at"] and isinstance(
+        alice["created_at"], datetime.datetime
+    )
     assert alice["revision"] == 0
     assert cache["bob"]["id"] == in_db["bob"]["id"] != alice["id"]
     assert cache.pending == 0  # merging is not a change to write back
@@ -87,7 +97,9 @@ def test_dict_rows_get_the_generated_id_and_server_defaults_merged(database, db_
     assert len(in_db) == 2
 
 
-def test_a_newer_value_set_during_the_write_keeps_its_fields_gets_the_id_and_is_written_next(database, db_cache) -> None:
+def test_a_newer_value_set_during_the_write_keeps_its_fields_gets_the_id_and_is_written_next(
+    database, db_cache
+) -> None:
     table = people_table(database)
     store = HeldStore(database.engine, table, key="name")
     cache = db_cache(store, quiet=True)
@@ -96,7 +108,10 @@ def test_a_newer_value_set_during_the_write_keeps_its_fields_gets_the_id_and_is_
     flusher = threading.Thread(target=cache.flush, daemon=True)
     flusher.start()
     assert store.entered.wait(TIMEOUT)
-    cache["carol"] = {"email": "new@example.com", "revision": 41}  # changed while the old value is written
+    cache["carol"] = {
+        "email": "new@example.com",
+        "revision": 41,
+    }  # changed while the old value is written
     store.release.set()
     flusher.join(TIMEOUT)
     carol = cache["carol"]
@@ -107,12 +122,20 @@ def test_a_newer_value_set_during_the_write_keeps_its_fields_gets_the_id_and_is_
     assert cache.pending == 1
     cache.flush()
     in_db = rows(database, table)
-    assert len(in_db) == 1 and in_db["carol"]["email"] == "new@example.com" and in_db["carol"]["id"] == carol["id"]
+    assert (
+        len(in_db) == 1
+        and in_db["carol"]["email"] == "new@example.com"
+        and in_db["carol"]["id"] == carol["id"]
+    )
 
 
 def test_deletes_and_upserts_of_rows_share_one_transaction(database, db_cache) -> None:
     table = people_table(database)
-    cache = db_cache(SQLAlchemyStore(database.engine, table, key="name", chunk_size=7), quiet=True, batch_size=500)
+    cache = db_cache(
+        SQLAlchemyStore(database.engine, table, key="name", chunk_size=7),
+        quiet=True,
+        batch_size=500,
+    )
     cache.update({f"p{i}": {"email": f"{i}@example.com"} for i in range(40)})
     cache.flush()
     for i in range(0, 40, 2):
@@ -126,14 +149,18 @@ def test_deletes_and_upserts_of_rows_share_one_transaction(database, db_cache) -
     assert in_db["p1"]["email"] == "changed"
 
 
-@pytest.mark.parametrize("returning", [pytest.param(None, id="returning-if-available"), pytest.param(False, id="select-after")])
+@pytest.mark.parametrize(
+    "returning",
+    [pytest.param(None, id="returning-if-available"), pytest.param(False, id="select-after")],
+)
 def test_generated_fields_come_back_with_or_without_returning(database, returning) -> None:
     table = people_table(database)
     store = SQLAlchemyStore(database.engine, table, key="name", returning=returning)
     generated = store.write([("a", {"email": "a"}), ("b", {})], [])
     in_db = rows(database, table)
     assert generated == {
-        name: {"id": in_db[name]["id"], "revision": 0, "created_at": in_db[name]["created_at"]} for name in ("a", "b")
+        name: {"id": in_db[name]["id"], "revision": 0, "created_at": in_db[name]["created_at"]}
+        for name in ("a", "b")
     }
     again = store.write([("a", {"email": "a2"})], [])
     assert again["a"]["id"] == in_db["a"]["id"] and again["a"]["revision"] == 1
@@ -151,9 +178,16 @@ def test_python_side_defaults_and_onupdate_callables_are_applied_and_returned(da
     )
     store = SQLAlchemyStore(database.engine, table, key="name")
     first = store.write([("a", {}), ("b", {"source": "mine"})], [])
-    assert {k: (v["source"], v["touched"]) for k, v in first.items()} == {"a": ("lazycache", 0), "b": ("mine", 0)}
-    second = store.write([("a", {"touched": 5, "source": "theirs"})], [])  # an update: onupdate wins
-    assert second["a"]["source"] == "theirs" and second["a"]["touched"] >= 100  # a value of the callable, not 5
+    assert {k: (v["source"], v["touched"]) for k, v in first.items()} == {
+        "a": ("lazycache", 0),
+        "b": ("mine", 0),
+    }
+    second = store.write(
+        [("a", {"touched": 5, "source": "theirs"})], []
+    )  # an update: onupdate wins
+    assert (
+        second["a"]["source"] == "theirs" and second["a"]["touched"] >= 100
+    )  # a value of the callable, not 5
     assert second["a"]["id"] == first["a"]["id"]
 
 
@@ -180,7 +214,7 @@ def test_composite_keys_of_several_types(database, db_cache) -> None:
     del cache[keys[0]]
     cache.flush()
     fresh = SQLAlchemyStore(database.new_engine(), table, key=("tenant", "day", "slot"))
-    loaded = fresh.load_many(keys + [(uuid.uuid4(), day, 1)])
+    loaded = fresh.load_many([*keys, (uuid.uuid4(), day, 1)])
     assert sorted(loaded) == sorted(keys[1:])
     assert loaded[keys[3]]["note"] == "slot 3" and loaded[keys[3]]["id"] == cache[keys[3]]["id"]
 
@@ -202,7 +236,12 @@ def test_orm_instances_get_their_generated_id_and_load_detached(database, db_cac
     fresh = db_cache(SQLAlchemyStore(database.new_engine(), Person, key="name"), quiet=True)
     loaded = fresh["alice"]
     assert isinstance(loaded, Person) and sa.inspect(loaded).detached
-    assert (loaded.id, loaded.name, loaded.email, loaded.created_at) == (alice.id, "alice", alice.email, alice.created_at)
+    assert (loaded.id, loaded.name, loaded.email, loaded.created_at) == (
+        alice.id,
+        "alice",
+        alice.email,
+        alice.created_at,
+    )
     assert fresh["bob"].name == "bob" and fresh["bob"].id != alice.id
 
     loaded.email = "changed@example.com"  # update through the cache: the same row
@@ -234,7 +273,9 @@ def test_orm_instance_changed_during_the_write_keeps_its_changes(database, db_ca
     assert cache["dave"] is newer and newer.email == "new@example.com" and isinstance(newer.id, int)
     cache.flush()
     with database.engine.connect() as conn:
-        assert conn.execute(sa.select(Person.id, Person.email)).all() == [(newer.id, "new@example.com")]
+        assert conn.execute(sa.select(Person.id, Person.email)).all() == [
+            (newer.id, "new@example.com")
+        ]
 
 
 def test_orm_read_through_of_rows_written_by_someone_else(database, db_cache) -> None:

@@ -3,9 +3,10 @@
 The machine is built per core (both run the same rules). Threads stay idle (long intervals,
 and a pruner that only evicts when the machine calls prune()), so every run is repeatable.
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from helpers import LONG, quiet_class
 from hypothesis import HealthCheck, settings
@@ -37,7 +38,7 @@ def machine_for(cache_cls: type) -> type:
         def __init__(self) -> None:
             super().__init__()
             self.store = MemoryStore(INITIAL)
-            self.model: Dict[str, Any] = dict(INITIAL)
+            self.model: dict[str, Any] = dict(INITIAL)
             self.cache = cls(self.store, maxsize=MAXSIZE, write_interval=LONG, prune_interval=LONG)
 
         @rule(key=keys, value=values)
@@ -56,7 +57,9 @@ def machine_for(cache_cls: type) -> type:
                 except KeyError:
                     pass
                 else:
-                    raise AssertionError(f"del of {key!r}, which is nowhere, did not raise KeyError")
+                    raise AssertionError(
+                        f"del of {key!r}, which is nowhere, did not raise KeyError"
+                    )
 
         @rule(key=keys)
         def discard(self, key: str) -> None:

@@ -1,4 +1,5 @@
 """CacheStats: what each counter counts."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +10,22 @@ from helpers import FailingStore
 from lazycache import CacheStats, FlushError
 
 FIELDS = [
-    "hits", "misses", "loads", "stores", "deletes", "evictions", "writes", "failed_writes", "flushes",
-    "retries", "write_errors", "size", "pending", "oldest_pending_age", "last_flush_duration", "last_batch_size",
+    "hits",
+    "misses",
+    "loads",
+    "stores",
+    "deletes",
+    "evictions",
+    "writes",
+    "failed_writes",
+    "flushes",
+    "retries",
+    "write_errors",
+    "size",
+    "pending",
+    "oldest_pending_age",
+    "last_flush_duration",
+    "last_batch_size",
 ]
 
 

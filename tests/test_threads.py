@@ -1,9 +1,10 @@
 """Many threads at once: keys with Python __hash__/__eq__, and a randomised stress run checked against a model."""
+
 from __future__ import annotations
 
 import random
 import sys
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 from helpers import FailingStore, SlowKey, run_threads
@@ -22,16 +23,18 @@ def fast_switching():
     sys.setswitchinterval(old)
 
 
-def test_setdefault_with_slow_colliding_keys_has_one_winner_per_key(make_cache, fast_switching) -> None:
+def test_setdefault_with_slow_colliding_keys_has_one_winner_per_key(
+    make_cache, fast_switching
+) -> None:
     cache = make_cache()
     nthreads = 6
-    specs: List[Any] = [("slow", i) for i in range(24)] + [("str", f"s{i}") for i in range(8)]
+    specs: list[Any] = [("slow", i) for i in range(24)] + [("str", f"s{i}") for i in range(8)]
 
     def make_key(spec):
         kind, n = spec
         return SlowKey(n) if kind == "slow" else n
 
-    seen: List[Dict[Any, Any]] = [dict() for _ in range(nthreads)]
+    seen: list[dict[Any, Any]] = [dict() for _ in range(nthreads)]
 
     def work(tid: int) -> None:
         order = specs[:]
@@ -50,7 +53,9 @@ def test_setdefault_with_slow_colliding_keys_has_one_winner_per_key(make_cache, 
     assert cache.store.data[SlowKey(3)] is seen[0][("slow", 3)]
 
 
-def test_mixed_operations_on_slow_and_builtin_keys_stay_consistent(make_cache, fast_switching) -> None:
+def test_mixed_operations_on_slow_and_builtin_keys_stay_consistent(
+    make_cache, fast_switching
+) -> None:
     store = MemoryStore({SlowKey(i): ("stored", i) for i in range(0, 30, 3)})
     cache = make_cache(store, maxsize=8)
     nthreads = 4
@@ -58,7 +63,11 @@ def test_mixed_operations_on_slow_and_builtin_keys_stay_consistent(make_cache, f
     def work(tid: int) -> None:
         rng = random.Random(tid)
         # each thread owns its keys: slow ones (locked path) mixed with builtin ones (lock-free path)
-        mine = [SlowKey(i) for i in range(tid, 30, nthreads)] + [f"s{tid}-{i}" for i in range(8)] + [tid * 100 + i for i in range(8)]
+        mine = (
+            [SlowKey(i) for i in range(tid, 30, nthreads)]
+            + [f"s{tid}-{i}" for i in range(8)]
+            + [tid * 100 + i for i in range(8)]
+        )
         model = {k: store.data[k] for k in mine if k in store.data}
         for _ in range(300):
             key = rng.choice(mine)
@@ -90,7 +99,7 @@ def test_random_stress_against_a_per_key_model(make_cache, fast_switching) -> No
     nthreads, min_ops, max_ops, nkeys = 4, 3000, 60_000, 200
     store = FailingStore({k: ("initial", k) for k in range(0, nkeys, 4)})
     cache = make_cache(store, maxsize=50, write_interval=0.01, prune_interval=0.01, batch_size=64)
-    models: List[Dict[int, Any]] = []
+    models: list[dict[int, Any]] = []
 
     def background_has_run() -> bool:
         stats = cache.stats
@@ -121,10 +130,12 @@ def test_random_stress_against_a_per_key_model(make_cache, fast_switching) -> No
                 assert cache.pop(key, ABSENT) == model.pop(key, ABSENT)
             else:
                 got = cache.get(key, ABSENT)
-                assert got == model.get(key, ABSENT), f"key {key}: cache {got!r}, model {model.get(key, ABSENT)!r}"
+                assert got == model.get(key, ABSENT), (
+                    f"key {key}: cache {got!r}, model {model.get(key, ABSENT)!r}"
+                )
 
     run_threads(work, [(t,) for t in range(nthreads)])
-    expected: Dict[int, Any] = {}
+    expected: dict[int, Any] = {}
     for model in models:
         expected.update(model)
     cache.close()

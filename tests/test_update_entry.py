@@ -1,4 +1,5 @@
 """update_entry: an atomic read-modify-write."""
+
 from __future__ import annotations
 
 import pytest

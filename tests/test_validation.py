@@ -1,4 +1,5 @@
 """Constructor arguments are checked: bad values are ValueError, bad types TypeError, each naming the parameter."""
+
 from __future__ import annotations
 
 import threading
@@ -65,7 +66,12 @@ def test_valid_limits_are_accepted(make_cache) -> None:
 
 def test_rejected_construction_starts_no_threads(cache_cls) -> None:
     before = lazycache_thread_count()
-    for kwargs in ({"maxsize": 0}, {"batch_size": 0}, {"write_interval": -1}, {"prune_interval": "x"}):
+    for kwargs in (
+        {"maxsize": 0},
+        {"batch_size": 0},
+        {"write_interval": -1},
+        {"prune_interval": "x"},
+    ):
         with pytest.raises((ValueError, TypeError)):
             cache_cls(MemoryStore(), **kwargs)
     assert lazycache_thread_count() == before

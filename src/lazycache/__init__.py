@@ -3,12 +3,13 @@
 The compiled core is used when it is importable and LAZYCACHE_NO_EXTENSIONS is not
 set; `IMPLEMENTATION` says which core is active ("cython" or "python").
 """
+
 from ._open import open
 from ._sentinels import MISSING
 from .cache import IMPLEMENTATION, LazyWriterCache, implementation_class
+from .serializers import SerializationError
 from .stats import CacheStats
 from .stores import GeneratedFields, MemoryStore, Store
-from .serializers import SerializationError
 from .writer import BackpressureError, FlushError, FlushResult, log_write_error, merge_fields
 
 __version__ = "0.1.0"

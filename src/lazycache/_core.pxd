@@ -18,7 +18,8 @@ cdef enum:
 ctypedef struct Entry:
     PyObject *key       # NULL: a hole left by a removed entry
     PyObject *value     # NULL: a tombstone (a delete waiting for the store)
-    uint64_t meta       # the hash's low 32 bits | the ring slot << 32 | REF_BIT (CLOCK reference bit)
+    # meta: the hash's low 32 bits | the ring slot << 32 | REF_BIT (CLOCK reference bit)
+    uint64_t meta
 
 
 cdef class Core:

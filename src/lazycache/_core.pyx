@@ -1,4 +1,6 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+# cython: cdivision=True
+# cython: freethreading_compatible=True
 """Compiled core of lazycache: the map, the dirty queue and CLOCK eviction.
 
 It behaves exactly like its pure-Python twin, ``_core_py`` (read that first: it
@@ -24,6 +26,13 @@ the work is done:
   once the operation is complete (``_bury``). Every other operation takes the
   core's re-entrant lock; a thread waiting for it releases the GIL.
 
+On a free-threaded CPython build (no GIL), and in a build with Cython line tracing
+(whose tracer runs Python code between lines), nothing makes a lock-free operation
+atomic, so there every operation takes the core's lock: the module then reports
+``LOCKS_EVERY_OPERATION = True``. Setting ``LAZYCACHE_FORCE_LOCKING=1`` before
+the import does the same on a GIL build, which is how the tests check that the
+locked paths alone are complete.
+
 The GIL is released while choosing eviction victims: the CLOCK hand sweeps the
 C arrays under the core's lock (which keeps writers out) but without the GIL,
 so readers carry on. The other operations cannot release it: they compare keys
@@ -46,6 +55,8 @@ from cpython.ref cimport Py_XDECREF, Py_XINCREF
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memset
 
+import os
+
 from lazycache._core_py import _check_size
 from lazycache._sentinels import ABSENT, MISSING
 
@@ -58,6 +69,34 @@ cdef extern from "Python.h":
     ctypedef struct PyTypeObject:
         traverseproc tp_traverse
         inquiry tp_clear
+
+cdef extern from *:
+    """
+    #ifdef Py_GIL_DISABLED
+    #define LAZYCACHE_FREE_THREADED 1
+    #else
+    #define LAZYCACHE_FREE_THREADED 0
+    #endif
+    /* A line-traced build (for coverage) calls the tracer, Python code, between any two
+       lines: the GIL no longer makes a run of C code atomic there either. */
+    #if LAZYCACHE_FREE_THREADED || (defined(CYTHON_TRACE) && CYTHON_TRACE) \
+        || (defined(CYTHON_TRACE_NOGIL) && CYTHON_TRACE_NOGIL)
+    #define LAZYCACHE_GIL_NOT_ATOMIC 1
+    #else
+    #define LAZYCACHE_GIL_NOT_ATOMIC 0
+    #endif
+    """
+    const bint LAZYCACHE_FREE_THREADED
+    const bint LAZYCACHE_GIL_NOT_ATOMIC
+
+# The lock-free paths run only while _nslow == 0. Starting every core's count of
+# slow keys at this bias keeps it non-zero for good, so every operation locks,
+# at no cost to the hot path of a GIL build (2**30: fits a 32-bit Py_ssize_t).
+cdef Py_ssize_t _SLOW_BIAS = (
+    1 << 30 if LAZYCACHE_GIL_NOT_ATOMIC or os.environ.get("LAZYCACHE_FORCE_LOCKING") else 0
+)
+LOCKS_EVERY_OPERATION = _SLOW_BIAS != 0
+FREE_THREADED_BUILD = bool(LAZYCACHE_FREE_THREADED)
 
 cdef object _MISSING = MISSING
 cdef object _ABSENT = ABSENT
@@ -83,6 +122,14 @@ cdef inline bint _simple(object key) noexcept:
     """Whether hashing and comparing the key can run no Python code."""
     t = type(key)
     return t is str or t is int or t is bytes or t is float
+
+
+cdef void *_grown(void *block, size_t nbytes) except NULL:
+    """PyMem_Realloc, raising MemoryError on failure (the old block then stays valid)."""
+    cdef void *grown = PyMem_Realloc(block, nbytes)
+    if grown == NULL:
+        raise MemoryError()
+    return grown
 
 
 cdef inline size_t _next_probe(size_t i, size_t *perturb, size_t mask) noexcept nogil:
@@ -210,6 +257,7 @@ cdef class Core:
         self._lock = PyThread_allocate_lock()
         if self._lock == NULL:
             raise MemoryError("cannot allocate the core's lock")
+        self._nslow = _SLOW_BIAS
 
     def __init__(self, maxsize=None, write_threshold=None, read_through=False, max_pending=None):
         self._maxsize = _check_size("maxsize", maxsize)
@@ -240,11 +288,14 @@ cdef class Core:
 
     # ----------------------------------------------------------- hooks
     def _load_missing(self, key):
-        """Called (without the lock) on a read miss when read_through is on; returns the value or MISSING."""
+        """Called (without the lock) on a read miss when read_through is on.
+
+        Returns the value or MISSING.
+        """
         return _MISSING
 
     def _delete_missing(self, key):
-        """Called (without the lock) when read_through is on and a deleted key has no entry in memory."""
+        """Called (without the lock) when read_through is on and a deleted key is not in memory."""
         raise KeyError(key)
 
     def _wake(self, int signal):
@@ -282,15 +333,11 @@ cdef class Core:
     cdef int _to_grave(self, PyObject *obj) except -1:
         """Keeps a reference to release after the operation (its __del__ may run Python code)."""
         cdef Py_ssize_t cap
-        cdef PyObject **grave
         if obj == NULL:
             return 0
         if self._ngrave == self._gravecap:
             cap = self._gravecap * 2 if self._gravecap else 64
-            grave = <PyObject **>PyMem_Realloc(self._grave, cap * sizeof(PyObject *))
-            if grave == NULL:
-                raise MemoryError()
-            self._grave = grave
+            self._grave = <PyObject **>_grown(self._grave, cap * sizeof(PyObject *))
             self._gravecap = cap
         self._grave[self._ngrave] = obj
         self._ngrave += 1
@@ -300,8 +347,16 @@ cdef class Core:
         """Releases the references the last operations let go of; call without the lock."""
         cdef PyObject *obj
         while self._ngrave:  # one at a time: a __del__ may run an operation that adds more
-            self._ngrave -= 1
-            obj = self._grave[self._ngrave]
+            if LAZYCACHE_GIL_NOT_ATOMIC:  # other threads may bury at the same time
+                self._acquire()
+                obj = NULL
+                if self._ngrave:
+                    self._ngrave -= 1
+                    obj = self._grave[self._ngrave]
+                self._release()
+            else:
+                self._ngrave -= 1
+                obj = self._grave[self._ngrave]
             Py_XDECREF(obj)
         return 0
 
@@ -347,22 +402,10 @@ cdef class Core:
 
     cdef int _grow_ring(self) except -1:
         cdef Py_ssize_t cap = self._cap * 2 if self._cap else 64
-        cdef uint32_t *pos = <uint32_t *>PyMem_Realloc(self._pos, cap * sizeof(uint32_t))
-        if pos == NULL:
-            raise MemoryError()
-        self._pos = pos
-        cdef uint8_t *flags = <uint8_t *>PyMem_Realloc(self._flags, cap * sizeof(uint8_t))
-        if flags == NULL:
-            raise MemoryError()
-        self._flags = flags
-        cdef int64_t *since = <int64_t *>PyMem_Realloc(self._since, cap * sizeof(int64_t))
-        if since == NULL:
-            raise MemoryError()
-        self._since = since
-        cdef uint32_t *seqs = <uint32_t *>PyMem_Realloc(self._seqs, cap * sizeof(uint32_t))
-        if seqs == NULL:
-            raise MemoryError()
-        self._seqs = seqs
+        self._pos = <uint32_t *>_grown(self._pos, cap * sizeof(uint32_t))
+        self._flags = <uint8_t *>_grown(self._flags, cap * sizeof(uint8_t))
+        self._since = <int64_t *>_grown(self._since, cap * sizeof(int64_t))
+        self._seqs = <uint32_t *>_grown(self._seqs, cap * sizeof(uint32_t))
         self._cap = cap
         return 0
 
@@ -436,7 +479,6 @@ cdef class Core:
     cdef int _detach(self, uint32_t r) except -1:
         """Removes an entry from the map and the ring; its key and value go to the grave."""
         cdef Py_ssize_t ix = self._pos[r], cap
-        cdef uint32_t *free
         cdef Entry *ep = &self._entries[ix]
         cdef size_t i = <size_t>(<uint32_t>ep.meta) & self._mask
         cdef size_t perturb = <size_t>(<uint32_t>ep.meta)
@@ -455,10 +497,7 @@ cdef class Core:
         self._flags[r] = 0
         if self._nfree == self._freecap:  # grown on demand: a cache that never evicts needs none
             cap = self._freecap * 2 if self._freecap else 64
-            free = <uint32_t *>PyMem_Realloc(self._free, cap * sizeof(uint32_t))
-            if free == NULL:
-                raise MemoryError()
-            self._free = free
+            self._free = <uint32_t *>_grown(self._free, cap * sizeof(uint32_t))
             self._freecap = cap
         self._free[self._nfree] = r
         self._nfree += 1
@@ -480,7 +519,8 @@ cdef class Core:
         if (self._maxsize and not self._signals & SIGNAL_PRUNE
                 and self._used - self._ntomb > self._maxsize):
             raised = SIGNAL_PRUNE
-        if self._write_threshold and not self._signals & SIGNAL_WRITE and self._qlen >= self._write_threshold:
+        if (self._write_threshold and not self._signals & SIGNAL_WRITE
+                and self._qlen >= self._write_threshold):
             raised |= SIGNAL_WRITE
         self._signals |= raised
         return raised
@@ -581,23 +621,26 @@ cdef class Core:
     def __setitem__(self, key, value):
         cdef int raised
         cdef PyObject *old = NULL
-        if self._max_pending and self._npending >= self._max_pending and self._backpressure(key, value):
+        if (self._max_pending and self._npending >= self._max_pending
+                and self._backpressure(key, value)):
             return
         if self._lock_free(key):
             self._set(key, value, &old)
+            raised = self._signal()
         else:
             self._acquire()
             try:
                 self._set(key, value, &old)
+                raised = self._signal()
             finally:
                 self._release()
-        raised = self._signal()
         Py_XDECREF(old)  # the replaced value, released once every change is made
         if raised:
             self._wake(raised)
 
     def __delitem__(self, key):
-        if self._max_pending and self._npending >= self._max_pending and self._backpressure(key, _MISSING):
+        if (self._max_pending and self._npending >= self._max_pending
+                and self._backpressure(key, _MISSING)):
             return
         old = self._remove_impl(key)
         if old is _MISSING or (old is _ABSENT and not self._read_through):
@@ -606,33 +649,46 @@ cdef class Core:
             self._delete_missing(key)
 
     def __len__(self):
-        return self._used - self._ntomb
+        if not LAZYCACHE_GIL_NOT_ATOMIC:  # the GIL makes the two reads one
+            return self._used - self._ntomb
+        self._acquire()
+        try:
+            return self._used - self._ntomb
+        finally:
+            self._release()
 
     def __iter__(self):
         return iter(self._keys())
 
     # ----------------------------------------------------------- compound operations
     def _remove(self, key):
-        """Deletes a live entry and returns its value; MISSING if already deleted; ABSENT if unknown."""
+        """Deletes a live entry and returns its value.
+
+        MISSING if already deleted; ABSENT if unknown.
+        """
         return self._remove_impl(key)
 
     cdef object _remove_impl(self, object key):
         cdef int raised
         if self._lock_free(key):
             old = self._remove_unlocked(key)
+            raised = self._signal()
         else:
             self._acquire()
             try:
                 old = self._remove_unlocked(key)
+                raised = self._signal()
             finally:
                 self._release()
-        raised = self._signal()
         if raised:
             self._wake(raised)
         return old
 
     def _discard(self, key):
-        """Records a delete whether or not memory knows the key; returns the old value or MISSING."""
+        """Records a delete whether or not memory knows the key.
+
+        Returns the old value or MISSING.
+        """
         cdef int raised
         self._acquire()
         try:
@@ -888,7 +944,8 @@ cdef class Core:
                 self._flags[r] = f
                 self._ninflight += 1
                 ep = &self._entries[self._pos[r]]
-                batch.append((<object>ep.key, _MISSING if ep.value == NULL else <object>ep.value, r, self._seqs[r]))
+                batch.append((<object>ep.key, _MISSING if ep.value == NULL else <object>ep.value,
+                              r, self._seqs[r]))
             self._signals &= ~SIGNAL_WRITE
             if self._qlen == 0 and self._qcap > 1024:  # the backlog is gone: give its memory back
                 PyMem_Free(self._queue)
@@ -937,10 +994,17 @@ cdef class Core:
 
     def _oldest_in(self, list batch):
         """The clock stamp of the batch entry that has been pending longest."""
-        return min([self._since[<uint32_t>item[2]] for item in batch])
+        self._acquire()  # a concurrent write may grow (move) the array
+        try:
+            return min([self._since[<uint32_t>item[2]] for item in batch])
+        finally:
+            self._release()
 
     def _current(self, uint32_t r, uint32_t seq):
-        """(live value or MISSING, whether it changed since seq) for merging store-generated fields."""
+        """(live value or MISSING, whether it changed since seq).
+
+        For merging store-generated fields.
+        """
         cdef Entry *ep
         self._acquire()
         try:
@@ -993,7 +1057,7 @@ cdef class Core:
         return n
 
     def _forget_pending(self):
-        """In a forked child: the parent writes what was pending at the fork, so the child must not."""
+        """In a forked child: the parent writes what was pending at the fork; the child must not."""
         cdef Py_ssize_t ix
         cdef uint32_t r
         self._acquire()
@@ -1060,7 +1124,10 @@ cdef class Core:
         return victims
 
     def _invalidate(self, keys):
-        """Drops the given keys from memory unless a change of theirs is pending; returns how many."""
+        """Drops the given keys from memory unless a change of theirs is pending.
+
+        Returns how many.
+        """
         cdef Py_ssize_t ix, n = 0
         cdef uint32_t r
         self._acquire()
@@ -1145,8 +1212,27 @@ cdef class Core:
 # LazyWriterCache (a Python subclass, collected by the GC) calls these through its base
 # type's slots, so that a cycle through a cached value (a value that refers to its cache)
 # is found, finalised (the cache flushes in __del__) and broken like any other.
+# Never traced: the collector runs them, and a tracer is Python code.
+@cython.linetrace(False)
+@cython.profile(False)
 cdef int _core_traverse(PyObject *o, visitproc visit, void *arg) noexcept:
     cdef Core self = <Core>o
+    cdef int err
+    if not LAZYCACHE_GIL_NOT_ATOMIC:
+        return _visit_all(self, visit, arg)
+    # Here another thread may hold the lock in the middle of an operation, its arrays
+    # half updated. Then visit nothing: the collector takes what the core holds for
+    # referenced from outside, which keeps it alive (a cycle is collected later).
+    if not PyThread_acquire_lock(self._lock, NOWAIT_LOCK):
+        return 0
+    err = _visit_all(self, visit, arg)
+    PyThread_release_lock(self._lock)
+    return err
+
+
+@cython.linetrace(False)
+@cython.profile(False)
+cdef int _visit_all(Core self, visitproc visit, void *arg) noexcept:
     cdef Py_ssize_t ix
     cdef int err
     for ix in range(self._nentries):
@@ -1165,6 +1251,8 @@ cdef int _core_traverse(PyObject *o, visitproc visit, void *arg) noexcept:
     return 0
 
 
+@cython.linetrace(False)
+@cython.profile(False)
 cdef int _core_clear(PyObject *o) noexcept:
     """Empties the core (it is about to be freed): every reference goes to the grave, then out."""
     cdef Core self = <Core>o
@@ -1176,7 +1264,8 @@ cdef int _core_clear(PyObject *o) noexcept:
         self._entries[ix].value = NULL
     if self._indices != NULL:
         memset(self._indices, 0xff, (self._mask + 1) * sizeof(int32_t))  # all EMPTY
-    self._nentries = self._used = self._ntomb = self._nslow = 0
+    self._nentries = self._used = self._ntomb = 0
+    self._nslow = _SLOW_BIAS
     if self._flags != NULL:
         memset(self._flags, 0, self._cap * sizeof(uint8_t))
     self._nslots = self._nfree = self._hand = 0

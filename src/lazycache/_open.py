@@ -1,7 +1,9 @@
 """`lazycache.open()`: a persistent write-behind dict over a SQL key-value table, in one call."""
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from .cache import LazyWriterCache, implementation_class
 from .serializers import SerializerSpec
@@ -13,16 +15,16 @@ DEFAULT_URL = "sqlite:///lazycache.db"
 DEFAULT_TABLE = "lazycache"
 
 
-def open(  # noqa: A001 - the name is the API: lazycache.open(), like shelve.open() and dbm.open()
-    url: Union[str, "URL", "Engine"] = DEFAULT_URL,
+def open(
+    url: str | URL | Engine = DEFAULT_URL,
     table: str = DEFAULT_TABLE,
     *,
     serializer: SerializerSpec = "json",
     key_type: Any = str,
-    engine_options: Optional[Mapping[str, Any]] = None,
-    implementation: Optional[str] = None,
+    engine_options: Mapping[str, Any] | None = None,
+    implementation: str | None = None,
     **cache_options: Any,
-) -> "LazyWriterCache[Any, Any]":
+) -> LazyWriterCache[Any, Any]:
     """A ready `LazyWriterCache` over the key-value table `table` of the database at `url`.
 
     A `redis://`, `rediss://` or `unix://` URL gives a cache over Redis (or a Redis
@@ -49,14 +51,24 @@ def open(  # noqa: A001 - the name is the API: lazycache.open(), like shelve.ope
             raise ValueError("key_type= and engine_options= are for SQL databases, not Redis")
         from .stores.redis import open_redis
 
-        return open_redis(url, prefix=f"{table}:", serializer=serializer, implementation=implementation, **cache_options)
+        return open_redis(
+            url,
+            prefix=f"{table}:",
+            serializer=serializer,
+            implementation=implementation,
+            **cache_options,
+        )
     try:
         from .stores.sqlalchemy import SQLAlchemyStore
     except ImportError as exc:
-        raise ImportError(f"lazycache.open() needs SQLAlchemy 2.x: pip install 'lazycache[sqlalchemy]' ({exc})") from exc
+        raise ImportError(
+            f"lazycache.open() needs SQLAlchemy 2.x: pip install 'lazycache[sqlalchemy]' ({exc})"
+        ) from exc
 
     cls = LazyWriterCache if implementation is None else implementation_class(implementation)
-    store = SQLAlchemyStore(url, table, serializer=serializer, key_type=key_type, engine_options=engine_options)
+    store = SQLAlchemyStore(
+        url, table, serializer=serializer, key_type=key_type, engine_options=engine_options
+    )
     try:
         return cls(store, owns_store=True, **cache_options)  # closing the cache closes the store
     except BaseException:

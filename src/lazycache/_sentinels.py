@@ -1,4 +1,5 @@
 """Sentinels shared by both cores and the Python layer (one object each, whichever core is active)."""
+
 from __future__ import annotations
 
 from typing import Final

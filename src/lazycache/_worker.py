@@ -6,13 +6,14 @@ its threads are alive. If the method returns a number of seconds (a backoff
 after a failure), the next run waits that long, and wake-ups before then are
 ignored: a store that is down is not hammered by every write.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
 import weakref
-from typing import Any, Optional
+from typing import Any
 
 log = logging.getLogger("lazycache")
 
@@ -32,7 +33,7 @@ class Worker:
     def wake(self) -> None:
         self._wakeup.set()
 
-    def stop(self, timeout: Optional[float] = None) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Stops the thread after its current run; waits for it unless called from it."""
         self._stopping = True
         self._wakeup.set()
@@ -68,7 +69,9 @@ class Worker:
             try:
                 backoff = getattr(owner, self._method)()
             except BaseException:  # the thread must carry on; the method logs its own keys
-                log.exception("lazycache %s: unexpected error in %s", self._thread.name, self._method)
+                log.exception(
+                    "lazycache %s: unexpected error in %s", self._thread.name, self._method
+                )
             finally:
                 del owner
             if backoff:

@@ -18,6 +18,7 @@ Each run gives p50, p99, p99.9 and the maximum; each figure is the best (min) ov
 the runs, with the spread. A plain dict's ``d[k] = v`` in the same loop is the
 reference for what the stamps themselves cost.
 """
+
 from __future__ import annotations
 
 import gc
@@ -27,15 +28,16 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable
 
 from .cli import (
+    _IDLE_INTERVAL,
     NO_PROGRESS,
     Progress,
     Unavailable,
     _human,
-    _IDLE_INTERVAL,
     _symbols,
     best_of,
     format_table,
@@ -77,7 +79,9 @@ class _GatedStore(Store[Any, Any]):
     def load_many(self, keys: Sequence[Any]) -> Mapping[Any, Any]:
         return self.inner.load_many(keys)
 
-    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Optional[GeneratedFields]:
+    def write(
+        self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]
+    ) -> GeneratedFields | None:
         self.entered.set()
         self.gate.wait()
         generated = self.inner.write(upserts, deletes)
@@ -91,7 +95,9 @@ class _GatedStore(Store[Any, Any]):
         self.inner.close()
 
 
-def _set_loop(c: Any, keys: Sequence[Any], clock: Callable[[], int] = time.perf_counter_ns) -> Tuple[List[int], List[int]]:
+def _set_loop(
+    c: Any, keys: Sequence[Any], clock: Callable[[], int] = time.perf_counter_ns
+) -> tuple[list[int], list[int]]:
     """Sets every key in turn; (start stamps, end stamps) in ns. Only `c[k] = 2` lies between two stamps."""
     n = len(keys)
     starts = [0] * n
@@ -119,7 +125,7 @@ def percentile(ordered: Sequence[float], p: float) -> float:
 class LatencyRun:
     """One run: percentiles of the counted sets, in ns."""
 
-    percentiles: Dict[float, float]
+    percentiles: dict[float, float]
     maximum: float
     counted: int
     """Sets counted: all of them when idle, those made during the flush otherwise."""
@@ -131,7 +137,7 @@ class LatencyRun:
 class LatencyCell:
     contender: str
     scenario: str
-    runs: List[LatencyRun] = field(default_factory=list)
+    runs: list[LatencyRun] = field(default_factory=list)
 
     def best(self, p: float) -> float:
         return best_of([run.percentiles[p] for run in self.runs])
@@ -164,15 +170,15 @@ class LatencyReport:
     sets: int
     repeat: int
     batch_size: int
-    contenders: List[str]
-    scenarios: List[str]
-    skipped: Dict[str, str]
-    failed: Dict[str, str] = field(default_factory=dict)
-    cells: List[LatencyCell] = field(default_factory=list)
+    contenders: list[str]
+    scenarios: list[str]
+    skipped: dict[str, str]
+    failed: dict[str, str] = field(default_factory=dict)
+    cells: list[LatencyCell] = field(default_factory=list)
     clock_overhead_ns: float = math.nan
     """Median of two back-to-back perf_counter_ns() calls: included in every figure."""
 
-    def cell(self, contender: str, scenario: str) -> Optional[LatencyCell]:
+    def cell(self, contender: str, scenario: str) -> LatencyCell | None:
         for c in self.cells:
             if (c.contender, c.scenario) == (contender, scenario):
                 return c
@@ -190,12 +196,20 @@ def _clock_overhead(samples: int = 20_000) -> float:
     return float(pairs[len(pairs) // 2])
 
 
-def _summarise(starts: List[int], ends: List[int], since: int = 0, until: Optional[int] = None) -> LatencyRun:
+def _summarise(
+    starts: list[int], ends: list[int], since: int = 0, until: int | None = None
+) -> LatencyRun:
     window = [
-        end - start for start, end in zip(starts, ends) if start >= since and (until is None or end <= until)
+        end - start
+        for start, end in zip(starts, ends)
+        if start >= since and (until is None or end <= until)
     ]
     window.sort()
-    return LatencyRun({p: percentile(window, p) for p in PERCENTILES}, float(window[-1]) if window else math.nan, len(window))
+    return LatencyRun(
+        {p: percentile(window, p) for p in PERCENTILES},
+        float(window[-1]) if window else math.nan,
+        len(window),
+    )
 
 
 def _sqlite_store(directory: str, index: int) -> Store[Any, Any]:
@@ -204,9 +218,18 @@ def _sqlite_store(directory: str, index: int) -> Store[Any, Any]:
     return SQLAlchemyStore(f"sqlite:///{directory}/latency-{index}.db", "lazycache_bench")
 
 
-def run_lazycache(cls: type, scenario: str, keys: Sequence[str], targets: Sequence[str], directory: str, index: int) -> LatencyRun:
+def run_lazycache(
+    cls: type,
+    scenario: str,
+    keys: Sequence[str],
+    targets: Sequence[str],
+    directory: str,
+    index: int,
+) -> LatencyRun:
     """One run on a LazyWriterCache class: fill `keys` (all pending), then time a set of each target."""
-    inner: Store[Any, Any] = _sqlite_store(directory, index) if scenario == FLUSH_SQLITE else MemoryStore()
+    inner: Store[Any, Any] = (
+        _sqlite_store(directory, index) if scenario == FLUSH_SQLITE else MemoryStore()
+    )
     store = _GatedStore(inner, target=len(keys))
     cache = cls(
         store,
@@ -232,7 +255,9 @@ def run_lazycache(cls: type, scenario: str, keys: Sequence[str], targets: Sequen
         if scenario == IDLE:
             return _summarise(starts, ends)
         if not store.done.wait(FLUSH_TIMEOUT):
-            raise TimeoutError(f"the writer did not write {len(keys)} entries within {FLUSH_TIMEOUT:.0f} s")
+            raise TimeoutError(
+                f"the writer did not write {len(keys)} entries within {FLUSH_TIMEOUT:.0f} s"
+            )
         result = _summarise(starts, ends, opened, store.done_at)
         result.flush_ms = (store.done_at - opened) / 1e6
         return result
@@ -261,8 +286,8 @@ def run_dict(keys: Sequence[str], targets: Sequence[str]) -> LatencyRun:
 def measure(
     pending: int = PENDING, sets: int = SETS, repeat: int = REPEAT, progress: Progress = NO_PROGRESS
 ) -> LatencyReport:
-    classes: Dict[str, type] = {}
-    skipped: Dict[str, str] = {}
+    classes: dict[str, type] = {}
+    skipped: dict[str, str] = {}
     for core in ("cython", "python"):
         try:
             classes[f"lazycache ({core})"] = lazycache_class(core)
@@ -274,7 +299,9 @@ def measure(
     except ImportError:
         scenarios.remove(FLUSH_SQLITE)
         skipped[FLUSH_SQLITE] = "SQLAlchemy not installed (pip install 'lazycache[sqlalchemy]')"
-    report = LatencyReport(pending, sets, repeat, BATCH_SIZE, ["dict", *classes], scenarios, skipped)
+    report = LatencyReport(
+        pending, sets, repeat, BATCH_SIZE, ["dict", *classes], scenarios, skipped
+    )
     report.clock_overhead_ns = _clock_overhead()
     rng = random.Random(7)
     keys = [f"key:{i}" for i in range(pending)]
@@ -287,7 +314,7 @@ def measure(
     directory = tempfile.mkdtemp(prefix="lazycache-bench-")
     try:
         index = 0
-        for turn in range(repeat):
+        for _ in range(repeat):
             for name, scenario in plan:  # scenarios interleaved; the order is the same each repeat
                 progress.advance(f"{name}: {scenario}")
                 if name in report.failed:
@@ -297,7 +324,9 @@ def measure(
                     if name == "dict":
                         run = run_dict(keys, targets)
                     else:
-                        run = run_lazycache(classes[name], scenario, keys, targets, directory, index)
+                        run = run_lazycache(
+                            classes[name], scenario, keys, targets, directory, index
+                        )
                 except Exception as exc:
                     report.failed[name] = f"{scenario} raised {exc!r}"
                     continue
@@ -305,7 +334,9 @@ def measure(
                 gc.collect()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    report.cells = [cell for (name, _), cell in cells.items() if name not in report.failed and cell.runs]
+    report.cells = [
+        cell for (name, _), cell in cells.items() if name not in report.failed and cell.runs
+    ]
     return report
 
 
@@ -325,7 +356,19 @@ def render_table(report: LatencyReport) -> str:
     ]
     lines += [f"skipped {name}: {reason}" for name, reason in report.skipped.items()]
     lines += [f"FAILED {name}: {what}" for name, what in report.failed.items()]
-    header = ["contender", "writer", "p50", "p99", "p99.9", "max", "p99.9/p50", "p50 vs idle", "p99.9 vs idle", "sets counted", "flush"]
+    header = [
+        "contender",
+        "writer",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "p99.9/p50",
+        "p50 vs idle",
+        "p99.9 vs idle",
+        "sets counted",
+        "flush",
+    ]
     rows = []
     for name in report.contenders:
         idle = report.cell(name, IDLE)
@@ -337,16 +380,23 @@ def render_table(report: LatencyReport) -> str:
                 [
                     name,
                     scenario,
-                    *(f"{_us(cell.best(p))} {plus_minus}{cell.spread(p):.0f}%" for p in PERCENTILES),
+                    *(
+                        f"{_us(cell.best(p))} {plus_minus}{cell.spread(p):.0f}%"
+                        for p in PERCENTILES
+                    ),
                     _us(cell.maximum),
                     f"{cell.tail_ratio:.1f}{times}",
-                    "-" if idle is None or cell is idle else f"{cell.best(50.0) / idle.best(50.0):.2f}{times}",
-                    "-" if idle is None or cell is idle else f"{cell.best(99.9) / idle.best(99.9):.2f}{times}",
+                    "-"
+                    if idle is None or cell is idle
+                    else f"{cell.best(50.0) / idle.best(50.0):.2f}{times}",
+                    "-"
+                    if idle is None or cell is idle
+                    else f"{cell.best(99.9) / idle.best(99.9):.2f}{times}",
                     f"{cell.counted:,}",
                     "-" if math.isnan(cell.flush_ms) else f"{cell.flush_ms:,.0f} ms",
                 ]
             )
-    lines += [""] + format_table(header, rows, left=2)
+    lines += ["", *format_table(header, rows, left=2)]
     lines += [
         "",
         f"{_human(report.sets)} sets of random keys among the {_human(report.pending)} from one foreground thread; "
@@ -369,14 +419,14 @@ def _switch_ms() -> str:
     return f"{sys.getswitchinterval() * 1000:g}"
 
 
-def report_json(report: LatencyReport) -> Dict[str, Any]:
+def report_json(report: LatencyReport) -> dict[str, Any]:
     def key(p: float) -> str:
         return f"p{p:g}".replace(".", "_")
 
     results = []
     for cell in report.cells:
         idle = report.cell(cell.contender, IDLE)
-        entry: Dict[str, Any] = {"contender": cell.contender, "scenario": cell.scenario}
+        entry: dict[str, Any] = {"contender": cell.contender, "scenario": cell.scenario}
         for p in PERCENTILES:
             entry[f"{key(p)}_us"] = cell.best(p) / 1000
             entry[f"{key(p)}_spread"] = cell.spread(p)

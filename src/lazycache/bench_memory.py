@@ -20,6 +20,7 @@ measured, in two states:
   writes wait at once: the steady state of a cache whose writer keeps up;
 * ``pending``: every entry written but not yet flushed (the dirty queue included).
 """
+
 from __future__ import annotations
 
 import gc
@@ -28,18 +29,19 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 from .cli import (
-    Runs,
+    _IDLE_INTERVAL,
+    _NO_WRITE_TRIGGER,
     BASELINE,
     CONTENDERS,
     NO_PROGRESS,
     Progress,
+    Runs,
     Unavailable,
-    _IDLE_INTERVAL,
-    _NO_WRITE_TRIGGER,
     _human,
     _rotated,
     _symbols,
@@ -62,10 +64,12 @@ BUILT = "built"
 class DiscardStore(Store[Any, Any]):
     """A store that keeps nothing: `write()` returns at once, `load_many()` finds nothing."""
 
-    def load_many(self, keys: Sequence[Any]) -> Dict[Any, Any]:
+    def load_many(self, keys: Sequence[Any]) -> dict[Any, Any]:
         return {}
 
-    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Optional[GeneratedFields]:
+    def write(
+        self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]
+    ) -> GeneratedFields | None:
         return None
 
 
@@ -76,7 +80,7 @@ def rss_bytes() -> int:
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def available() -> Optional[str]:
+def available() -> str | None:
     """None if RSS can be read here, otherwise why not."""
     try:
         rss_bytes()
@@ -85,7 +89,7 @@ def available() -> Optional[str]:
     return None
 
 
-def child(name: str, mode: str, size: int) -> Dict[str, Any]:
+def child(name: str, mode: str, size: int) -> dict[str, Any]:
     """Runs in the fresh interpreter: the RSS growth of building one structure of `size` entries."""
     contender = CONTENDERS[name]()
     if contender.core is not None:
@@ -116,7 +120,9 @@ def child(name: str, mode: str, size: int) -> Dict[str, Any]:
     if mode == CLEAN:
         flush = structure.flush
         for start in range(0, size, CLEAN_CHUNK):
-            for key, value in zip(keys[start : start + CLEAN_CHUNK], values[start : start + CLEAN_CHUNK]):
+            for key, value in zip(
+                keys[start : start + CLEAN_CHUNK], values[start : start + CLEAN_CHUNK]
+            ):
                 structure[key] = value
             flush()
     else:
@@ -126,10 +132,17 @@ def child(name: str, mode: str, size: int) -> Dict[str, Any]:
     after = rss_bytes()
     entries = len(structure)
     pending = getattr(structure, "pending", None)
-    return {"contender": name, "mode": mode, "size": size, "entries": entries, "pending": pending, "bytes": after - before}
+    return {
+        "contender": name,
+        "mode": mode,
+        "size": size,
+        "entries": entries,
+        "pending": pending,
+        "bytes": after - before,
+    }
 
 
-def _run_child(name: str, mode: str, size: int) -> Dict[str, Any]:
+def _run_child(name: str, mode: str, size: int) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, "-m", "lazycache.bench_memory", name, mode, str(size)],
         capture_output=True,
@@ -148,7 +161,7 @@ class MemoryCell(Runs):
     contender: str
     mode: str
     """"built" (not lazycache), "clean" or "pending" (lazycache)."""
-    samples: List[float] = field(default_factory=list)
+    samples: list[float] = field(default_factory=list)
     """Bytes of RSS growth per entry, each run."""
     baseline: float = math.nan
     """dict's best bytes per entry."""
@@ -170,15 +183,17 @@ class MemoryCell(Runs):
 class MemoryReport:
     size: int
     repeat: int
-    contenders: List[str]
-    skipped: Dict[str, str]
-    failed: Dict[str, str] = field(default_factory=dict)
-    cells: List[MemoryCell] = field(default_factory=list)
+    contenders: list[str]
+    skipped: dict[str, str]
+    failed: dict[str, str] = field(default_factory=dict)
+    cells: list[MemoryCell] = field(default_factory=list)
 
 
-def measure(size: int = SIZE, repeat: int = REPEAT, progress: Progress = NO_PROGRESS) -> MemoryReport:
-    skipped: Dict[str, str] = {}
-    plan: List[Tuple[str, str]] = []
+def measure(
+    size: int = SIZE, repeat: int = REPEAT, progress: Progress = NO_PROGRESS
+) -> MemoryReport:
+    skipped: dict[str, str] = {}
+    plan: list[tuple[str, str]] = []
     why_not = available()
     for name, load in CONTENDERS.items():
         try:
@@ -197,7 +212,9 @@ def measure(size: int = SIZE, repeat: int = REPEAT, progress: Progress = NO_PROG
     progress.section("memory", len(plan) * repeat)
     for turn in range(repeat):
         for name, mode in _rotated(plan, turn):
-            progress.advance(f"{_human(size)} entries: {name}{'' if mode == BUILT else ', ' + mode}")
+            progress.advance(
+                f"{_human(size)} entries: {name}{'' if mode == BUILT else ', ' + mode}"
+            )
             if name in report.failed:
                 continue
             try:
@@ -221,7 +238,9 @@ def measure(size: int = SIZE, repeat: int = REPEAT, progress: Progress = NO_PROG
 
 def render_table(report: MemoryReport) -> str:
     times, plus_minus = _symbols()
-    lines = [f"== memory: bytes per entry at {_human(report.size)} str keys -> int values, by RSS, fresh process each"]
+    lines = [
+        f"== memory: bytes per entry at {_human(report.size)} str keys -> int values, by RSS, fresh process each"
+    ]
     lines += [f"skipped {name}: {reason}" for name, reason in report.skipped.items()]
     lines += [f"FAILED {name}: {what}" for name, what in report.failed.items()]
     rows = []
@@ -236,7 +255,12 @@ def render_table(report: MemoryReport) -> str:
                 f"{plus_minus}{cell.spread:.0f}%",
             ]
         )
-    lines += [""] + format_table(["contender", "RSS growth", "B/entry", "beyond dict", "ratio to dict", "spread"], rows)
+    lines += [
+        "",
+        *format_table(
+            ["contender", "RSS growth", "B/entry", "beyond dict", "ratio to dict", "spread"], rows
+        ),
+    ]
     lines += [
         "",
         f"Best (min) of {report.repeat} run{'s' if report.repeat > 1 else ''}, each in a fresh interpreter; keys and "
@@ -249,7 +273,7 @@ def render_table(report: MemoryReport) -> str:
     return "\n".join(lines)
 
 
-def report_json(report: MemoryReport) -> Dict[str, Any]:
+def report_json(report: MemoryReport) -> dict[str, Any]:
     return {
         "size": report.size,
         "repeat": report.repeat,
@@ -278,10 +302,13 @@ def report_json(report: MemoryReport) -> Dict[str, Any]:
     }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 3 or args[1] not in (CLEAN, PENDING, BUILT):
-        print("usage: python -m lazycache.bench_memory CONTENDER {built,clean,pending} SIZE", file=sys.stderr)
+        print(
+            "usage: python -m lazycache.bench_memory CONTENDER {built,clean,pending} SIZE",
+            file=sys.stderr,
+        )
         return 2
     name, mode, size = args[0], args[1], int(args[2])
     print(json.dumps(child(name, mode, size)))

@@ -5,10 +5,12 @@ dict's, log scale, dict = 1), one for threads (groups: reader counts, alone and
 with a writer; ratio of aggregate ns/op to dict's), one for memory (bytes per
 entry beyond dict) and one for latency (p50, p99, p99.9 in µs, log scale).
 """
+
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .cli import BASELINE, _human, environment
 
@@ -34,6 +36,7 @@ _COLOURS = {
     "lazycache (cython)": "#1f77b4",
     "lazycache (python)": "#9ecae1",
     "cachetools.LRUCache": "#ff7f0e",
+    "cachetools + Lock": "#ffbb78",
     "cachebox.LRUCache": "#2ca02c",
     "lru.LRU": "#d62728",
     BASELINE: "#7f7f7f",
@@ -41,7 +44,12 @@ _COLOURS = {
 
 
 def _grouped_bars(
-    axes: Any, groups: Sequence[str], series: Dict[str, Sequence[float]], *, log: bool, reference: float = math.nan
+    axes: Any,
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    log: bool,
+    reference: float = math.nan,
 ) -> None:
     """Bars of each series (a value per group; nan = no bar) side by side within each group."""
     names = list(series)
@@ -53,8 +61,12 @@ def _grouped_bars(
         if not shown:
             continue
         axes.bar(
-            [x for x, _ in shown], [v for _, v in shown], width=width * 0.95, label=name,
-            color=_COLOURS.get(name), edgecolor="none",
+            [x for x, _ in shown],
+            [v for _, v in shown],
+            width=width * 0.95,
+            label=name,
+            color=_COLOURS.get(name),
+            edgecolor="none",
         )
     axes.set_xticks(range(len(groups)))
     axes.set_xticklabels(groups, fontsize=8)
@@ -65,7 +77,9 @@ def _grouped_bars(
         axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         axes.yaxis.set_minor_formatter(NullFormatter())
-        shown_values = [v for values in series.values() for v in values if not math.isnan(v) and v > 0]
+        shown_values = [
+            v for values in series.values() for v in values if not math.isnan(v) and v > 0
+        ]
         if shown_values:
             low = min(shown_values + ([reference] if not math.isnan(reference) else []))
             axes.set_ylim(bottom=low * 0.7)
@@ -75,8 +89,8 @@ def _grouped_bars(
     axes.set_axisbelow(True)
 
 
-def _panels(run: "BenchRun") -> List[Tuple[str, Any]]:
-    panels: List[Tuple[str, Any]] = []
+def _panels(run: BenchRun) -> list[tuple[str, Any]]:
+    panels: list[tuple[str, Any]] = []
     if run.ops is not None:
         for size in run.ops.sizes:
             panels.append(("ops", size))
@@ -89,7 +103,7 @@ def _panels(run: "BenchRun") -> List[Tuple[str, Any]]:
     return panels
 
 
-def plot(run: "BenchRun", path: str) -> None:
+def plot(run: BenchRun, path: str) -> None:
     """Draws every measured section of `run` into the PNG file `path`."""
     check_matplotlib()
     import matplotlib
@@ -128,10 +142,15 @@ def _ops_panel(axes: Any, report: Any, size: int) -> None:
     cells = {(c.operation, c.contender): c for c in report.cells if c.size == size}
     names = [n for n in report.contenders if n != BASELINE]
     series = {
-        name: [cells[op, name].ratio if (op, name) in cells else math.nan for op in report.operations] for name in names
+        name: [
+            cells[op, name].ratio if (op, name) in cells else math.nan for op in report.operations
+        ]
+        for name in names
     }
     _grouped_bars(axes, report.operations, series, log=True, reference=1.0)
-    axes.set_title(f"ops at {_human(size)} keys: ns/op relative to dict (dashed line = dict)", fontsize=9)
+    axes.set_title(
+        f"ops at {_human(size)} keys: ns/op relative to dict (dashed line = dict)", fontsize=9
+    )
     axes.set_ylabel("× dict (log)", fontsize=8)
 
 
@@ -156,9 +175,12 @@ def _threads_panel(axes: Any, report: Any) -> None:
 
 
 def _latency_panel(axes: Any, report: Any) -> None:
-    order = {(name, scenario): i for i, (name, scenario) in enumerate(
-        (name, scenario) for name in report.contenders for scenario in report.scenarios
-    )}
+    order = {
+        (name, scenario): i
+        for i, (name, scenario) in enumerate(
+            (name, scenario) for name in report.contenders for scenario in report.scenarios
+        )
+    }
     rows = sorted(report.cells, key=lambda c: order.get((c.contender, c.scenario), len(order)))
     groups = [f"{c.contender}\n{c.scenario}" for c in rows]
     series = {
@@ -168,7 +190,8 @@ def _latency_panel(axes: Any, report: Any) -> None:
     }
     _grouped_bars(axes, groups, series, log=True)
     axes.set_title(
-        f"latency of one set while the writer flushes {_human(report.pending)} pending entries, µs (log)", fontsize=9
+        f"latency of one set while the writer flushes {_human(report.pending)} pending entries, µs (log)",
+        fontsize=9,
     )
     axes.set_ylabel("µs (log)", fontsize=8)
 
@@ -190,5 +213,8 @@ def _memory_panel(axes: Any, report: Any) -> None:
     axes.set_axisbelow(True)
     dict_cell = next((c for c in report.cells if c.contender == BASELINE), None)
     dict_text = f" (dict itself: {dict_cell.best:.0f} B/entry)" if dict_cell is not None else ""
-    axes.set_title(f"memory: bytes per entry beyond a dict at {_human(report.size)} entries{dict_text}", fontsize=9)
+    axes.set_title(
+        f"memory: bytes per entry beyond a dict at {_human(report.size)} entries{dict_text}",
+        fontsize=9,
+    )
     axes.set_ylabel("bytes/entry", fontsize=8)

@@ -15,22 +15,24 @@ time: these figures measure what concurrency costs (GIL hand-offs every
 parallel speed-up. Throughput with N readers close to one reader's means readers
 do not get in each other's way; well below it means they do.
 """
+
 from __future__ import annotations
 
 import gc
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 from .cli import (
-    Runs,
     BASELINE,
     GET_ITEM,
     NO_PROGRESS,
     SET_ITEM,
     Progress,
+    Runs,
     Workload,
     _human,
     _rotated,
@@ -58,9 +60,9 @@ class ThreadCell(Runs):
     contender: str
     threads: int
     writer: bool
-    samples: List[float] = field(default_factory=list)
+    samples: list[float] = field(default_factory=list)
     """Aggregate reader ns/op of each run: window / operations of all readers."""
-    writer_samples: List[float] = field(default_factory=list)
+    writer_samples: list[float] = field(default_factory=list)
     """The writer thread's sets per second in each run (with the writer only)."""
     baseline: float = math.nan
     """dict's best ns/op with the same threads."""
@@ -90,22 +92,22 @@ class ThreadCell(Runs):
 @dataclass
 class ThreadReport:
     keys: int
-    thread_counts: List[int]
+    thread_counts: list[int]
     duration: float
     repeat: int
-    contenders: List[str]
-    skipped: Dict[str, str]
-    failed: Dict[str, str] = field(default_factory=dict)
-    cells: List[ThreadCell] = field(default_factory=list)
+    contenders: list[str]
+    skipped: dict[str, str]
+    failed: dict[str, str] = field(default_factory=dict)
+    cells: list[ThreadCell] = field(default_factory=list)
 
-    def cell(self, contender: str, threads: int, writer: bool) -> Optional[ThreadCell]:
+    def cell(self, contender: str, threads: int, writer: bool) -> ThreadCell | None:
         for c in self.cells:
             if (c.contender, c.threads, c.writer) == (contender, threads, writer):
                 return c
         return None
 
 
-def _chunks(keys: Sequence[Any], offset: int) -> List[Sequence[Any]]:
+def _chunks(keys: Sequence[Any], offset: int) -> list[Sequence[Any]]:
     rotated = list(keys[offset:]) + list(keys[:offset])
     return [rotated[i : i + CHUNK] for i in range(0, len(rotated), CHUNK)]
 
@@ -118,7 +120,13 @@ class _Stop:
 
 
 def _run_loop(
-    loop: Any, structure: Any, chunks: List[Sequence[Any]], barrier: threading.Barrier, stop: _Stop, out: List[Any], slot: int
+    loop: Any,
+    structure: Any,
+    chunks: list[Sequence[Any]],
+    barrier: threading.Barrier,
+    stop: _Stop,
+    out: list[Any],
+    slot: int,
 ) -> None:
     """One thread: runs `loop` (GET_ITEM or SET_ITEM) over the chunks until stopped; out[slot] = (start, end, ops)."""
     clock = time.perf_counter_ns
@@ -137,22 +145,30 @@ def _run_loop(
         out[slot] = exc
 
 
-def run_window(structure: Any, keys: Sequence[Any], readers: int, writer: bool, duration: float) -> Tuple[float, float]:
+def run_window(
+    structure: Any, keys: Sequence[Any], readers: int, writer: bool, duration: float
+) -> tuple[float, float]:
     """One timed window: (aggregate reader ns/op, writer sets/s or nan)."""
     reader_chunks = [_chunks(keys, i * len(keys) // readers) for i in range(readers)]
     writer_chunks = _chunks(keys, len(keys) // 2 + 1) if writer else []
     barrier = threading.Barrier(readers + (1 if writer else 0) + 1)
     stop = _Stop()
-    results: List[Any] = [None] * readers
-    writer_result: List[Any] = [None]
+    results: list[Any] = [None] * readers
+    writer_result: list[Any] = [None]
     threads = [
-        threading.Thread(target=_run_loop, args=(GET_ITEM, structure, reader_chunks[i], barrier, stop, results, i), daemon=True)
+        threading.Thread(
+            target=_run_loop,
+            args=(GET_ITEM, structure, reader_chunks[i], barrier, stop, results, i),
+            daemon=True,
+        )
         for i in range(readers)
     ]
     if writer:
         threads.append(
             threading.Thread(
-                target=_run_loop, args=(SET_ITEM, structure, writer_chunks, barrier, stop, writer_result, 0), daemon=True
+                target=_run_loop,
+                args=(SET_ITEM, structure, writer_chunks, barrier, stop, writer_result, 0),
+                daemon=True,
             )
         )
     was_enabled = gc.isenabled()
@@ -198,7 +214,7 @@ def measure(
     configs = [(n, writer) for writer in (False, True) for n in counts]
     progress.section("threads", len(configs) * repeat * len(available))
     work = Workload.build(keys)
-    structures: Dict[str, Any] = {}
+    structures: dict[str, Any] = {}
     try:
         for name, contender in available.items():
             try:
@@ -208,7 +224,11 @@ def measure(
                     raise
                 report.failed[name] = f"building {_human(keys)} keys raised {exc!r}"
         for readers, writer in configs:
-            row = {name: ThreadCell(name, readers, writer) for name in structures if name not in report.failed}
+            row = {
+                name: ThreadCell(name, readers, writer)
+                for name in structures
+                if name not in report.failed
+            }
             what = f"{readers} reader{'s' if readers > 1 else ''}{' + writer' if writer else ''}"
             for turn in range(repeat):
                 for name in _rotated(list(row), turn):
@@ -216,7 +236,9 @@ def measure(
                     if name in report.failed:
                         continue
                     try:
-                        ns, rate = run_window(structures[name], work.shuffled, readers, writer, duration)
+                        ns, rate = run_window(
+                            structures[name], work.shuffled, readers, writer, duration
+                        )
                     except Exception as exc:
                         if name == BASELINE:
                             raise
@@ -267,12 +289,13 @@ def render_table(report: ThreadReport) -> str:
         for name in names:
             cell = report.cell(name, readers, writer)
             row.append(
-                "-" if cell is None
+                "-"
+                if cell is None
                 else f"{cell.best:.1f} ns = {_rate(cell.ops_per_second)} ({cell.ratio:.2f}{times}) {plus_minus}{cell.spread:.0f}%"
             )
         rows.append(row)
     lines += ["", "aggregate reader ns/op = reads/s (ratio to dict) " + plus_minus + "spread:"]
-    lines += format_table(["threads"] + names, rows)
+    lines += format_table(["threads", *names], rows)
 
     first = report.thread_counts[0]
     rows = []
@@ -283,8 +306,11 @@ def render_table(report: ThreadReport) -> str:
             row.append("-" if cell is None else f"{cell.scaling:.2f}{times}")
         rows.append(row)
     if rows:
-        lines += ["", f"aggregate reads/s relative to {label(first, False)} (no writer; 1.00 = no loss to contention):"]
-        lines += format_table(["threads"] + names, rows)
+        lines += [
+            "",
+            f"aggregate reads/s relative to {label(first, False)} (no writer; 1.00 = no loss to contention):",
+        ]
+        lines += format_table(["threads", *names], rows)
 
     rows = []
     for readers in report.thread_counts:
@@ -294,7 +320,7 @@ def render_table(report: ThreadReport) -> str:
             row.append("-" if cell is None else _rate(cell.writer_rate))
         rows.append(row)
     lines += ["", "the writer thread's sets/s meanwhile:"]
-    lines += format_table(["threads"] + names, rows)
+    lines += format_table(["threads", *names], rows)
 
     lines += [
         "",
@@ -309,7 +335,7 @@ def render_table(report: ThreadReport) -> str:
         "N + 1 threads, so the readers get about N/(N + 1) of the window and the writer the rest: compare "
         "those rows across contenders, not with the rows without a writer.",
         "cachetools.LRUCache is not thread-safe (its documentation asks for a lock around it); it runs here "
-        "without one, as the others do.",
+        "without one, as the others do; cachetools + Lock is the same with a lock around every call.",
     ]
     return "\n".join(lines)
 
@@ -320,7 +346,7 @@ def _switch_interval_ms() -> str:
     return f"{sys.getswitchinterval() * 1000:g}"
 
 
-def report_json(report: ThreadReport) -> Dict[str, Any]:
+def report_json(report: ThreadReport) -> dict[str, Any]:
     return {
         "keys": report.keys,
         "thread_counts": report.thread_counts,

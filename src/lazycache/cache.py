@@ -5,6 +5,7 @@ The hot dict methods (`__getitem__`, `__setitem__`, `__delitem__`, `__contains__
 so no Python frame sits between the caller and the map. This module adds what
 needs Python: the store, the threads, read-through, flushing and closing.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -14,8 +15,14 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import ItemsView, KeysView, MutableMapping, ValuesView
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Type, TypeVar
+from collections.abc import ItemsView, Iterator, KeysView, MutableMapping, ValuesView
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    TypeVar,
+    overload,
+)
 
 from . import _core_py
 from ._sentinels import ABSENT, MISSING
@@ -37,18 +44,24 @@ from .writer import (
     merge_fields,
 )
 
+if TYPE_CHECKING:
+    # Only for the type checker: typing_extensions is not a runtime dependency.
+    from typing_extensions import Self
+
 K = TypeVar("K")
 V = TypeVar("V")
 T = TypeVar("T")
 
 log = logging.getLogger("lazycache")
 
-NO_EXTENSIONS = bool(os.environ.get("LAZYCACHE_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
+NO_EXTENSIONS = (
+    bool(os.environ.get("LAZYCACHE_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
+)
 
-_cores: Dict[str, type] = {"python": _core_py.Core}
+_cores: dict[str, type] = {"python": _core_py.Core}
 if not NO_EXTENSIONS:
     try:
-        from . import _core as _core_c  # type: ignore[attr-defined]
+        from . import _core as _core_c
     except ImportError:  # no compiled wheel for this platform: the twin behaves the same
         pass
     else:
@@ -71,16 +84,16 @@ class _NoJournal:
 
     enabled = False
 
-    def __enter__(self) -> "_NoJournal":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         return None
 
-    def encode(self, key: Any, value: Any) -> Optional[bytes]:
+    def encode(self, key: Any, value: Any) -> bytes | None:
         return None
 
-    def append(self, record: Optional[bytes]) -> None:
+    def append(self, record: bytes | None) -> None:
         return None
 
 
@@ -95,17 +108,17 @@ class _JournalScope(_NoJournal):
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
 
-    def __enter__(self) -> "_JournalScope":
+    def __enter__(self) -> Self:
         self.journal.lock.acquire()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.journal.lock.release()
 
     def encode(self, key: Any, value: Any) -> bytes:
         return Journal.encode(key, value)
 
-    def append(self, record: Optional[bytes]) -> None:
+    def append(self, record: bytes | None) -> None:
         self.journal.append(record)  # type: ignore[arg-type]
 
 
@@ -114,18 +127,18 @@ class _CacheLayer:
 
     implementation: str
     """Which core this class is built on: "cython" or "python"."""
-    _journaled: type
+    _journaled: type[Self]
 
-    def __new__(cls, *args: Any, journal: Optional[str] = None, **kwargs: Any) -> Any:
+    def __new__(cls, *args: Any, journal: str | None = None, **kwargs: Any) -> Self:
         if journal is not None and not issubclass(cls, _JournaledLayer):
             cls = cls._journaled
-        return super().__new__(cls)  # type: ignore[misc]
+        return super().__new__(cls)
 
     def __init__(
         self,
         store: Store[Any, Any],
         *,
-        maxsize: Optional[int] = None,
+        maxsize: int | None = None,
         write_interval: float = 0.5,
         prune_interval: float = 10.0,
         read_through: bool = True,
@@ -135,13 +148,13 @@ class _CacheLayer:
         on_write_error: OnWriteError = log_write_error,
         retry_initial: float = 0.1,
         retry_max: float = 30.0,
-        max_retries: Optional[int] = None,
-        max_pending: Optional[int] = None,
+        max_retries: int | None = None,
+        max_pending: int | None = None,
         on_full: str = "block",
         block_timeout: float = 30.0,
-        journal: Optional[str] = None,
+        journal: str | None = None,
         journal_fsync: str = "everysec",
-        coherence: Optional[Coherence] = None,
+        coherence: Coherence | None = None,
         exit_timeout: float = 3.0,
         owns_store: bool = False,
     ) -> None:
@@ -152,7 +165,9 @@ class _CacheLayer:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if on_full not in ON_FULL_POLICIES:
-            raise ValueError(f"on_full must be one of {', '.join(map(repr, ON_FULL_POLICIES))}, got {on_full!r}")
+            raise ValueError(
+                f"on_full must be one of {', '.join(map(repr, ON_FULL_POLICIES))}, got {on_full!r}"
+            )
         write_interval = _check_seconds("write_interval", write_interval)
         prune_interval = _check_seconds("prune_interval", prune_interval)
         self.block_timeout = _check_seconds("block_timeout", block_timeout)
@@ -169,13 +184,15 @@ class _CacheLayer:
             max_retries=max_retries,
         )
         if coherence is not None and not isinstance(coherence, Coherence):
-            raise TypeError(f"coherence must be a lazycache.coherence.Coherence, not {type(coherence).__name__}")
+            raise TypeError(
+                f"coherence must be a lazycache.coherence.Coherence, not {type(coherence).__name__}"
+            )
         self._journal = None if journal is None else Journal(journal, journal_fsync)
         self._batch_writer.journal = self._journal
         self._batch_writer.coherence = coherence
         self._coherence = coherence
         self._coherent = True  # False while the coherence channel is down: loads are not cached
-        self._loading: Dict[Any, "_Load"] = {}  # read-through loads in progress, one per key
+        self._loading: dict[Any, _Load] = {}  # read-through loads in progress, one per key
         self._loading_lock = threading.Lock()
         super().__init__(  # type: ignore[call-arg]
             maxsize=maxsize,
@@ -211,7 +228,7 @@ class _CacheLayer:
         def on_keys(keys: Any) -> None:
             cache = ref()
             if cache is not None:
-                cache._invalidate(keys)
+                cache._invalidate(keys)  # type: ignore[attr-defined]
 
         def on_lost() -> None:
             cache = ref()
@@ -229,7 +246,10 @@ class _CacheLayer:
         # Writes by other processes may go unannounced: forget what we read, and read through.
         self._coherent = False
         dropped = self._drop_clean()  # type: ignore[attr-defined]
-        log.warning("lazycache: the coherence channel is down; dropped %d clean entries, reads go to the store", dropped)
+        log.warning(
+            "lazycache: the coherence channel is down; dropped %d clean entries, reads go to the store",
+            dropped,
+        )
 
     def _coherence_restored(self) -> None:
         self._drop_clean()  # type: ignore[attr-defined]
@@ -330,7 +350,7 @@ class _CacheLayer:
                 f"refused the write of {key!r}"
             )
         deadline = time.monotonic() + self.block_timeout
-        while self.pending >= self.max_pending:  # type: ignore[attr-defined,operator]
+        while self.pending >= self.max_pending:  # type: ignore[attr-defined]
             if self._is_closed:
                 raise RuntimeError("the cache is closed: it accepts no more writes")
             if time.monotonic() >= deadline:
@@ -382,7 +402,9 @@ class _CacheLayer:
                 value = self._fetch(key)
                 if value is not MISSING:
                     newer = self._discard(key)  # type: ignore[attr-defined]
-                    if newer is not MISSING:  # set by another thread while we read: that is what we deleted
+                    if (
+                        newer is not MISSING
+                    ):  # set by another thread while we read: that is what we deleted
                         value = newer
             if value is not MISSING:
                 journal.append(record)
@@ -392,7 +414,7 @@ class _CacheLayer:
             return default
         return value
 
-    def popitem(self) -> Tuple[Any, Any]:
+    def popitem(self) -> tuple[Any, Any]:
         """Deletes and returns the most recently inserted item in memory (the store is not consulted)."""
         self._admit(None)
         with self._journaling() as journal:
@@ -429,12 +451,16 @@ class _CacheLayer:
         """
         self._admit(None)
         with self._journaling() as journal:
-            records = [journal.encode(key, MISSING) for key in self._keys()] if journal.enabled else []  # type: ignore[attr-defined]
+            records = (
+                [journal.encode(key, MISSING) for key in self._keys()]  # type: ignore[attr-defined]
+                if journal.enabled
+                else []
+            )
             self._delete_all()  # type: ignore[attr-defined]
             for record in records:
                 journal.append(record)
 
-    def copy(self) -> Dict[Any, Any]:
+    def copy(self) -> dict[Any, Any]:
         """A plain dict snapshot of the live entries in memory (not a second cache: one store, one writer)."""
         return dict(self._items())  # type: ignore[attr-defined]
 
@@ -471,7 +497,7 @@ class _CacheLayer:
                     return new
 
     # ----------------------------------------------------------- writing and pruning
-    def flush(self, timeout: Optional[float] = None) -> FlushResult:
+    def flush(self, timeout: float | None = None) -> FlushResult:
         """Writes everything pending now to the store, in batches, and says what happened.
 
         Without a timeout, each batch is tried once. With one, recoverable failures are
@@ -493,7 +519,7 @@ class _CacheLayer:
     def _flush_within(self, timeout: float) -> FlushResult:
         # The store call cannot be interrupted, so it runs in a thread the caller need not wait for.
         deadline = time.monotonic() + timeout
-        outcome: List[FlushResult] = []
+        outcome: list[FlushResult] = []
         worker = threading.Thread(
             target=lambda: outcome.append(self._batch_writer.flush(self, deadline, persist=True)),
             name="lazycache-flush",
@@ -513,7 +539,7 @@ class _CacheLayer:
         """Keeps the core's coarse clock (stamped on entries as they become pending) current."""
         self._set_clock(_now_ms())  # type: ignore[attr-defined]
 
-    def _background_flush(self) -> Optional[float]:
+    def _background_flush(self) -> float | None:
         """One run of the writer thread; returns the backoff before the next run, if failing."""
         self._set_clock(_now_ms())  # type: ignore[attr-defined]
         self._batch_writer.flush(self)  # failures are logged with their keys
@@ -559,7 +585,7 @@ class _CacheLayer:
         return self._clear_dirty()  # type: ignore[attr-defined,no-any-return]
 
     @property
-    def write_errors(self) -> Dict[Any, BaseException]:
+    def write_errors(self) -> dict[Any, BaseException]:
         """Keys whose write the store rejected for good (the error path), with the exception.
 
         A key leaves this list when a later write of it succeeds.
@@ -572,7 +598,11 @@ class _CacheLayer:
         now = _now_ms()
         self._set_clock(now)  # type: ignore[attr-defined]
         writer = self._batch_writer
-        stamps = [s for s in (self._oldest_since(), writer.inflight_since) if s is not None and s >= 0]  # type: ignore[attr-defined]
+        stamps = [
+            s
+            for s in (self._oldest_since(), writer.inflight_since)  # type: ignore[attr-defined]
+            if s is not None and s >= 0
+        ]
         hits, misses, sets, deletes, evictions = self._counters()  # type: ignore[attr-defined]
         return CacheStats(
             hits=hits,
@@ -598,14 +628,16 @@ class _CacheLayer:
     def closed(self) -> bool:
         return self._is_closed
 
-    def close(self, flush: Optional[bool] = None, timeout: Optional[float] = None) -> Optional[FlushResult]:
+    def close(self, flush: bool | None = None, timeout: float | None = None) -> FlushResult | None:
         """Refuses further writes, stops the threads and, unless told otherwise, flushes. Idempotent.
 
         With a timeout, returns or raises within it even if the store is down or hangs.
         After close the cache still answers reads. Raises FlushError naming the keys not
         written; they stay in memory, and `flush()` may be called again.
         """
-        deadline = None if timeout is None else time.monotonic() + _check_seconds("timeout", timeout)
+        deadline = (
+            None if timeout is None else time.monotonic() + _check_seconds("timeout", timeout)
+        )
         with self._close_lock:
             if self._is_closed:
                 return None
@@ -650,10 +682,10 @@ class _CacheLayer:
         self._close_lock = threading.Lock()
         self._start_threads()
 
-    def __enter__(self: T) -> T:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __del__(self) -> None:
@@ -679,12 +711,12 @@ class _CacheLayer:
 class _Load:
     """One read-through load that other readers of the same key wait for."""
 
-    __slots__ = ("_event", "_value", "_error")
+    __slots__ = ("_error", "_event", "_value")
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._value: Any = MISSING
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
 
     def done(self, value: Any) -> None:
         self._value = value
@@ -737,7 +769,7 @@ class _ValuesView(ValuesView):  # type: ignore[type-arg]
 
 
 class _ItemsView(ItemsView):  # type: ignore[type-arg]
-    def __iter__(self) -> Iterator[Tuple[Any, Any]]:
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
         return iter(self._mapping._items())  # type: ignore[attr-defined]
 
 
@@ -767,25 +799,53 @@ def _cache_class(implementation: str, core: type) -> type:
     return cls
 
 
-_classes: Dict[str, type] = {name: _cache_class(name, core) for name, core in _cores.items()}
+_classes: dict[str, type] = {name: _cache_class(name, core) for name, core in _cores.items()}
 
 if TYPE_CHECKING:
+    # What type checkers see: the real class is built at import time on the active core.
+    # The methods below are implemented by the core or _CacheLayer with Any; here they get
+    # the key and value types of the cache.
 
-    class LazyWriterCache(_CacheLayer, _core_py.Core, MutableMapping[K, V]):  # type: ignore[misc]
+    class LazyWriterCache(_CacheLayer, _core_py.Core, MutableMapping[K, V]):
         def __getitem__(self, key: K) -> V: ...
         def __setitem__(self, key: K, value: V) -> None: ...
         def __delitem__(self, key: K) -> None: ...
         def __iter__(self) -> Iterator[K]: ...
         def __len__(self) -> int: ...
+        @overload
+        def get(self, key: K, default: None = None) -> V | None: ...
+        @overload
+        def get(self, key: K, default: V | T) -> V | T: ...
+        def get(self, key: K, default: Any = None) -> Any: ...
+        @overload
+        def pop(self, key: K) -> V: ...
+        @overload
+        def pop(self, key: K, default: V | T = ...) -> V | T: ...
+        def pop(self, key: K, default: Any = _UNSET) -> Any: ...
+        def popitem(self) -> tuple[K, V]: ...
+        # As MutableMapping's: no default only where None is a value of the cache (hence the
+        # override of _CacheLayer's, which takes any default).
+        @overload  # type: ignore[override]
+        def setdefault(
+            self: LazyWriterCache[K, T | None], key: K, default: None = None
+        ) -> T | None: ...
+        @overload
+        def setdefault(self, key: K, default: V) -> V: ...
+        def setdefault(self, key: K, default: Any = None) -> Any: ...
+        def update_entry(self, key: K, fn: Callable[[V], V], default: V = ...) -> V: ...
+        def copy(self) -> dict[K, V]: ...
+        def keys(self) -> KeysView[K]: ...
+        def values(self) -> ValuesView[V]: ...
+        def items(self) -> ItemsView[K, V]: ...
 
 else:
     LazyWriterCache = _classes[IMPLEMENTATION]
 
 
-def implementation_class(implementation: str) -> Type["LazyWriterCache[Any, Any]"]:
+def implementation_class(implementation: str) -> type[LazyWriterCache[Any, Any]]:
     """The LazyWriterCache class built on the given core: "cython" or "python"."""
     try:
-        return _classes[implementation]  # type: ignore[return-value]
+        return _classes[implementation]
     except KeyError:
         raise ValueError(
             f"no {implementation!r} core here (available: {', '.join(sorted(_classes))})"
@@ -795,7 +855,7 @@ def implementation_class(implementation: str) -> Type["LazyWriterCache[Any, Any]
 # Caches left open at interpreter exit are closed (and flushed) by this hook. Their
 # threads are daemons, so the interpreter does not wait for them before running it.
 # Keyed by id(): a Mapping is unhashable.
-_open_caches: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+_open_caches: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 
 
 @atexit.register
@@ -804,7 +864,10 @@ def _close_open_caches() -> None:
         try:
             cache.close(timeout=cache.exit_timeout)
         except FlushError as exc:
-            log.error("lazycache: flush at exit failed; not written: %s", describe_keys(list(exc.result.failed_keys)))
+            log.error(
+                "lazycache: flush at exit failed; not written: %s",
+                describe_keys(list(exc.result.failed_keys)),
+            )
         except Exception:
             log.exception("lazycache: closing a cache at exit failed")
 
@@ -828,4 +891,8 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )

@@ -24,6 +24,7 @@ To add an operation, write a function decorated with ``@operation``; to add a
 contender, add a loader to ``CONTENDERS``. To add a subcommand, add a
 ``_add_<name>_command`` to ``build_parser``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,14 +38,19 @@ import os
 import platform
 import random
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from functools import partial
+from typing import Any, Callable, TextIO, TypeVar
 
 import lazycache
 
 from .cache import implementation_class
 from .stores import MemoryStore
+
+T = TypeVar("T")
 
 # ----------------------------------------------------------------------------- contenders
 
@@ -70,16 +76,16 @@ def _nothing(structure: Any) -> None:
 class Contender:
     """How to build, settle and dispose of one mapping implementation."""
 
-    make: Callable[[Optional[int]], Any]
+    make: Callable[[int | None], Any]
     """Returns an empty structure; maxsize None means unbounded."""
     settle: Callable[[Any], None] = _nothing
     """Makes every entry clean (lazycache: flushes to the store); nothing elsewhere."""
     close: Callable[[Any], None] = _nothing
     """Releases the structure once its trial is over."""
-    core: Optional[str] = None
+    core: str | None = None
     """For lazycache: the core ("cython" or "python"); None for the others."""
 
-    def filled(self, keys: Sequence[Any], maxsize: Optional[int] = None, clean: bool = False) -> Any:
+    def filled(self, keys: Sequence[Any], maxsize: int | None = None, clean: bool = False) -> Any:
         """A new structure holding key -> int for every key, settled if `clean`."""
         structure = self.make(maxsize)
         for i, key in enumerate(keys):
@@ -93,7 +99,9 @@ def _import(module: str, distribution: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise Unavailable(f"{distribution} not installed (pip install 'lazycache[bench]')") from None
+        raise Unavailable(
+            f"{distribution} not installed (pip install 'lazycache[bench]')"
+        ) from None
 
 
 def _dict() -> Contender:
@@ -107,7 +115,9 @@ def lazycache_class(core: str) -> type:
     except ValueError:
         if core == "cython" and os.environ.get("LAZYCACHE_NO_EXTENSIONS"):
             raise Unavailable("compiled core disabled by LAZYCACHE_NO_EXTENSIONS") from None
-        raise Unavailable("compiled core not built" if core == "cython" else f"no {core} core") from None
+        raise Unavailable(
+            "compiled core not built" if core == "cython" else f"no {core} core"
+        ) from None
 
 
 def _lazycache(core: str) -> Callable[[], Contender]:
@@ -116,7 +126,7 @@ def _lazycache(core: str) -> Callable[[], Contender]:
     def load() -> Contender:
         cls = lazycache_class(core)
 
-        def make(maxsize: Optional[int]) -> Any:
+        def make(maxsize: int | None) -> Any:
             return cls(
                 MemoryStore(),
                 maxsize=maxsize,
@@ -127,7 +137,10 @@ def _lazycache(core: str) -> Callable[[], Contender]:
             )
 
         return Contender(
-            make=make, settle=lambda cache: cache.flush(), close=lambda cache: cache.close(flush=False), core=core
+            make=make,
+            settle=lambda cache: cache.flush(),
+            close=lambda cache: cache.close(flush=False),
+            core=core,
         )
 
     return load
@@ -136,6 +149,38 @@ def _lazycache(core: str) -> Callable[[], Contender]:
 def _cachetools() -> Contender:
     cachetools = _import("cachetools", "cachetools")
     return Contender(make=lambda maxsize: cachetools.LRUCache(maxsize or math.inf))
+
+
+def _cachetools_locked() -> Contender:
+    """cachetools.LRUCache as its documentation asks threads to share it: every call under a lock.
+
+    The comparison for lazycache's pure-Python core, which is thread-safe by itself.
+    """
+    base: Any = _import("cachetools", "cachetools").LRUCache
+
+    class LockedLRUCache(base):  # type: ignore[misc]
+        def __init__(self, maxsize: float) -> None:
+            super().__init__(maxsize)
+            # Re-entrant: an eviction inside __setitem__ calls pop(), hence __getitem__.
+            self.lock = threading.RLock()
+
+        def __getitem__(self, key: Any) -> Any:
+            with self.lock:
+                return super().__getitem__(key)
+
+        def __setitem__(self, key: Any, value: Any) -> None:
+            with self.lock:
+                super().__setitem__(key, value)
+
+        def __delitem__(self, key: Any) -> None:
+            with self.lock:
+                super().__delitem__(key)
+
+        def get(self, key: Any, default: Any = None) -> Any:
+            with self.lock:
+                return super().get(key, default)
+
+    return Contender(make=lambda maxsize: LockedLRUCache(maxsize or math.inf))
 
 
 def _cachebox() -> Contender:
@@ -150,21 +195,22 @@ def _lru_dict() -> Contender:
 
 BASELINE = "dict"
 
-CONTENDERS: Dict[str, Callable[[], Contender]] = {
+CONTENDERS: dict[str, Callable[[], Contender]] = {
     BASELINE: _dict,
     "lazycache (cython)": _lazycache("cython"),
     "lazycache (python)": _lazycache("python"),
     "cachetools.LRUCache": _cachetools,
+    "cachetools + Lock": _cachetools_locked,
     "cachebox.LRUCache": _cachebox,
     "lru.LRU": _lru_dict,
 }
 """Column order of the tables; each loader raises Unavailable when it cannot run here."""
 
 
-def load_contenders() -> Tuple[Dict[str, Contender], Dict[str, str]]:
+def load_contenders() -> tuple[dict[str, Contender], dict[str, str]]:
     """(available contenders by name, reason by name of those skipped)."""
-    available: Dict[str, Contender] = {}
-    skipped: Dict[str, str] = {}
+    available: dict[str, Contender] = {}
+    skipped: dict[str, str] = {}
     for name, load in CONTENDERS.items():
         try:
             available[name] = load()
@@ -193,7 +239,7 @@ def compile_loop(body: str, prologue: str = "pass", target: str = "k") -> Loop:
     Generated rather than written with a callback so that nothing but `body` and the
     bare `for` sits inside the timed region. `body` may span several lines.
     """
-    namespace: Dict[str, Any] = {"clock": time.perf_counter_ns}
+    namespace: dict[str, Any] = {"clock": time.perf_counter_ns}
     indented = "\n".join(" " * 8 + line for line in body.splitlines())
     source = _LOOP_SOURCE.format(prologue=prologue, target=target, body=indented)
     exec(compile(source, f"<lazycache bench: {' '.join(body.split())}>", "exec"), namespace)
@@ -219,7 +265,7 @@ MIXED_SET_FRACTION = 0.1
 """Share of sets in the mixed workload; the rest are gets."""
 
 
-def zipf_ranks(n: int, population: int, s: float, rng: random.Random) -> List[int]:
+def zipf_ranks(n: int, population: int, s: float, rng: random.Random) -> list[int]:
     """n ranks in [0, population), rank r drawn with probability proportional to 1 / (r + 1) ** s."""
     cumulative = list(itertools.accumulate((r + 1) ** -s for r in range(population)))
     total = cumulative[-1]
@@ -233,17 +279,17 @@ class Workload:
     """The keys of one size: built once, shared by every contender."""
 
     size: int
-    keys: List[str]
+    keys: list[str]
     """The keys inserted when a structure is filled, in insertion order."""
-    shuffled: List[str]
+    shuffled: list[str]
     """The same keys in random order: the loops over present keys walk this."""
-    absent: List[str]
+    absent: list[str]
     """`size` keys never inserted, in random order."""
     seed: int = 0
-    _mixed: Optional[List[Tuple[str, bool]]] = field(default=None, repr=False)
+    _mixed: list[tuple[str, bool]] | None = field(default=None, repr=False)
 
     @classmethod
-    def build(cls, size: int, seed: int = 0) -> "Workload":
+    def build(cls, size: int, seed: int = 0) -> Workload:
         rng = random.Random(seed)
         keys = [f"key:{i}" for i in range(size)]
         absent = [f"key:{i}" for i in range(size, 2 * size)]
@@ -255,7 +301,7 @@ class Workload:
         return cls(size, keys, shuffled, absent, seed)
 
     @property
-    def mixed(self) -> List[Tuple[str, bool]]:
+    def mixed(self) -> list[tuple[str, bool]]:
         """`size` operations (key, is_set): 90% gets, 10% sets, keys Zipf-distributed; built on first use.
 
         Rank r is the key `shuffled[r]`, so the hot keys are spread over the structure.
@@ -282,11 +328,11 @@ class Trial:
     warm: Loop = GET_METHOD
     """The untimed pass over the same keys before each timed one: `c.get(k)`, which changes no entry."""
 
-    def run(self, keys: Optional[Sequence[Any]] = None) -> int:
+    def run(self, keys: Sequence[Any] | None = None) -> int:
         """Elapsed ns of one pass over `keys` (default: all of them)."""
         return self.loop(self.structure, self.keys if keys is None else keys)
 
-    def warm_up(self, keys: Optional[Sequence[Any]] = None) -> None:
+    def warm_up(self, keys: Sequence[Any] | None = None) -> None:
         """Touches what the pass will touch, so that every pass starts from warm CPU caches."""
         self.warm(self.structure, self.keys if keys is None else keys)
 
@@ -310,16 +356,16 @@ class Operation:
     name: str
     summary: str
     prepare: Callable[[Contender, Workload], Trial]
-    reset: Optional[Reset] = None
+    reset: Reset | None = None
     """Brings a structure back to its prepared state after a pass, outside the timed region,
     so that the next repeat reuses it; None: the structure is rebuilt for every pass."""
 
 
-OPERATIONS: Dict[str, Operation] = {}
+OPERATIONS: dict[str, Operation] = {}
 
 
 def operation(
-    name: str, summary: str, reset: Optional[Reset] = None
+    name: str, summary: str, reset: Reset | None = None
 ) -> Callable[[Callable[[Contender, Workload], Trial]], Callable[[Contender, Workload], Trial]]:
     """Registers a function that builds a contender's structure and returns the Trial to time.
 
@@ -327,7 +373,9 @@ def operation(
     (`keep`, `settle`, or your own); without it every pass gets a fresh structure.
     """
 
-    def register(prepare: Callable[[Contender, Workload], Trial]) -> Callable[[Contender, Workload], Trial]:
+    def register(
+        prepare: Callable[[Contender, Workload], Trial],
+    ) -> Callable[[Contender, Workload], Trial]:
         OPERATIONS[name] = Operation(name, summary, prepare, reset)
         return prepare
 
@@ -339,12 +387,18 @@ def get_hit(contender: Contender, work: Workload) -> Trial:
     return Trial(contender.filled(work.keys), GET_ITEM, work.shuffled)
 
 
-@operation("get-miss", "c.get(k) for a key absent (lazycache: read_through=False, memory only)", reset=keep)
+@operation(
+    "get-miss", "c.get(k) for a key absent (lazycache: read_through=False, memory only)", reset=keep
+)
 def get_miss(contender: Contender, work: Workload) -> Trial:
     return Trial(contender.filled(work.keys), GET_METHOD, work.absent)
 
 
-@operation("set-existing", "c[k] = v for a key present (lazycache: its write is already pending)", reset=keep)
+@operation(
+    "set-existing",
+    "c[k] = v for a key present (lazycache: its write is already pending)",
+    reset=keep,
+)
 def set_existing(contender: Contender, work: Workload) -> Trial:
     return Trial(contender.filled(work.keys), SET_ITEM, work.shuffled)
 
@@ -358,7 +412,9 @@ def set_clean(contender: Contender, work: Workload) -> Trial:
     return Trial(contender.filled(work.keys, clean=True), SET_ITEM, work.shuffled)
 
 
-@operation("set-new", "c[k] = v for a key absent, into a full cache of maxsize=size (dict: unbounded)")
+@operation(
+    "set-new", "c[k] = v for a key absent, into a full cache of maxsize=size (dict: unbounded)"
+)
 def set_new(contender: Contender, work: Workload) -> Trial:
     return Trial(contender.filled(work.keys, maxsize=work.size, clean=True), SET_ITEM, work.absent)
 
@@ -397,7 +453,7 @@ def spread_of(samples: Sequence[float]) -> float:
 class Runs:
     """A figure measured several times: its `samples` (one per run) give the best and the spread."""
 
-    samples: List[float]
+    samples: list[float]
 
     @property
     def best(self) -> float:
@@ -416,7 +472,7 @@ class Cell(Runs):
     operation: str
     size: int
     contender: str
-    samples: List[float] = field(default_factory=list)
+    samples: list[float] = field(default_factory=list)
     """ns/op of each run."""
     baseline: float = math.nan
     """dict's best ns/op in the same row."""
@@ -430,22 +486,22 @@ class Cell(Runs):
 class Report:
     """Everything the ops section measured, ready to be rendered."""
 
-    operations: List[str]
-    sizes: List[int]
-    repeats: Dict[int, int]
+    operations: list[str]
+    sizes: list[int]
+    repeats: dict[int, int]
     """Runs per cell, by size."""
-    contenders: List[str]
+    contenders: list[str]
     """Available here, in column order."""
-    skipped: Dict[str, str]
+    skipped: dict[str, str]
     """Not available here: name -> reason."""
-    failed: Dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
     """Raised during a trial, and not measured from then on: name -> what happened."""
-    cells: List[Cell] = field(default_factory=list)
-    loop_overhead: Dict[int, float] = field(default_factory=dict)
+    cells: list[Cell] = field(default_factory=list)
+    loop_overhead: dict[int, float] = field(default_factory=dict)
     """Best ns/op of the empty loop, by size: included in every cell."""
-    mixed_loop_overhead: Dict[int, float] = field(default_factory=dict)
+    mixed_loop_overhead: dict[int, float] = field(default_factory=dict)
     """Best ns/op of the mixed workload's loop with empty branches, by size."""
-    pass_length: Dict[int, int] = field(default_factory=dict)
+    pass_length: dict[int, int] = field(default_factory=dict)
     """Keys walked by one timed pass, by size."""
 
     @property
@@ -461,7 +517,9 @@ class Progress:
     run has lasted `delay` seconds: a quick run prints nothing.
     """
 
-    def __init__(self, enabled: bool, stream: Optional[TextIO] = None, delay: float = 1.0, sections: int = 1) -> None:
+    def __init__(
+        self, enabled: bool, stream: TextIO | None = None, delay: float = 1.0, sections: int = 1
+    ) -> None:
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.delay = delay
@@ -521,7 +579,7 @@ def _terminal_columns(stream: TextIO) -> int:
 NO_PROGRESS = Progress(enabled=False)
 
 
-def _timed(run: Callable[[], int]) -> int:
+def _timed(run: Callable[[], T]) -> T:
     """Runs `run` with the garbage collector off."""
     was_enabled = gc.isenabled()
     gc.disable()
@@ -532,7 +590,7 @@ def _timed(run: Callable[[], int]) -> int:
             gc.enable()
 
 
-def _rotated(names: List[str], turn: int) -> List[str]:
+def _rotated(names: list[T], turn: int) -> list[T]:
     """Round-robin: each repeat starts with the next contender, so none is always first."""
     if not names:
         return names
@@ -565,24 +623,37 @@ def measure(
     operation and contender when the operation has a `reset`, before each pass otherwise.
     """
     available, skipped = load_contenders()
-    report = Report(list(operations), list(sizes), {size: repeat(size) for size in sizes}, list(available), skipped)
+    report = Report(
+        list(operations),
+        list(sizes),
+        {size: repeat(size) for size in sizes},
+        list(available),
+        skipped,
+    )
     setup_steps = 2 if "mixed" in operations else 1
     progress.section(
-        "ops", sum(report.repeats[size] * len(operations) * len(available) + setup_steps for size in sizes)
+        "ops",
+        sum(
+            report.repeats[size] * len(operations) * len(available) + setup_steps for size in sizes
+        ),
     )
     for size in sizes:
         progress.advance(f"keys @ {_human(size)}")
         work = Workload.build(size)
         runs = report.repeats[size]
         pass_length = report.pass_length[size] = min(size, MAX_PASS)
+        # partial binds the arguments now: a lambda would look up `work`, deleted below, when called.
         report.loop_overhead[size] = min(
-            _timed(lambda: EMPTY_LOOP(None, _pass_slice(work.shuffled, pass_length, 0))) / pass_length
+            _timed(partial(EMPTY_LOOP, None, _pass_slice(work.shuffled, pass_length, 0)))
+            / pass_length
             for _ in range(max(runs, 3))
         )
         if "mixed" in operations:
             progress.advance(f"mixed keys @ {_human(size)}")
             ops = _pass_slice(work.mixed, pass_length, 0)
-            report.mixed_loop_overhead[size] = min(_timed(lambda: MIXED_EMPTY(None, ops)) / len(ops) for _ in range(3))
+            report.mixed_loop_overhead[size] = min(
+                _timed(partial(MIXED_EMPTY, None, ops)) / len(ops) for _ in range(3)
+            )
         for op_name in operations:
             _measure_row(report, OPERATIONS[op_name], work, available, runs, progress)
         del work
@@ -591,12 +662,17 @@ def measure(
 
 
 def _measure_row(
-    report: Report, op: Operation, work: Workload, available: Dict[str, Contender], runs: int, progress: Progress
+    report: Report,
+    op: Operation,
+    work: Workload,
+    available: dict[str, Contender],
+    runs: int,
+    progress: Progress,
 ) -> None:
     size = work.size
     pass_length = report.pass_length[size]
     row = {name: Cell(op.name, size, name) for name in available if name not in report.failed}
-    kept: Dict[str, Trial] = {}
+    kept: dict[str, Trial] = {}
     try:
         for turn in range(runs):
             for name in _rotated(list(row), turn):
@@ -609,8 +685,8 @@ def _measure_row(
                     if trial is None:
                         trial = op.prepare(contender, work)
                     keys = _pass_slice(trial.keys, pass_length, turn)
-                    _timed(lambda: trial.warm_up(keys))  # type: ignore[union-attr]
-                    row[name].samples.append(_timed(lambda: trial.run(keys)) / len(keys))  # type: ignore[union-attr]
+                    _timed(partial(trial.warm_up, keys))
+                    row[name].samples.append(_timed(partial(trial.run, keys)) / len(keys))
                     if op.reset is not None and turn < runs - 1:
                         op.reset(contender, trial.structure)
                         kept[name] = trial
@@ -652,7 +728,7 @@ def _gil_enabled() -> bool:
     return True if is_enabled is None else bool(is_enabled())
 
 
-def environment() -> Dict[str, Any]:
+def environment() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
@@ -674,7 +750,7 @@ def _human(size: int) -> str:
     return str(size)
 
 
-def _symbols() -> Tuple[str, str]:
+def _symbols() -> tuple[str, str]:
     """(times, plus-minus) signs, in ASCII if stdout cannot encode them."""
     try:
         "×±µ".encode(sys.stdout.encoding or "ascii")
@@ -688,13 +764,14 @@ def micro() -> str:
     return "µ" if _symbols()[0] == "×" else "u"
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> List[str]:
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
     """Lines of a plain-text table: the first `left` columns left-aligned, the others right-aligned."""
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
 
     def fmt(line: Sequence[str]) -> str:
         return "  ".join(
-            text.ljust(width) if i < left else text.rjust(width) for i, (text, width) in enumerate(zip(line, widths))
+            text.ljust(width) if i < left else text.rjust(width)
+            for i, (text, width) in enumerate(zip(line, widths))
         ).rstrip()
 
     return [fmt(header), fmt(["-" * w for w in widths])] + [fmt(row) for row in rows]
@@ -718,7 +795,7 @@ def render_table(report: Report) -> str:
     lines += [f"FAILED {name}: {what}" for name, what in report.failed.items()]
 
     cells = {(c.operation, c.size, c.contender): c for c in report.cells}
-    header = ["operation", "size"] + report.contenders
+    header = ["operation", "size", *report.contenders]
     rows = []
     for op_name in report.operations:
         for size in report.sizes:
@@ -728,18 +805,23 @@ def render_table(report: Report) -> str:
                 if cell is None:
                     row.append("failed")
                 else:
-                    row.append(f"{cell.best:.1f} ({cell.ratio:.2f}{times}) {plus_minus}{cell.spread:.0f}%")
+                    row.append(
+                        f"{cell.best:.1f} ({cell.ratio:.2f}{times}) {plus_minus}{cell.spread:.0f}%"
+                    )
             rows.append(row)
-    lines += [""] + format_table(header, rows)
+    lines += ["", *format_table(header, rows)]
 
     runs = sorted(set(report.repeats.values()), reverse=True)
     if len(runs) == 1:
         how_many = f"best (min) of {runs[0]} run{'s' if runs[0] > 1 else ''}"
     else:
         how_many = "best (min) of " + ", ".join(
-            f"{n} runs at {', '.join(_human(s) for s in report.sizes if report.repeats[s] == n)}" for n in runs
+            f"{n} runs at {', '.join(_human(s) for s in report.sizes if report.repeats[s] == n)}"
+            for n in runs
         )
-    overhead = ", ".join(f"{ns:.1f} ns/op at {_human(size)}" for size, ns in report.loop_overhead.items())
+    overhead = ", ".join(
+        f"{ns:.1f} ns/op at {_human(size)}" for size, ns in report.loop_overhead.items()
+    )
     lines += [
         "",
         f"ns/op: {how_many}; ({times}) = ns/op / dict's ns/op in the same row; "
@@ -748,7 +830,9 @@ def render_table(report: Report) -> str:
         f"{overhead} for an empty body.",
     ]
     if report.mixed_loop_overhead:
-        mixed_overhead = ", ".join(f"{ns:.1f} at {_human(size)}" for size, ns in report.mixed_loop_overhead.items())
+        mixed_overhead = ", ".join(
+            f"{ns:.1f} at {_human(size)}" for size, ns in report.mixed_loop_overhead.items()
+        )
         lines.append(
             f"mixed: one pass = one op per key, {MIXED_SET_FRACTION:.0%} sets, Zipf s={ZIPF_S} over the keys; "
             f"its loop (`for k, s in ops: if s: ... else: ...`) costs {mixed_overhead} ns/op with empty branches."
@@ -756,7 +840,9 @@ def render_table(report: Report) -> str:
     sliced = [size for size, length in report.pass_length.items() if length < size]
     if sliced:
         lines.append(
-            "At " + ", ".join(_human(s) for s in sliced) + f": structures of the full size, but a timed pass walks "
+            "At "
+            + ", ".join(_human(s) for s in sliced)
+            + f": structures of the full size, but a timed pass walks "
             f"{_human(MAX_PASS)} of the keys, a different slice each run."
         )
     lines += [
@@ -769,7 +855,7 @@ def render_table(report: Report) -> str:
     return "\n".join(lines)
 
 
-def report_json(report: Report) -> Dict[str, Any]:
+def report_json(report: Report) -> dict[str, Any]:
     """The ops section as a JSON-ready dict."""
     return {
         "repeat": report.repeat,
@@ -786,7 +872,9 @@ def report_json(report: Report) -> Dict[str, Any]:
             "ratio_to_dict": "ns_per_op / dict's ns_per_op for the same operation and size",
             "spread": "percent: (max - min) / min of the runs' ns_per_op",
         },
-        "loop_overhead_ns_per_op": [{"size": size, "ns_per_op": ns} for size, ns in report.loop_overhead.items()],
+        "loop_overhead_ns_per_op": [
+            {"size": size, "ns_per_op": ns} for size, ns in report.loop_overhead.items()
+        ],
         "mixed_loop_overhead_ns_per_op": [
             {"size": size, "ns_per_op": ns} for size, ns in report.mixed_loop_overhead.items()
         ],
@@ -820,9 +908,9 @@ SECTIONS = ("ops", "threads", "latency", "memory")
 class BenchRun:
     """What one `lazycache bench` run measured, section by section (None: not selected)."""
 
-    sections: List[str]
+    sections: list[str]
     quick: bool
-    ops: Optional[Report] = None
+    ops: Report | None = None
     threads: Any = None
     """A bench_threads.ThreadReport."""
     latency: Any = None
@@ -833,9 +921,12 @@ class BenchRun:
 
     @property
     def failed(self) -> bool:
-        return any(part is not None and part.failed for part in (self.ops, self.threads, self.latency, self.memory))
+        return any(
+            part is not None and part.failed
+            for part in (self.ops, self.threads, self.latency, self.memory)
+        )
 
-    def to_json(self) -> Dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         from . import bench_latency, bench_memory, bench_threads
 
         return {
@@ -879,11 +970,15 @@ def run_sections(args: argparse.Namespace, progress: Progress = NO_PROGRESS) -> 
     if "ops" in args.sections:
         sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
         run.ops = measure(
-            args.operations, sizes, lambda size: fixed or (QUICK_REPEAT if args.quick else default_repeat(size)), progress
+            args.operations,
+            sizes,
+            lambda size: fixed or (QUICK_REPEAT if args.quick else default_repeat(size)),
+            progress,
         )
     if "threads" in args.sections:
         run.threads = bench_threads.measure(
-            thread_counts=args.threads or (bench_threads.QUICK_THREAD_COUNTS if args.quick else bench_threads.THREAD_COUNTS),
+            thread_counts=args.threads
+            or (bench_threads.QUICK_THREAD_COUNTS if args.quick else bench_threads.THREAD_COUNTS),
             keys=bench_threads.QUICK_KEYS if args.quick else bench_threads.KEYS,
             duration=bench_threads.QUICK_DURATION if args.quick else bench_threads.DURATION,
             repeat=runs(bench_threads.REPEAT, 1),
@@ -916,7 +1011,7 @@ DEFAULT_REPEAT_LARGE = 3
 QUICK_REPEAT = 2
 
 
-def _size_list(text: str) -> List[int]:
+def _size_list(text: str) -> list[int]:
     """Parses "20k,100k" or "2000"."""
     sizes = []
     for part in filter(None, (p.strip().lower() for p in text.split(","))):
@@ -925,7 +1020,9 @@ def _size_list(text: str) -> List[int]:
         try:
             size = int(digits) * scale
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a size: {part!r} (expected e.g. 20000 or 20k)") from None
+            raise argparse.ArgumentTypeError(
+                f"not a size: {part!r} (expected e.g. 20000 or 20k)"
+            ) from None
         if size <= 0:
             raise argparse.ArgumentTypeError(f"sizes must be positive, got {part!r}")
         sizes.append(size)
@@ -934,8 +1031,8 @@ def _size_list(text: str) -> List[int]:
     return sizes
 
 
-def _name_list(kind: str, known: Sequence[str]) -> Callable[[str], List[str]]:
-    def parse(text: str) -> List[str]:
+def _name_list(kind: str, known: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
         names = [name.strip() for name in text.split(",") if name.strip()]
         unknown = [name for name in names if name not in known]
         if unknown or not names:
@@ -946,7 +1043,7 @@ def _name_list(kind: str, known: Sequence[str]) -> Callable[[str], List[str]]:
     return parse
 
 
-def _operation_list(text: str) -> List[str]:
+def _operation_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in OPERATIONS]
     if unknown or not names:
@@ -958,7 +1055,7 @@ def _operation_list(text: str) -> List[str]:
 _section_list = _name_list("section", SECTIONS)
 
 
-def _thread_counts(text: str) -> List[int]:
+def _thread_counts(text: str) -> list[int]:
     counts = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         counts.append(_positive_int(part))
@@ -978,14 +1075,20 @@ def _positive_int(text: str) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    if args.store is not None and args.store.split("://", 1)[0].lower() in ("redis", "rediss", "unix"):
+    if args.store is not None and args.store.split("://", 1)[0].lower() in (
+        "redis",
+        "rediss",
+        "unix",
+    ):
         from .bench_redis import run_store_bench  # get-hit vs a Redis GET, flush vs pipelined MSET
 
-        return run_store_bench(args.store, sizes=args.sizes, repeat=args.repeat, quick=args.quick, as_json=args.json)
+        return run_store_bench(
+            args.store, sizes=args.sizes, repeat=args.repeat, quick=args.quick, as_json=args.json
+        )
     if args.store is not None:  # flush throughput to a database: see lazycache.bench_store
-        from .bench_store import run
+        from .bench_store import run as run_store
 
-        return run(args)
+        return run_store(args)
     if args.plot is not None:
         from .bench_plot import MissingMatplotlib, check_matplotlib
 
@@ -1009,7 +1112,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 1 if run.failed else 0
 
 
-def _add_bench_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = commands.add_parser(
         "bench",
         help="measure lazycache against dict and other caches: ops, threads, latency, memory",
@@ -1027,7 +1130,9 @@ def _add_bench_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)",
     )
     bench.add_argument(
-        "--sizes", type=_size_list, help="ops: comma-separated key counts, e.g. 20k,100k (default: 20k,100k,1M)"
+        "--sizes",
+        type=_size_list,
+        help="ops: comma-separated key counts, e.g. 20k,100k (default: 20k,100k,1M)",
     )
     bench.add_argument(
         "--repeat",
@@ -1036,16 +1141,27 @@ def _add_bench_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
         f"{DEFAULT_REPEAT_LARGE} at 1M keys; threads 3; latency 3; memory 2)",
     )
     bench.add_argument(
-        "--operations", type=_operation_list, default=list(OPERATIONS), help="ops: comma-separated subset of the operations"
+        "--operations",
+        type=_operation_list,
+        default=list(OPERATIONS),
+        help="ops: comma-separated subset of the operations",
     )
-    bench.add_argument("--threads", type=_thread_counts, help="threads: comma-separated reader counts (default: 1,5,10,20)")
+    bench.add_argument(
+        "--threads",
+        type=_thread_counts,
+        help="threads: comma-separated reader counts (default: 1,5,10,20)",
+    )
     bench.add_argument(
         "--quick",
         action="store_true",
         help=f"smoke run in a few seconds: ops at {_human(QUICK_SIZES[0])} keys, small threads, latency and "
         "memory runs, fewer repeats; checks that everything works, its figures mean little",
     )
-    bench.add_argument("--json", action="store_true", help="print a JSON document of every section instead of tables")
+    bench.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON document of every section instead of tables",
+    )
     bench.add_argument(
         "--plot",
         metavar="FILE.png",
@@ -1071,7 +1187,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lazycache` console script and of `python -m lazycache`."""
     args = build_parser().parse_args(argv)
     return int(args.handler(args))

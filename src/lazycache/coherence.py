@@ -6,10 +6,12 @@ channel drops those keys from memory, unless it holds a pending change of its ow
 for them (its own write is newer and will reach the store after), so that its next
 read of them reads through to the store.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 
 class Coherence(ABC):
@@ -32,5 +34,5 @@ class Coherence(ABC):
     def publish(self, keys: Sequence[Any]) -> None:
         """Tells the other caches that these keys were just written (or deleted) in the store."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional: a channel may hold nothing to release)
         """Unsubscribes and releases the channel's connections."""

@@ -22,6 +22,7 @@ Records are length-prefixed and checksummed; a torn record at the end of a
 segment (a crash mid-append) is ignored on replay: its write was never
 acknowledged.
 """
+
 from __future__ import annotations
 
 import glob
@@ -32,7 +33,8 @@ import struct
 import threading
 import time
 import zlib
-from typing import Any, Iterator, List, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 from .serializers import SerializationError
 
@@ -48,7 +50,9 @@ class Journal:
 
     def __init__(self, path: str, fsync: str = "everysec") -> None:
         if fsync not in FSYNC_POLICIES:
-            raise ValueError(f"journal_fsync must be one of {', '.join(map(repr, FSYNC_POLICIES))}, got {fsync!r}")
+            raise ValueError(
+                f"journal_fsync must be one of {', '.join(map(repr, FSYNC_POLICIES))}, got {fsync!r}"
+            )
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"journal must be a file path, not {type(path).__name__}")
         self.path = os.fspath(path)
@@ -58,14 +62,14 @@ class Journal:
         self.fsync = fsync
         self.lock = threading.Lock()
         """Held around (change the cache, append the record), so the journal's order is the cache's."""
-        self.leftovers: List[str] = sorted(glob.glob(glob.escape(self.path) + ".*.*"))
-        self._segments: List[str] = []  # this process's segments, oldest first; the last is current
+        self.leftovers: list[str] = sorted(glob.glob(glob.escape(self.path) + ".*.*"))
+        self._segments: list[str] = []  # this process's segments, oldest first; the last is current
         self._fd = -1
         self._records = 0  # in the current segment
         self._unsynced = False
         self._closed = False
         self._open_segment()
-        self._syncer: Optional[threading.Thread] = None
+        self._syncer: threading.Thread | None = None
         if fsync == "everysec":
             self._start_syncer()
 
@@ -76,7 +80,9 @@ class Journal:
         self._records = 0
 
     def _start_syncer(self) -> None:
-        self._syncer = threading.Thread(target=self._sync_every_second, name="lazycache-journal", daemon=True)
+        self._syncer = threading.Thread(
+            target=self._sync_every_second, name="lazycache-journal", daemon=True
+        )
         self._syncer.start()
 
     def _sync_every_second(self) -> None:
@@ -108,7 +114,7 @@ class Journal:
         else:
             self._unsynced = True
 
-    def rotate(self) -> Optional[str]:
+    def rotate(self) -> str | None:
         """Starts a new segment if the current one has records; returns the newest closed segment."""
         with self.lock:
             if self._closed:
@@ -123,7 +129,11 @@ class Journal:
     def release(self, upto: str) -> None:
         """Deletes this process's segments up to and including `upto`: the store has their writes."""
         with self.lock:
-            while self._segments and self._segments[0] <= upto and self._segments[0] != self._segments[-1]:
+            while (
+                self._segments
+                and self._segments[0] <= upto
+                and self._segments[0] != self._segments[-1]
+            ):
                 _unlink(self._segments.pop(0))
 
     def release_leftovers(self) -> None:
@@ -157,13 +167,13 @@ class Journal:
             self._start_syncer()
 
     # ----------------------------------------------------------- replay
-    def replay(self) -> Iterator[Tuple[Any, Any]]:
+    def replay(self) -> Iterator[tuple[Any, Any]]:
         """The (key, value or MISSING) records of the segments found at start, in order."""
         for name in self.leftovers:
             yield from _read_segment(name)
 
 
-def _read_segment(name: str) -> Iterator[Tuple[Any, Any]]:
+def _read_segment(name: str) -> Iterator[tuple[Any, Any]]:
     with open(name, "rb") as f:
         data = f.read()
     pos = 0
@@ -171,7 +181,9 @@ def _read_segment(name: str) -> Iterator[Tuple[Any, Any]]:
         length, crc = _HEADER.unpack_from(data, pos)
         payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
         if len(payload) < length or zlib.crc32(payload) != crc:
-            log.warning("lazycache: journal %s ends with a torn record (a crash mid-write); ignored", name)
+            log.warning(
+                "lazycache: journal %s ends with a torn record (a crash mid-write); ignored", name
+            )
             return
         pos += _HEADER.size + length
         yield pickle.loads(payload)

@@ -1,8 +1,8 @@
 """Cache statistics: a snapshot taken by `LazyWriterCache.stats`."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, Union
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class CacheStats:
         reads = self.hits + self.misses
         return self.hits / reads if reads else 0.0
 
-    def as_dict(self) -> Dict[str, Union[int, float]]:
+    def as_dict(self) -> dict[str, int | float]:
         return asdict(self)
 
     def __str__(self) -> str:

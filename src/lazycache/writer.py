@@ -18,6 +18,7 @@ ERROR with the key), the entry is counted in `stats.failed_writes` and listed in
 readable in the cache; it is not retried, and becomes evictable only after the
 callback has returned.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,14 +26,15 @@ import logging
 import random
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable
 
 from ._sentinels import MISSING
 from .serializers import SerializationError
 
 if TYPE_CHECKING:
+    from ._core import _Pending as Pending
     from .coherence import Coherence
     from .journal import Journal
     from .stores.base import Store
@@ -58,11 +60,11 @@ class FlushResult:
     """Deletes committed."""
     batches: int = 0
     """Batches (transactions) committed."""
-    failed_keys: Tuple[Any, ...] = ()
+    failed_keys: tuple[Any, ...] = ()
     """Keys still pending after the flush (their batch failed, or the deadline passed)."""
-    poisoned_keys: Tuple[Any, ...] = ()
+    poisoned_keys: tuple[Any, ...] = ()
     """Keys whose write failed for good and went to `on_write_error`."""
-    errors: Tuple[BaseException, ...] = field(default=(), repr=False)
+    errors: tuple[BaseException, ...] = field(default=(), repr=False)
     """The exceptions raised by the store."""
     duration: float = 0.0
     """Seconds the flush took."""
@@ -80,9 +82,13 @@ class FlushError(Exception):
         self.result = result
         parts = []
         if result.failed_keys:
-            parts.append(f"{len(result.failed_keys)} entries still pending ({describe_keys(list(result.failed_keys))})")
+            parts.append(
+                f"{len(result.failed_keys)} entries still pending ({describe_keys(list(result.failed_keys))})"
+            )
         if result.poisoned_keys:
-            parts.append(f"{len(result.poisoned_keys)} rejected ({describe_keys(list(result.poisoned_keys))})")
+            parts.append(
+                f"{len(result.poisoned_keys)} rejected ({describe_keys(list(result.poisoned_keys))})"
+            )
         cause = f": {result.errors[-1]!r}" if result.errors else ""
         super().__init__("; ".join(parts) + cause)
 
@@ -91,7 +97,7 @@ class BackpressureError(RuntimeError):
     """A write was refused because `max_pending` entries are already waiting for the store."""
 
 
-def describe_keys(keys: List[Any]) -> str:
+def describe_keys(keys: list[Any]) -> str:
     shown = ", ".join(map(repr, keys[:_KEYS_IN_LOG]))
     more = len(keys) - _KEYS_IN_LOG
     return f"{shown}, ... and {more} more" if more > 0 else shown
@@ -116,7 +122,11 @@ def merge_fields(value: Any, generated: Mapping[str, Any], overwrite: bool) -> A
     changes = {name: new for name, new in generated.items() if wanted(getattr(value, name, None))}
     if not changes:
         return value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type) and value.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+    if (
+        dataclasses.is_dataclass(value)
+        and not isinstance(value, type)
+        and value.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    ):
         return dataclasses.replace(value, **changes)
     if isinstance(value, tuple) and hasattr(value, "_replace"):
         return value._replace(**changes)
@@ -128,7 +138,9 @@ def merge_fields(value: Any, generated: Mapping[str, Any], overwrite: bool) -> A
 def log_write_error(key: Any, value: Any, exc: BaseException) -> None:
     """The default `on_write_error`: one ERROR line on the `lazycache` logger, naming the key."""
     what = "delete" if value is MISSING else "write"
-    log.error("lazycache: the store rejected the %s of %r; it will not be retried: %r", what, key, exc)
+    log.error(
+        "lazycache: the store rejected the %s of %r; it will not be retried: %r", what, key, exc
+    )
 
 
 def _check_seconds(name: str, value: float) -> float:
@@ -142,12 +154,12 @@ def _check_seconds(name: str, value: float) -> float:
 class _Accumulator:
     """What one flush has done so far."""
 
-    __slots__ = ("written", "deleted", "batches", "poisoned", "errors", "incomplete")
+    __slots__ = ("batches", "deleted", "errors", "incomplete", "poisoned", "written")
 
     def __init__(self) -> None:
         self.written = self.deleted = self.batches = 0
-        self.poisoned: List[Any] = []
-        self.errors: List[BaseException] = []
+        self.poisoned: list[Any] = []
+        self.errors: list[BaseException] = []
         self.incomplete = False  # something pending at the call was neither written nor rejected
 
 
@@ -156,14 +168,14 @@ class BatchWriter:
 
     def __init__(
         self,
-        store: "Store[Any, Any]",
+        store: Store[Any, Any],
         *,
         batch_size: int,
         merge_generated: MergeGenerated,
         on_write_error: OnWriteError,
         retry_initial: float,
         retry_max: float,
-        max_retries: Optional[int],
+        max_retries: int | None,
     ) -> None:
         if not callable(merge_generated):
             raise TypeError("merge_generated must be callable")
@@ -172,12 +184,18 @@ class BatchWriter:
         self.retry_initial = _check_seconds("retry_initial", retry_initial)
         self.retry_max = _check_seconds("retry_max", retry_max)
         if self.retry_max < self.retry_initial:
-            raise ValueError(f"retry_max ({retry_max!r}) must not be less than retry_initial ({retry_initial!r})")
+            raise ValueError(
+                f"retry_max ({retry_max!r}) must not be less than retry_initial ({retry_initial!r})"
+            )
         if max_retries is not None:
             if isinstance(max_retries, bool) or not isinstance(max_retries, int):
-                raise TypeError(f"max_retries must be None (unlimited) or an int, not {type(max_retries).__name__}")
+                raise TypeError(
+                    f"max_retries must be None (unlimited) or an int, not {type(max_retries).__name__}"
+                )
             if max_retries < 0:
-                raise ValueError(f"max_retries must be None (unlimited) or a non-negative integer, got {max_retries!r}")
+                raise ValueError(
+                    f"max_retries must be None (unlimited) or a non-negative integer, got {max_retries!r}"
+                )
         self.store = store
         self.batch_size = batch_size
         self.merge_generated = merge_generated
@@ -192,10 +210,10 @@ class BatchWriter:
         self.consecutive_failures = 0
         self.last_flush_duration = 0.0
         self.last_batch_size = 0
-        self.inflight_since: Optional[int] = None
-        self.write_errors: Dict[Any, BaseException] = {}
-        self.journal: Optional["Journal"] = None
-        self.coherence: Optional["Coherence"] = None
+        self.inflight_since: int | None = None
+        self.write_errors: dict[Any, BaseException] = {}
+        self.journal: Journal | None = None
+        self.coherence: Coherence | None = None
 
     def reset_after_fork(self) -> None:
         self.lock = threading.RLock()
@@ -215,7 +233,9 @@ class BatchWriter:
         return self.max_retries is not None and self.consecutive_failures > self.max_retries
 
     # ----------------------------------------------------------- flushing
-    def flush(self, cache: Any, deadline: Optional[float] = None, persist: bool = False) -> FlushResult:
+    def flush(
+        self, cache: Any, deadline: float | None = None, persist: bool = False
+    ) -> FlushResult:
         """Writes every entry queued now, batch by batch.
 
         Stops at the first recoverable failure, unless `persist`, in which case it backs
@@ -258,7 +278,9 @@ class BatchWriter:
             self.lock.release()
         return self._result(cache, acc, started)
 
-    def _result(self, cache: Any, acc: _Accumulator, started: float, extra: Optional[BaseException] = None) -> FlushResult:
+    def _result(
+        self, cache: Any, acc: _Accumulator, started: float, extra: BaseException | None = None
+    ) -> FlushResult:
         if extra is not None:
             acc.errors.append(extra)
             acc.incomplete = True
@@ -266,9 +288,17 @@ class BatchWriter:
         duration = time.monotonic() - started
         if acc.batches:
             self.last_flush_duration = duration
-        return FlushResult(acc.written, acc.deleted, acc.batches, failed, tuple(acc.poisoned), tuple(acc.errors), duration)
+        return FlushResult(
+            acc.written,
+            acc.deleted,
+            acc.batches,
+            failed,
+            tuple(acc.poisoned),
+            tuple(acc.errors),
+            duration,
+        )
 
-    def _write(self, cache: Any, batch: list, acc: _Accumulator) -> list:
+    def _write(self, cache: Any, batch: list[Pending], acc: _Accumulator) -> list[Pending]:
         """Writes one batch, isolating poison; returns the entries to retry later, in order."""
         upserts = [(key, value) for key, value, _, _ in batch if value is not MISSING]
         deletes = [key for key, value, _, _ in batch if value is MISSING]
@@ -295,13 +325,18 @@ class BatchWriter:
             try:
                 self.coherence.publish([key for key, _, _, _ in batch])
             except Exception:
-                log.exception("lazycache: publishing %d written keys on the coherence channel failed", len(batch))
+                log.exception(
+                    "lazycache: publishing %d written keys on the coherence channel failed",
+                    len(batch),
+                )
         acc.written += len(upserts)
         acc.deleted += len(deletes)
         acc.batches += 1
         return []
 
-    def _handle_failure(self, cache: Any, batch: list, acc: _Accumulator, exc: Exception) -> list:
+    def _handle_failure(
+        self, cache: Any, batch: list[Pending], acc: _Accumulator, exc: Exception
+    ) -> list[Pending]:
         poison_key = exc.key if isinstance(exc, SerializationError) else MISSING
         recoverable = poison_key is MISSING and self.store.is_recoverable(exc)
         if recoverable:
@@ -310,7 +345,10 @@ class BatchWriter:
                 keys = [key for key, _, _, _ in batch]
                 log.warning(
                     "lazycache: writing %d entries failed (attempt %d), retrying in the background: %s: %r",
-                    len(keys), self.consecutive_failures, describe_keys(keys), exc,
+                    len(keys),
+                    self.consecutive_failures,
+                    describe_keys(keys),
+                    exc,
                 )
                 return batch
             self._poison(cache, batch, acc, exc)  # retries exhausted: report every entry
@@ -331,7 +369,9 @@ class BatchWriter:
             return unwritten + right  # the store went down: retry the rest later, in order
         return self._write(cache, right, acc)
 
-    def _poison(self, cache: Any, items: list, acc: _Accumulator, exc: BaseException) -> None:
+    def _poison(
+        self, cache: Any, items: list[Pending], acc: _Accumulator, exc: BaseException
+    ) -> None:
         """The error path: tell the user about each entry, then let it go (still readable)."""
         for key, value, _, _ in items:
             self.write_errors[key] = exc
@@ -339,10 +379,14 @@ class BatchWriter:
             try:
                 self.on_write_error(key, value, exc)
             except Exception:
-                log.exception("lazycache: on_write_error raised for %r (the entry was not written)", key)
+                log.exception(
+                    "lazycache: on_write_error raised for %r (the entry was not written)", key
+                )
         cache._commit(items)  # unpins the entries: they are no longer pending
 
-    def _merge_generated(self, cache: Any, batch: list, generated: Mapping[Any, Mapping[str, Any]]) -> None:
+    def _merge_generated(
+        self, cache: Any, batch: list[Pending], generated: Mapping[Any, Mapping[str, Any]]
+    ) -> None:
         merge = self.merge_generated
         for key, _value, entry, seq in batch:
             fields = generated.get(key)

@@ -1,4 +1,5 @@
 """Stores: where the cache's writes end up."""
+
 from .base import GeneratedFields, Store
 from .memory import MemoryStore
 

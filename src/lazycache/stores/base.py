@@ -1,8 +1,10 @@
 """The Store interface: what the cache needs from durable storage."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Generic, Mapping, Optional, Sequence, Tuple, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -26,7 +28,7 @@ class Store(ABC, Generic[K, V]):
         """
 
     @abstractmethod
-    def write(self, upserts: Sequence[Tuple[K, V]], deletes: Sequence[K]) -> Optional[GeneratedFields]:
+    def write(self, upserts: Sequence[tuple[K, V]], deletes: Sequence[K]) -> GeneratedFields | None:
         """Stores one batch as one unit (a transaction): all of it, or nothing and raise.
 
         A key appears at most once per batch, in `upserts` or in `deletes`.

@@ -24,9 +24,10 @@ reads through until it listens again (see the consistency model in
 `lazycache.stores.redis_coherence`, which applies unchanged; so do the message format
 and the key encodings).
 """
+
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any
 
 from .redis_coherence import ChannelCoherence
 
@@ -35,7 +36,12 @@ __all__ = ["MAX_PAYLOAD", "PostgresNotifyCoherence", "conninfo_of"]
 MAX_PAYLOAD = 7900
 """Bytes per notification payload (PostgreSQL refuses 8000 or more)."""
 
-_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+_KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
 
 
 def conninfo_of(target: Any) -> str:
@@ -48,10 +54,14 @@ def conninfo_of(target: Any) -> str:
         target = url
     if hasattr(target, "render_as_string") and hasattr(target, "drivername"):  # a SQLAlchemy URL
         if not target.drivername.startswith("postgresql"):
-            raise ValueError(f"PostgresNotifyCoherence needs a PostgreSQL database, not {target.drivername}")
+            raise ValueError(
+                f"PostgresNotifyCoherence needs a PostgreSQL database, not {target.drivername}"
+            )
         return str(target.set(drivername="postgresql").render_as_string(hide_password=False))
     if not isinstance(target, str):
-        raise TypeError(f"expected a SQLAlchemyStore, an Engine, a URL or a conninfo string, not {type(target).__name__}")
+        raise TypeError(
+            f"expected a SQLAlchemyStore, an Engine, a URL or a conninfo string, not {type(target).__name__}"
+        )
     scheme, sep, rest = target.partition("://")
     if sep and scheme.startswith("postgresql+"):
         return f"postgresql://{rest}"  # a SQLAlchemy URL string: drop the driver
@@ -78,7 +88,7 @@ class PostgresNotifyCoherence(ChannelCoherence):
         *,
         keys: str = "json",
         ping_interval: float = 1.0,
-        ping_timeout: Optional[float] = None,
+        ping_timeout: float | None = None,
         reconnect_initial: float = 0.05,
         reconnect_max: float = 2.0,
         connect_timeout: int = 5,
@@ -87,8 +97,13 @@ class PostgresNotifyCoherence(ChannelCoherence):
         try:
             import psycopg
         except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
-            raise ImportError("PostgresNotifyCoherence needs psycopg 3.2 or later: pip install 'lazycache[postgresql]'") from exc
-        if tuple(int(part) for part in psycopg.__version__.split(".")[:2] if part.isdigit()) < (3, 2):
+            raise ImportError(
+                "PostgresNotifyCoherence needs psycopg 3.2 or later: pip install 'lazycache[postgresql]'"
+            ) from exc
+        if tuple(int(part) for part in psycopg.__version__.split(".")[:2] if part.isdigit()) < (
+            3,
+            2,
+        ):
             raise ImportError(  # notifies(timeout=..., stop_after=...) arrived in 3.2
                 f"PostgresNotifyCoherence needs psycopg 3.2 or later, found {psycopg.__version__}: "
                 "pip install -U 'psycopg[binary]>=3.2'"
@@ -102,7 +117,9 @@ class PostgresNotifyCoherence(ChannelCoherence):
             max_backlog=max_backlog,
         )
         if not isinstance(channel, str) or not channel or len(channel.encode("utf-8")) > 63:
-            raise ValueError(f"channel must be a PostgreSQL identifier (1 to 63 bytes), got {channel!r}")
+            raise ValueError(
+                f"channel must be a PostgreSQL identifier (1 to 63 bytes), got {channel!r}"
+            )
         self.channel = channel
         self.conninfo = conninfo_of(target)
         self.connect_timeout = connect_timeout
@@ -134,11 +151,15 @@ class PostgresNotifyCoherence(ChannelCoherence):
         self._ping_pending = False
         self._listener = conn
 
-    def _receive(self, timeout: float) -> List[Any]:
+    def _receive(self, timeout: float) -> list[Any]:
         conn = self._listener
         if conn is None:
             raise ConnectionError("the listener connection is closed")
-        payloads = [n.payload for n in conn.notifies(timeout=timeout, stop_after=1) if n.channel == self.channel]
+        payloads = [
+            n.payload
+            for n in conn.notifies(timeout=timeout, stop_after=1)
+            if n.channel == self.channel
+        ]
         if self._ping_pending:
             # A round trip on the listener itself: raises if the connection is dead.
             conn.execute("SELECT 1")
@@ -151,7 +172,7 @@ class PostgresNotifyCoherence(ChannelCoherence):
     def _pong_pending(self) -> bool:
         return self._ping_pending
 
-    def _subscriber_fileno(self) -> Optional[int]:
+    def _subscriber_fileno(self) -> int | None:
         conn = self._listener
         try:
             return conn.fileno() if conn is not None and not conn.closed else None
@@ -167,18 +188,22 @@ class PostgresNotifyCoherence(ChannelCoherence):
                 pass
 
     # ------------------------------------------------------------------ publishing
-    def _split(self, keys: List[Any], message: str) -> List[str]:
+    def _split(self, keys: list[Any], message: str) -> list[str]:
         from .redis_coherence import all_message, encode_keys, envelope
 
         if len(message) <= MAX_PAYLOAD // 4 or len(message.encode("utf-8")) <= MAX_PAYLOAD:
             return [message]
         encoded = encode_keys(keys, self.key_format)
         overhead = len(envelope(self.id, [], self.key_format).encode("utf-8"))
-        messages, chunk, size = [], [], overhead
+        messages: list[str] = []
+        chunk: list[str] = []
+        size = overhead
         for item in encoded:
             length = len(item.encode("utf-8")) + 1
             if overhead + length > MAX_PAYLOAD:
-                return [all_message(self.id)]  # a key too long to name: drop everything clean instead
+                return [
+                    all_message(self.id)
+                ]  # a key too long to name: drop everything clean instead
             if size + length > MAX_PAYLOAD:
                 messages.append(envelope(self.id, chunk, self.key_format))
                 chunk, size = [], overhead
@@ -188,13 +213,15 @@ class PostgresNotifyCoherence(ChannelCoherence):
             messages.append(envelope(self.id, chunk, self.key_format))
         return messages
 
-    def _send(self, payloads: List[str]) -> None:
+    def _send(self, payloads: list[str]) -> None:
         conn = self._publisher
         if conn is None or conn.closed:
             conn = self._publisher = self._open()
         with conn.transaction():  # delivered together, at commit
             with conn.cursor() as cursor:
-                cursor.executemany("SELECT pg_notify(%s, %s)", [(self.channel, payload) for payload in payloads])
+                cursor.executemany(
+                    "SELECT pg_notify(%s, %s)", [(self.channel, payload) for payload in payloads]
+                )
 
     def _close_publisher(self) -> None:
         conn, self._publisher = self._publisher, None

@@ -82,12 +82,14 @@ error (`WRONGTYPE`, a value larger than `proto-max-bulk-len`, a key an ACL forbi
 `NOPERM`), and `SerializationError` (a value, key or TTL that cannot be encoded),
 which names its key so the writer isolates it without bisecting.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 from collections import defaultdict
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 try:
     import redis
@@ -100,6 +102,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from ..serializers import SerializationError, Serializer, SerializerSpec, get_serializer
 from .base import GeneratedFields, Store
+
+if TYPE_CHECKING:
+    from ..cache import LazyWriterCache
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -117,7 +122,11 @@ log = logging.getLogger("lazycache")
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "lazycache:"
 
-CLIENT_DEFAULTS: Mapping[str, Any] = {"socket_timeout": 10.0, "socket_connect_timeout": 5.0, "health_check_interval": 30}
+CLIENT_DEFAULTS: Mapping[str, Any] = {
+    "socket_timeout": 10.0,
+    "socket_connect_timeout": 5.0,
+    "health_check_interval": 30,
+}
 """Options of a client made from a URL (overridable with client_options=): no call hangs forever."""
 
 _MSET_CHUNK = 512
@@ -148,7 +157,7 @@ class TTLError(SerializationError):
 
 # ----------------------------------------------------------------------------- errors
 
-_RECOVERABLE_TYPES: Tuple[type, ...] = (
+_RECOVERABLE_TYPES: tuple[type, ...] = (
     _rexc.ConnectionError,  # includes BusyLoadingError (LOADING), AuthenticationError, MaxConnectionsError
     _rexc.TimeoutError,
     _rexc.ClusterDownError,  # CLUSTERDOWN, MASTERDOWN
@@ -161,7 +170,19 @@ _RECOVERABLE_TYPES: Tuple[type, ...] = (
     ConnectionError,
     TimeoutError,
 )
-_RECOVERABLE_REPLIES = ("LOADING", "BUSY", "MISCONF", "NOREPLICAS", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM", "READONLY", "MOVED", "ASK")
+_RECOVERABLE_REPLIES = (
+    "LOADING",
+    "BUSY",
+    "MISCONF",
+    "NOREPLICAS",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "OOM",
+    "READONLY",
+    "MOVED",
+    "ASK",
+)
 
 
 def is_recoverable_error(exc: BaseException) -> bool:
@@ -185,7 +206,7 @@ def _is_cluster_client(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
-def make_client(url: str = DEFAULT_URL, *, cluster: Optional[bool] = None, **options: Any) -> Any:
+def make_client(url: str = DEFAULT_URL, *, cluster: bool | None = None, **options: Any) -> Any:
     """A redis-py client for `url`: `redis.Redis`, or `RedisCluster` for a cluster.
 
     `cluster=None` asks the server (`INFO cluster`) whether it is a cluster node, so one
@@ -258,6 +279,8 @@ class RedisStore(Store[Any, Any]):
     client_options
         For a URL: options for the redis-py client (`socket_timeout=`, `password=`, ...).
 
+    Notes
+    -----
     See the module documentation for the key encoding, what is atomic (per batch on a
     single Redis, per hash slot on a cluster) and how errors are classified.
     """
@@ -265,14 +288,14 @@ class RedisStore(Store[Any, Any]):
     def __init__(
         self,
         client_or_url: Any = DEFAULT_URL,
-        prefix: Union[str, bytes] = DEFAULT_PREFIX,
+        prefix: str | bytes = DEFAULT_PREFIX,
         serializer: SerializerSpec = "json",
         ttl: TTLSpec = None,
         *,
-        key_encoder: Optional[KeyEncoder] = None,
-        cluster: Optional[bool] = None,
+        key_encoder: KeyEncoder | None = None,
+        cluster: bool | None = None,
         chunk_size: int = 1000,
-        client_options: Optional[Mapping[str, Any]] = None,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -290,9 +313,13 @@ class RedisStore(Store[Any, Any]):
             if client_options:
                 raise ValueError("client_options are for a URL; the client given is already made")
             if not isinstance(client_or_url, (redis.Redis, RedisCluster)):
-                raise TypeError(f"client_or_url must be a redis.Redis, a RedisCluster or a URL, not {type(client_or_url).__name__}")
+                raise TypeError(
+                    f"client_or_url must be a redis.Redis, a RedisCluster or a URL, not {type(client_or_url).__name__}"
+                )
             if cluster is not None and cluster != _is_cluster_client(client_or_url):
-                raise ValueError(f"cluster={cluster!r} but the client given is a {type(client_or_url).__name__}")
+                raise ValueError(
+                    f"cluster={cluster!r} but the client given is a {type(client_or_url).__name__}"
+                )
             if client_or_url.get_encoder().decode_responses:
                 raise ValueError(
                     "the client decodes responses (decode_responses=True); RedisStore needs the raw bytes: "
@@ -315,7 +342,9 @@ class RedisStore(Store[Any, Any]):
                 return self.prefix + raw.encode("utf-8")
             if isinstance(raw, (bytes, bytearray)):
                 return self.prefix + bytes(raw)
-            raise TypeError(f"key_encoder returned {type(raw).__name__} for {key!r}; it must return str or bytes")
+            raise TypeError(
+                f"key_encoder returned {type(raw).__name__} for {key!r}; it must return str or bytes"
+            )
         if isinstance(key, str):
             return self.prefix + key.encode("utf-8")
         if isinstance(key, bytes):
@@ -327,7 +356,7 @@ class RedisStore(Store[Any, Any]):
             "Pass key_encoder=... to map such keys to str or bytes"
         )
 
-    def _ttl_ms(self, key: Any, value: Any) -> Optional[int]:
+    def _ttl_ms(self, key: Any, value: Any) -> int | None:
         ttl = self.ttl
         if ttl is None:
             return None
@@ -347,7 +376,9 @@ class RedisStore(Store[Any, Any]):
             return data.encode("utf-8")
         if isinstance(data, (bytes, bytearray, memoryview)):
             return bytes(data)
-        raise SerializationError(key, TypeError(f"the serializer returned {type(data).__name__}, not str or bytes"))
+        raise SerializationError(
+            key, TypeError(f"the serializer returned {type(data).__name__}, not str or bytes")
+        )
 
     def _decode_value(self, key: Any, data: bytes) -> Any:
         try:
@@ -356,8 +387,8 @@ class RedisStore(Store[Any, Any]):
             raise SerializationError(key, exc) from exc
 
     def _encode_batch(
-        self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]
-    ) -> Tuple[List[Tuple[bytes, bytes, Optional[int]]], List[bytes]]:
+        self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]
+    ) -> tuple[list[tuple[bytes, bytes, int | None]], list[bytes]]:
         """(rkey, data, ttl ms or None) per upsert and rkey per delete; raises before anything is sent."""
         sets = []
         for key, value in upserts:
@@ -375,22 +406,22 @@ class RedisStore(Store[Any, Any]):
         return sets, dels
 
     # ------------------------------------------------------------------ Store
-    def load_many(self, keys: Sequence[Any]) -> Dict[Any, Any]:
+    def load_many(self, keys: Sequence[Any]) -> dict[Any, Any]:
         keys = list(keys)
         if not keys:
             return {}
         rkeys = [self.redis_key(key) for key in keys]
-        found: Dict[Any, Any] = {}
+        found: dict[Any, Any] = {}
         for key, data in zip(keys, self._mget(rkeys)):
             if data is not None:
                 found[key] = self._decode_value(key, data)
         return found
 
-    def _mget(self, rkeys: List[bytes]) -> List[Optional[bytes]]:
+    def _mget(self, rkeys: list[bytes]) -> list[bytes | None]:
         size = self.chunk_size
         if self.cluster:
             # mget_nonatomic: one MGET per slot, pipelined, one round trip per node.
-            values: List[Optional[bytes]] = []
+            values: list[bytes | None] = []
             for start in range(0, len(rkeys), size):
                 values.extend(self.client.mget_nonatomic(rkeys[start : start + size]))
             return values
@@ -401,7 +432,9 @@ class RedisStore(Store[Any, Any]):
             pipe.mget(rkeys[start : start + size])
         return [value for chunk in pipe.execute() for value in chunk]
 
-    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Optional[GeneratedFields]:
+    def write(
+        self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]
+    ) -> GeneratedFields | None:
         sets, dels = self._encode_batch(upserts, deletes)
         if not sets and not dels:
             return None
@@ -418,32 +451,45 @@ class RedisStore(Store[Any, Any]):
             pipe.execute()
         return None
 
-    def _write_cluster(self, sets: List[Tuple[bytes, bytes, Optional[int]]], dels: List[bytes]) -> None:
+    def _write_cluster(
+        self, sets: list[tuple[bytes, bytes, int | None]], dels: list[bytes]
+    ) -> None:
         client = self.client
-        by_slot: Dict[int, Tuple[list, list]] = defaultdict(lambda: ([], []))
+        by_slot: dict[int, tuple[list[tuple[bytes, bytes, int | None]], list[bytes]]] = defaultdict(
+            lambda: ([], [])
+        )
         for item in sets:
             by_slot[client.keyslot(item[0])][0].append(item)
         for rkey in dels:
             by_slot[client.keyslot(rkey)][1].append(rkey)
-        todo = {slot: _commands(slot_sets, slot_dels) for slot, (slot_sets, slot_dels) in by_slot.items()}
-        last_error: Optional[BaseException] = None
+        todo = {
+            slot: _commands(slot_sets, slot_dels)
+            for slot, (slot_sets, slot_dels) in by_slot.items()
+        }
+        last_error: BaseException | None = None
         for attempt in range(_CLUSTER_ATTEMPTS):
             if attempt:
                 self._refresh_topology()  # the slots moved: learn where they are now
-            by_node: Dict[str, List[int]] = defaultdict(list)
+            by_node: dict[str, list[int]] = defaultdict(list)
             for slot in todo:
                 node = client.nodes_manager.get_node_from_slot(slot)
                 by_node[node.name].append(slot)
-            redirected: Dict[int, List[tuple]] = {}
-            failure: Optional[BaseException] = None
+            redirected: dict[int, list[tuple[Any, ...]]] = {}
+            failure: BaseException | None = None
             for name, slots in by_node.items():
                 try:
-                    outcome = self._send_slot_transactions(client.get_node(node_name=name), slots, todo)
-                except Exception as exc:  # this node is down or unreachable: try the others, then raise
+                    outcome = self._send_slot_transactions(
+                        client.get_node(node_name=name), slots, todo
+                    )
+                except (
+                    Exception
+                ) as exc:  # this node is down or unreachable: try the others, then raise
                     failure = failure or exc
                     continue
                 for slot, error in outcome.items():
-                    if isinstance(error, (_rexc.AskError, _rexc.TryAgainError, _rexc.ClusterDownError)):
+                    if isinstance(
+                        error, (_rexc.AskError, _rexc.TryAgainError, _rexc.ClusterDownError)
+                    ):
                         redirected[slot] = todo[slot]
                         self.redirects += 1
                         last_error = error
@@ -456,9 +502,15 @@ class RedisStore(Store[Any, Any]):
             if not redirected:
                 return
             todo = redirected
-        raise last_error if last_error is not None else _rexc.TryAgainError("cluster slots kept moving")
+        raise (
+            last_error
+            if last_error is not None
+            else _rexc.TryAgainError("cluster slots kept moving")
+        )
 
-    def _send_slot_transactions(self, node: Any, slots: List[int], todo: Mapping[int, List[tuple]]) -> Dict[int, BaseException]:
+    def _send_slot_transactions(
+        self, node: Any, slots: list[int], todo: Mapping[int, list[tuple[Any, ...]]]
+    ) -> dict[int, BaseException]:
         """One pipelined round trip to `node`: per slot, its one command or MULTI ... EXEC around its
         commands; returns the slots that failed, with why."""
         connection = self.client.get_redis_connection(node)
@@ -476,7 +528,7 @@ class RedisStore(Store[Any, Any]):
                 pipe.execute_command("EXEC")
             spans.append((slot, first, len(pipe.command_stack), len(commands) == 1))
         replies = pipe.execute(raise_on_error=False)
-        failed: Dict[int, BaseException] = {}
+        failed: dict[int, BaseException] = {}
         for slot, first, end, single in spans:
             last = replies[end - 1]
             if single:
@@ -489,8 +541,12 @@ class RedisStore(Store[Any, Any]):
                     failed[slot] = errors[0]
                 continue
             # EXECABORT: the reason is the first error among the queued commands' replies
-            queued = [reply for reply in replies[first:end - 1] if isinstance(reply, Exception)]
-            failed[slot] = queued[0] if queued else (last if isinstance(last, Exception) else _rexc.ResponseError(repr(last)))
+            queued = [reply for reply in replies[first : end - 1] if isinstance(reply, Exception)]
+            failed[slot] = (
+                queued[0]
+                if queued
+                else (last if isinstance(last, Exception) else _rexc.ResponseError(repr(last)))
+            )
         return failed
 
     def _refresh_topology(self) -> None:
@@ -515,14 +571,20 @@ class RedisStore(Store[Any, Any]):
             where = _describe_client(self.client)
         except Exception:
             where = type(self.client).__name__
-        ttl = "" if self.ttl is None else f", ttl={'callable' if callable(self.ttl) else f'{self.ttl}ms'}"
+        ttl = (
+            ""
+            if self.ttl is None
+            else f", ttl={'callable' if callable(self.ttl) else f'{self.ttl}ms'}"
+        )
         return f"RedisStore({where}, prefix={self.prefix.decode('utf-8', 'backslashreplace')!r}, {self.serializer.name}{ttl})"
 
 
-def _commands(sets: List[Tuple[bytes, bytes, Optional[int]]], dels: List[bytes]) -> List[tuple]:
+def _commands(
+    sets: list[tuple[bytes, bytes, int | None]], dels: list[bytes]
+) -> list[tuple[Any, ...]]:
     """One batch's commands: MSETs for entries without TTL, SET PX for the others, DELs."""
-    commands: List[tuple] = []
-    plain: List[bytes] = []
+    commands: list[tuple[Any, ...]] = []
+    plain: list[bytes] = []
     for rkey, data, ttl_ms in sets:
         if ttl_ms is None:
             plain.append(rkey)
@@ -544,10 +606,10 @@ def _ttl_to_ms(seconds: Any) -> int:
         raise TypeError(f"a TTL is a number of seconds, not {type(seconds).__name__}")
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"a TTL must be a positive number of seconds, got {seconds!r}")
-    return max(1, int(math.ceil(seconds * 1000)))
+    return max(1, math.ceil(seconds * 1000))
 
 
-def _check_ttl_spec(ttl: TTLSpec) -> Union[None, int, Callable[[Any, Any], Optional[float]]]:
+def _check_ttl_spec(ttl: TTLSpec) -> int | Callable[[Any, Any], float | None] | None:
     if ttl is None or callable(ttl):
         return ttl
     return _ttl_to_ms(ttl)
@@ -559,17 +621,17 @@ def _check_ttl_spec(ttl: TTLSpec) -> Union[None, int, Callable[[Any, Any], Optio
 def open_redis(
     url: Any = DEFAULT_URL,
     *,
-    prefix: Union[str, bytes] = DEFAULT_PREFIX,
+    prefix: str | bytes = DEFAULT_PREFIX,
     serializer: SerializerSpec = "json",
     ttl: TTLSpec = None,
-    key_encoder: Optional[KeyEncoder] = None,
-    cluster: Optional[bool] = None,
+    key_encoder: KeyEncoder | None = None,
+    cluster: bool | None = None,
     coherence: Any = True,
-    channel: Optional[str] = None,
-    client_options: Optional[Mapping[str, Any]] = None,
-    implementation: Optional[str] = None,
+    channel: str | None = None,
+    client_options: Mapping[str, Any] | None = None,
+    implementation: str | None = None,
     **cache_options: Any,
-) -> Any:
+) -> LazyWriterCache[Any, Any]:
     """A ready `LazyWriterCache` over a `RedisStore` at `url` (a URL or a redis-py client).
 
     `coherence=True` (default) subscribes the cache to the invalidation channel of its
@@ -592,7 +654,13 @@ def open_redis(
 
     cls = LazyWriterCache if implementation is None else implementation_class(implementation)
     store = RedisStore(
-        url, prefix, serializer, ttl, key_encoder=key_encoder, cluster=cluster, client_options=client_options
+        url,
+        prefix,
+        serializer,
+        ttl,
+        key_encoder=key_encoder,
+        cluster=cluster,
+        client_options=client_options,
     )
     channel_made = None
     try:
@@ -604,8 +672,12 @@ def open_redis(
         elif coherence is False or coherence is None:
             coherence = None
         elif not isinstance(coherence, Coherence):
-            raise TypeError(f"coherence must be True, False or a Coherence, not {type(coherence).__name__}")
-        return cls(store, coherence=coherence, owns_store=True, **cache_options)  # closing the cache closes the store
+            raise TypeError(
+                f"coherence must be True, False or a Coherence, not {type(coherence).__name__}"
+            )
+        return cls(
+            store, coherence=coherence, owns_store=True, **cache_options
+        )  # closing the cache closes the store
     except BaseException:
         if channel_made is not None:
             channel_made.close()
@@ -621,4 +693,3 @@ def default_channel(store: RedisStore) -> str:
         if int(db):
             name += f"@{int(db)}"
     return name
-

@@ -40,10 +40,10 @@ Process A runs `cache[k] = v`; process B has a cache over the same store and cha
   while B was away are lost, but B held nothing they could have made stale. Between
   the moment the connection dies and the moment B notices (at once for a closed
   connection; up to `ping_timeout` for a silent partition), B may serve stale values.
-* Known gap (tests/test_coherence_redis.py, xfail until the core handles it): if B's
-  own write of k is being committed at the moment A's invalidation of k arrives, and
-  B's commit reached the store before A's, B keeps serving its own (now older) value
-  until k is written again. The window is one store round trip.
+* If B's own write of k is being committed at the moment A's invalidation of k
+  arrives, B cannot tell whose commit reached the store last: it marks k stale and
+  drops it once its own write is acknowledged, so its next read goes to the store
+  (tests/test_coherence_redis.py, an invalidation during our own commit).
 * If B is in the middle of reading k through from the store when A's invalidation
   arrives, that read may return the value it fetched before A's write, but does not
   cache it: B's next read goes to the store again.
@@ -70,6 +70,7 @@ its clean entries) and an ERROR is logged once; pass `keys="pickle"` for such ke
 on: unpickling runs code). A subscriber that cannot decode a message (malformed, or
 pickled while it expects JSON) treats it as `{"all": true}` and logs a WARNING.
 """
+
 from __future__ import annotations
 
 import base64
@@ -83,7 +84,8 @@ import threading
 import time
 import uuid
 from abc import abstractmethod
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from ..coherence import Coherence
 
@@ -126,20 +128,43 @@ def _key_from_json(item: Any) -> Any:
     return item
 
 
-def encode_keys(keys: Sequence[Any], key_format: str) -> List[str]:
+def encode_keys(keys: Sequence[Any], key_format: str) -> list[str]:
     """Each key as a JSON text (for key_format "json") or a base64 pickle ("pickle"); TypeError if impossible."""
     if key_format == "pickle":
-        return [json.dumps(base64.b64encode(pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")) for key in keys]
-    return [json.dumps(_key_to_json(key), ensure_ascii=False, separators=(",", ":"), allow_nan=False) for key in keys]
+        return [
+            json.dumps(
+                base64.b64encode(pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL)).decode(
+                    "ascii"
+                )
+            )
+            for key in keys
+        ]
+    return [
+        json.dumps(_key_to_json(key), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        for key in keys
+    ]
 
 
 def encode_message(sender: str, keys: Sequence[Any], key_format: str) -> str:
     """One message naming every key (the same text as envelope(sender, encode_keys(keys)), made faster)."""
     if key_format == "pickle":
-        field, items = "p", [base64.b64encode(pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii") for key in keys]
+        field, items = (
+            "p",
+            [
+                base64.b64encode(pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL)).decode(
+                    "ascii"
+                )
+                for key in keys
+            ],
+        )
     else:
         field, items = "keys", [_key_to_json(key) for key in keys]
-    return json.dumps({"v": 1, "from": sender, field: items}, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return json.dumps(
+        {"v": 1, "from": sender, field: items},
+        ensure_ascii=False,
+        separators=(",", ":"),
+        allow_nan=False,
+    )
 
 
 def envelope(sender: str, encoded: Sequence[str], key_format: str) -> str:
@@ -153,7 +178,7 @@ def all_message(sender: str) -> str:
     return f'{{"v":1,"from":"{sender}","all":true}}'
 
 
-def decode_message(data: Any, key_format: str) -> Tuple[Optional[str], Any]:
+def decode_message(data: Any, key_format: str) -> tuple[str | None, Any]:
     """(sender, keys) of a message, keys being a list or _ALL; raises ValueError if it cannot be read."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data).decode("utf-8")
@@ -167,7 +192,9 @@ def decode_message(data: Any, key_format: str) -> Tuple[Optional[str], Any]:
         return sender, [_key_from_json(item) for item in message["keys"]]
     if "p" in message:
         if key_format != "pickle":
-            raise ValueError("pickled keys, but this channel reads keys='json' (it never unpickles)")
+            raise ValueError(
+                "pickled keys, but this channel reads keys='json' (it never unpickles)"
+            )
         return sender, [pickle.loads(base64.b64decode(item)) for item in message["p"]]
     raise ValueError("a message with neither keys nor all")
 
@@ -197,21 +224,27 @@ class ChannelCoherence(Coherence):
         *,
         keys: str = "json",
         ping_interval: float = 1.0,
-        ping_timeout: Optional[float] = None,
+        ping_timeout: float | None = None,
         reconnect_initial: float = 0.05,
         reconnect_max: float = 2.0,
         max_backlog: int = 100_000,
     ) -> None:
         if keys not in KEY_FORMATS:
             raise ValueError(f"keys must be one of {KEY_FORMATS}, got {keys!r}")
-        for name, value in (("ping_interval", ping_interval), ("reconnect_initial", reconnect_initial), ("reconnect_max", reconnect_max)):
+        for name, value in (
+            ("ping_interval", ping_interval),
+            ("reconnect_initial", reconnect_initial),
+            ("reconnect_max", reconnect_max),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         self.key_format = keys
         self.id = uuid.uuid4().hex
         """This channel's publisher id: messages carrying it are not delivered back to it."""
         self.ping_interval = float(ping_interval)
-        self.ping_timeout = float(ping_timeout) if ping_timeout is not None else 3.0 * self.ping_interval
+        self.ping_timeout = (
+            float(ping_timeout) if ping_timeout is not None else 3.0 * self.ping_interval
+        )
         self.reconnect_initial = float(reconnect_initial)
         self.reconnect_max = float(reconnect_max)
         self.max_backlog = max_backlog
@@ -220,10 +253,10 @@ class ChannelCoherence(Coherence):
         self._on_restored: Callable[[], None] = lambda: None
         self._started = False
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._state_lock = threading.Lock()  # the backlog and the failing flag; held briefly
         self._send_lock = threading.Lock()  # one send at a time on the publishing connection
-        self._backlog: List[Any] = []
+        self._backlog: list[Any] = []
         self._backlog_all = False
         self._publish_failing = False
         self._warned_json = False
@@ -245,7 +278,9 @@ class ChannelCoherence(Coherence):
         on_restored: Callable[[], None],
     ) -> None:
         if self._started:
-            raise RuntimeError(f"{type(self).__name__} is already started: make one channel object per cache")
+            raise RuntimeError(
+                f"{type(self).__name__} is already started: make one channel object per cache"
+            )
         self._started = True
         self._on_keys, self._on_lost, self._on_restored = on_keys, on_lost, on_restored
         # Subscribe before returning, so that a cache is coherent from its first read.
@@ -255,7 +290,9 @@ class ChannelCoherence(Coherence):
             self._lose(exc)
         else:
             self.connected = True
-        self._thread = threading.Thread(target=self._run, name=f"lazycache-coherence-{self.kind}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"lazycache-coherence-{self.kind}", daemon=True
+        )
         self._thread.start()
 
     def publish(self, keys: Sequence[Any]) -> None:
@@ -282,7 +319,9 @@ class ChannelCoherence(Coherence):
             if first:
                 log.warning(
                     "lazycache: publishing on the %s coherence channel failed (%r); the keys are kept and "
-                    "published once it works again", self.kind, exc,
+                    "published once it works again",
+                    self.kind,
+                    exc,
                 )
         else:
             self.published += len(payloads)
@@ -301,10 +340,14 @@ class ChannelCoherence(Coherence):
             held = len(self._backlog) if not self._backlog_all else "all"
             failing = self._publish_failing
         if failing:
-            log.warning("lazycache: the %s coherence channel closed with invalidations never published (%s keys)", self.kind, held)
+            log.warning(
+                "lazycache: the %s coherence channel closed with invalidations never published (%s keys)",
+                self.kind,
+                held,
+            )
 
     # ------------------------------------------------------------------ publishing
-    def _payloads(self, keys: List[Any]) -> List[str]:
+    def _payloads(self, keys: list[Any]) -> list[str]:
         try:
             message = encode_message(self.id, keys, self.key_format)
         except (TypeError, ValueError, pickle.PicklingError) as exc:
@@ -313,21 +356,27 @@ class ChannelCoherence(Coherence):
                 log.error(
                     "lazycache: %s coherence cannot name these keys (%r); telling the other caches to drop "
                     "everything clean instead. Use keys='pickle' for such keys",
-                    self.kind, exc,
+                    self.kind,
+                    exc,
                 )
             return [all_message(self.id)]
         return self._split(keys, message)
 
-    def _split(self, keys: List[Any], message: str) -> List[str]:
+    def _split(self, keys: list[Any], message: str) -> list[str]:
         """The messages carrying the keys, given them all in one (a transport with a payload limit splits it)."""
         return [message]
 
-    def _hold_locked(self, keys: Sequence[Any], payloads: List[str]) -> None:
+    def _hold_locked(self, keys: Sequence[Any], payloads: list[str]) -> None:
         if self._backlog_all:
             return
-        if any('"all":true' in p for p in payloads) or len(self._backlog) + len(keys) > self.max_backlog:
+        if (
+            any('"all":true' in p for p in payloads)
+            or len(self._backlog) + len(keys) > self.max_backlog
+        ):
             self._backlog = []
-            self._backlog_all = True  # too much to name: the other caches will drop everything clean
+            self._backlog_all = (
+                True  # too much to name: the other caches will drop everything clean
+            )
         else:
             self._backlog.extend(keys)
 
@@ -361,7 +410,10 @@ class ChannelCoherence(Coherence):
             else:
                 done = False  # more arrived meanwhile: sent at the next tick
         if done:
-            log.warning("lazycache: the %s coherence channel publishes again (held invalidations sent)", self.kind)
+            log.warning(
+                "lazycache: the %s coherence channel publishes again (held invalidations sent)",
+                self.kind,
+            )
 
     # ------------------------------------------------------------------ the subscriber thread
     def _lose(self, exc: BaseException) -> None:
@@ -380,7 +432,11 @@ class ChannelCoherence(Coherence):
                 try:
                     self._connect()
                 except Exception as exc:
-                    log.debug("lazycache: reconnecting the %s coherence channel failed: %r", self.kind, exc)
+                    log.debug(
+                        "lazycache: reconnecting the %s coherence channel failed: %r",
+                        self.kind,
+                        exc,
+                    )
                     self._disconnect()
                     self._stop.wait(delay * random.uniform(0.5, 1.0))
                     delay = min(self.reconnect_max, delay * 2)
@@ -404,7 +460,7 @@ class ChannelCoherence(Coherence):
     def _listen(self) -> None:
         """Handles messages until the connection breaks (raises) or the channel is closed (returns)."""
         next_ping = time.monotonic() + self.ping_interval
-        ping_sent: Optional[float] = None
+        ping_sent: float | None = None
         while not self._stop.is_set():
             now = time.monotonic()
             wait = max(0.0, min(next_ping - now, 0.25))
@@ -429,11 +485,14 @@ class ChannelCoherence(Coherence):
         except Exception as exc:
             if not self._warned_decode:
                 self._warned_decode = True
-                log.warning("lazycache: an unreadable message on the %s coherence channel (%r): dropping every clean entry", self.kind, exc)
+                log.warning(
+                    "lazycache: an unreadable message on the %s coherence channel (%r): dropping every clean entry",
+                    self.kind,
+                    exc,
+                )
             sender, keys = None, _ALL
         if sender == self.id:
             return
-        self.received += 1
         try:
             if keys is _ALL:
                 self._on_lost()
@@ -442,6 +501,8 @@ class ChannelCoherence(Coherence):
                 self._on_keys(keys)
         except Exception:
             log.exception("lazycache: applying an invalidation from the coherence channel failed")
+        # Counted once applied, so whoever waits for the count sees its effect.
+        self.received += 1
 
     # ------------------------------------------------------------------ what a transport implements
     @abstractmethod
@@ -449,7 +510,7 @@ class ChannelCoherence(Coherence):
         """Opens the subscriber connection and subscribes; returns once the server confirmed."""
 
     @abstractmethod
-    def _receive(self, timeout: float) -> List[Any]:
+    def _receive(self, timeout: float) -> list[Any]:
         """The payloads that arrive within timeout seconds (maybe none); raises if the connection broke."""
 
     @abstractmethod
@@ -465,7 +526,7 @@ class ChannelCoherence(Coherence):
         """Closes the subscriber connection (safe to call at any time, from any thread)."""
 
     @abstractmethod
-    def _send(self, payloads: List[str]) -> None:
+    def _send(self, payloads: list[str]) -> None:
         """Publishes the payloads (one transaction if the transport has them); raises on failure."""
 
     def _close_publisher(self) -> None:
@@ -475,12 +536,12 @@ class ChannelCoherence(Coherence):
         """Wakes the subscriber thread from its wait (called by close(), from another thread)."""
         _shutdown_socket(self._subscriber_fileno())
 
-    def _subscriber_fileno(self) -> Optional[int]:
+    def _subscriber_fileno(self) -> int | None:
         """The subscriber connection's socket descriptor, if connected."""
         return None
 
 
-def _shutdown_socket(fileno: Optional[int]) -> None:
+def _shutdown_socket(fileno: int | None) -> None:
     """shutdown(2) on a connected socket, by descriptor: its reader wakes up to an end of file."""
     if fileno is None or fileno < 0:
         return
@@ -529,7 +590,7 @@ class RedisCoherence(ChannelCoherence):
         *,
         keys: str = "json",
         ping_interval: float = 1.0,
-        ping_timeout: Optional[float] = None,
+        ping_timeout: float | None = None,
         reconnect_initial: float = 0.05,
         reconnect_max: float = 2.0,
         connect_timeout: float = 5.0,
@@ -540,7 +601,9 @@ class RedisCoherence(ChannelCoherence):
             import redis
             from redis.cluster import RedisCluster
         except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
-            raise ImportError("RedisCoherence needs redis-py (5 or later): pip install 'lazycache[redis]'") from exc
+            raise ImportError(
+                "RedisCoherence needs redis-py (5 or later): pip install 'lazycache[redis]'"
+            ) from exc
         super().__init__(
             keys=keys,
             ping_interval=ping_interval,
@@ -562,18 +625,22 @@ class RedisCoherence(ChannelCoherence):
             self.owns_client = True
         else:
             if not isinstance(client, (redis.Redis, RedisCluster)):
-                raise TypeError(f"client_or_url must be a redis client, a RedisStore or a URL, not {type(client).__name__}")
+                raise TypeError(
+                    f"client_or_url must be a redis client, a RedisStore or a URL, not {type(client).__name__}"
+                )
             self.owns_client = False
         self.client = client
         self._cluster = isinstance(client, RedisCluster)
-        self._node_turn = random.randrange(1 << 16)  # cluster: which node to subscribe on (spreads subscribers)
+        self._node_turn = random.randrange(
+            1 << 16
+        )  # cluster: which node to subscribe on (spreads subscribers)
         self._conn: Any = None
         self._awaiting_pong = False
         self.client_name = f"lazycache-coherence-{self.id[:12]}"
         """The subscriber connection's name in `CLIENT LIST`."""
 
     # ------------------------------------------------------------------ the subscriber connection
-    def _connection_settings(self) -> Tuple[type, dict]:
+    def _connection_settings(self) -> tuple[type, dict[str, Any]]:
         if self._cluster:
             nodes = sorted(self.client.get_nodes(), key=lambda node: node.name)
             if not nodes:
@@ -591,10 +658,16 @@ class RedisCoherence(ChannelCoherence):
 
         connection_class, kwargs = self._connection_settings()
         for name in list(kwargs):
-            if name.startswith("maint_notifications") or name in ("redis_connect_func", "cache", "cache_config"):
+            if name.startswith("maint_notifications") or name in (
+                "redis_connect_func",
+                "cache",
+                "cache_config",
+            ):
                 kwargs.pop(name)
         kwargs.update(
-            retry=Retry(NoBackoff(), 0),  # never reconnect behind our back: a lost subscription must be seen
+            retry=Retry(
+                NoBackoff(), 0
+            ),  # never reconnect behind our back: a lost subscription must be seen
             protocol=2,  # messages as plain arrays
             client_name=self.client_name,
             socket_timeout=self.connect_timeout,
@@ -614,7 +687,7 @@ class RedisCoherence(ChannelCoherence):
         self._awaiting_pong = False
         self._conn = conn
 
-    def _receive(self, timeout: float) -> List[Any]:
+    def _receive(self, timeout: float) -> list[Any]:
         conn = self._conn
         if conn is None:
             raise ConnectionError("the subscriber connection is closed")
@@ -641,7 +714,7 @@ class RedisCoherence(ChannelCoherence):
     def _pong_pending(self) -> bool:
         return self._awaiting_pong
 
-    def _subscriber_fileno(self) -> Optional[int]:
+    def _subscriber_fileno(self) -> int | None:
         sock = getattr(self._conn, "_sock", None)
         try:
             return sock.fileno() if sock is not None else None
@@ -657,7 +730,7 @@ class RedisCoherence(ChannelCoherence):
                 pass
 
     # ------------------------------------------------------------------ publishing
-    def _send(self, payloads: List[str]) -> None:
+    def _send(self, payloads: list[str]) -> None:
         for payload in payloads:
             self.client.publish(self._channel_bytes, payload.encode("utf-8"))
 

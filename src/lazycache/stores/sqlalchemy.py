@@ -30,13 +30,16 @@ Driver errors are re-raised wrapped the way SQLAlchemy wraps them (`IntegrityErr
 the pool never hands it out again. `is_recoverable` tells retryable failures (lost
 connection, deadlock, serialization failure, lock timeout) from the data's fault.
 """
+
 from __future__ import annotations
 
 import contextlib
 import queue
 import threading
 import uuid
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
+from typing import Any, Union
 
 try:
     import sqlalchemy as sa
@@ -60,7 +63,14 @@ if int(sa.__version__.split(".")[0]) < 2:  # pragma: no cover
 from ..serializers import SerializationError, Serializer, SerializerSpec, get_serializer
 from .base import GeneratedFields, Store
 
-__all__ = ["DEFAULT_URL", "KeyConflictError", "SQLAlchemyStore", "configure_sqlite", "is_recoverable_error", "make_engine"]
+__all__ = [
+    "DEFAULT_URL",
+    "KeyConflictError",
+    "SQLAlchemyStore",
+    "configure_sqlite",
+    "is_recoverable_error",
+    "make_engine",
+]
 
 DEFAULT_URL = "sqlite:///lazycache.db"
 """The embedded default: a SQLite file in the current directory."""
@@ -85,7 +95,7 @@ _KeyType = Union[type, "sa.types.TypeEngine[Any]"]
 # ----------------------------------------------------------------------------- engines
 
 
-def _is_sqlite_file(url: "sa.engine.URL") -> bool:
+def _is_sqlite_file(url: sa.engine.URL) -> bool:
     database = url.database or ""
     return database not in ("", ":memory:") and url.query.get("mode") != "memory"
 
@@ -115,7 +125,7 @@ def configure_sqlite(engine: Engine, *, wal: bool = True) -> Engine:
     return engine
 
 
-def make_engine(url: Union[str, "sa.engine.URL"], **options: Any) -> Engine:
+def make_engine(url: str | sa.engine.URL, **options: Any) -> Engine:
     """`sqlalchemy.create_engine(url, **options)`, set up for lazycache.
 
     SQLite: a file database runs in WAL mode (see `configure_sqlite`) with a busy timeout of
@@ -157,13 +167,24 @@ _PG_RECOVERABLE_CLASSES = {"08"}  # connection_exception
 _MYSQL_RECOVERABLE_CODES = {
     1040,  # too many connections
     1053,  # server shutdown in progress
-    1152, 1153, 1158, 1159, 1160, 1161,  # aborted connection, network read/write errors
+    1152,
+    1153,
+    1158,
+    1159,
+    1160,
+    1161,  # aborted connection, network read/write errors
     1205,  # lock wait timeout exceeded
     1213,  # deadlock found when trying to get lock
     1317,  # query execution was interrupted
     1927,  # connection was killed (MariaDB)
     1969,  # max_statement_time exceeded (MariaDB)
-    2002, 2003, 2006, 2013, 2014, 2045, 2055,  # cannot connect, server has gone away, lost connection
+    2002,
+    2003,
+    2006,
+    2013,
+    2014,
+    2045,
+    2055,  # cannot connect, server has gone away, lost connection
     3024,  # max_execution_time exceeded (MySQL)
     3572,  # NOWAIT lock not acquired (MySQL)
     4031,  # disconnected by the server for inactivity (MySQL)
@@ -172,7 +193,7 @@ _MYSQL_RECOVERABLE_CODES = {
 _SQLITE_RECOVERABLE_CODES = {5, 6, 15}  # SQLITE_BUSY, SQLITE_LOCKED, SQLITE_PROTOCOL
 
 
-def _driver_error_recoverable(orig: BaseException) -> Optional[bool]:
+def _driver_error_recoverable(orig: BaseException) -> bool | None:
     """What the driver's own error code says: True/False, or None when it says nothing."""
     module = type(orig).__module__.split(".")[0]
     if module in ("pymysql", "MySQLdb", "mysql", "mariadb", "asyncmy", "aiomysql"):
@@ -184,7 +205,9 @@ def _driver_error_recoverable(orig: BaseException) -> Optional[bool]:
             return (code & 0xFF) in _SQLITE_RECOVERABLE_CODES
         message = str(orig).lower()
         return "database is locked" in message or "database table is locked" in message
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)  # psycopg, psycopg2, asyncpg
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(
+        orig, "pgcode", None
+    )  # psycopg, psycopg2, asyncpg
     if isinstance(sqlstate, str) and len(sqlstate) == 5:
         return sqlstate in _PG_RECOVERABLE_STATES or sqlstate[:2] in _PG_RECOVERABLE_CLASSES
     if module == "psycopg" and type(orig).__name__ == "OperationalError":
@@ -201,7 +224,9 @@ def is_recoverable_error(exc: BaseException) -> bool:
     """
     if isinstance(exc, SerializationError):
         return False
-    if isinstance(exc, (sa.exc.DisconnectionError, sa.exc.TimeoutError)):  # pool timeout, pre-ping failure
+    if isinstance(
+        exc, (sa.exc.DisconnectionError, sa.exc.TimeoutError)
+    ):  # pool timeout, pre-ping failure
         return True
     if isinstance(exc, sa.exc.DBAPIError):
         if exc.connection_invalidated:
@@ -220,7 +245,7 @@ def is_recoverable_error(exc: BaseException) -> bool:
 # ----------------------------------------------------------------------------- table shapes
 
 
-def _key_column_type(key_type: _KeyType, engine: Engine) -> "sa.types.TypeEngine[Any]":
+def _key_column_type(key_type: _KeyType, engine: Engine) -> sa.types.TypeEngine[Any]:
     if isinstance(key_type, sa.types.TypeEngine):
         return key_type
     if isinstance(key_type, type) and issubclass(key_type, sa.types.TypeEngine):
@@ -243,17 +268,21 @@ def _key_column_type(key_type: _KeyType, engine: Engine) -> "sa.types.TypeEngine
         return sa.Uuid()
     if key_type is bytes:
         return sa.LargeBinary().with_variant(_mysql.VARBINARY(255), "mysql", "mariadb")
-    raise TypeError(f"key_type must be str, int, uuid.UUID, bytes or a SQLAlchemy type, not {key_type!r}")
+    raise TypeError(
+        f"key_type must be str, int, uuid.UUID, bytes or a SQLAlchemy type, not {key_type!r}"
+    )
 
 
-def _value_column_type(binary: bool) -> "sa.types.TypeEngine[Any]":
+def _value_column_type(binary: bool) -> sa.types.TypeEngine[Any]:
     # TEXT and BLOB stop at 64 KiB on MySQL/MariaDB: use the LONG variants there.
     if binary:
         return sa.LargeBinary().with_variant(_mysql.LONGBLOB(), "mysql", "mariadb")
-    return sa.Text().with_variant(_mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb")
+    return sa.Text().with_variant(
+        _mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
 
 
-def _unique_column_sets(table: sa.Table) -> List[frozenset]:
+def _unique_column_sets(table: sa.Table) -> list[frozenset[sa.Column[Any]]]:
     sets = [frozenset(table.primary_key.columns)]
     for constraint in table.constraints:
         if isinstance(constraint, sa.UniqueConstraint):
@@ -265,7 +294,7 @@ def _unique_column_sets(table: sa.Table) -> List[frozenset]:
     return sets
 
 
-def _is_generated(column: sa.Column, table: sa.Table) -> bool:
+def _is_generated(column: sa.Column[Any], table: sa.Table) -> bool:
     return bool(
         column is table.autoincrement_column
         or column.server_default is not None
@@ -283,6 +312,8 @@ def _is_generated(column: sa.Column, table: sa.Table) -> bool:
 class SQLAlchemyStore(Store[Any, Any]):
     """A `Store` over a SQL table, through SQLAlchemy 2.x.
 
+    Parameters
+    ----------
     bind
         An SQLAlchemy URL (string or `URL`), or an `Engine`. A URL makes an engine with
         `make_engine(url, **engine_options)`, which the store owns and `close()` disposes
@@ -314,6 +345,8 @@ class SQLAlchemyStore(Store[Any, Any]):
     chunk_size
         Keys per `IN (...)` list of a read or a delete.
 
+    Notes
+    -----
     Values in row mode are dicts keyed by column key (a `Table`) or attribute name (a
     mapped class), or instances of the mapped class. Reads return the same shape: dicts,
     or detached instances (every column loaded; no session is held, so they are safe to
@@ -322,18 +355,18 @@ class SQLAlchemyStore(Store[Any, Any]):
 
     def __init__(
         self,
-        bind: Union[str, "sa.engine.URL", Engine] = DEFAULT_URL,
-        table: Union[str, sa.Table, type] = "lazycache",
+        bind: str | sa.engine.URL | Engine = DEFAULT_URL,
+        table: str | sa.Table | type = "lazycache",
         *,
-        key: Union[str, Sequence[str], None] = None,
+        key: str | Sequence[str] | None = None,
         serializer: SerializerSpec = "json",
         key_type: _KeyType = str,
-        schema: Optional[str] = None,
-        generated: Optional[Sequence[str]] = None,
+        schema: str | None = None,
+        generated: Sequence[str] | None = None,
         create: bool = True,
-        returning: Optional[bool] = None,
+        returning: bool | None = None,
         chunk_size: int = 1000,
-        engine_options: Optional[Mapping[str, Any]] = None,
+        engine_options: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -347,18 +380,22 @@ class SQLAlchemyStore(Store[Any, Any]):
             self.owns_engine = True
         self.chunk_size = chunk_size
         self._pipelined_mysql = False
-        self._key_class: Optional[type] = None
-        self._mapper: Optional[Mapper[Any]] = None
-        self.serializer: Optional[Serializer] = None
+        self._key_class: type | None = None
+        self._mapper: Mapper[Any] | None = None
+        self.serializer: Serializer | None = None
         try:
             if isinstance(table, str):
                 if key is not None or generated is not None:
-                    raise ValueError("key= and generated= are for the row mode: pass a Table or a mapped class as table")
+                    raise ValueError(
+                        "key= and generated= are for the row mode: pass a Table or a mapped class as table"
+                    )
                 self.serializer = get_serializer(serializer)
                 self._init_kv(table, schema, key_type, create)
             else:
                 if schema is not None:
-                    raise ValueError("schema= is for the key-value mode: a Table carries its own schema")
+                    raise ValueError(
+                        "schema= is for the key-value mode: a Table carries its own schema"
+                    )
                 self._init_rows(table, key, generated, create, returning)
         except BaseException:
             self.close()
@@ -368,25 +405,30 @@ class SQLAlchemyStore(Store[Any, Any]):
     # ------------------------------------------------------------------ set-up
     @property
     def mode(self) -> str:
-        """"kv" (key-value table) or "rows"."""
+        """ "kv" (key-value table) or "rows"."""
         return "kv" if self.serializer is not None else "rows"
 
-    def _init_kv(self, name: str, schema: Optional[str], key_type: _KeyType, create: bool) -> None:
+    def _init_kv(self, name: str, schema: str | None, key_type: _KeyType, create: bool) -> None:
         assert self.serializer is not None
         with self.engine.connect():  # initialises the dialect (server version, MariaDB or not)
             pass
         self.table = sa.Table(
             name,
             sa.MetaData(),
-            sa.Column("key", _key_column_type(key_type, self.engine), primary_key=True, autoincrement=False),
+            sa.Column(
+                "key",
+                _key_column_type(key_type, self.engine),
+                primary_key=True,
+                autoincrement=False,
+            ),
             sa.Column("value", _value_column_type(self.serializer.binary), nullable=False),
             schema=schema,
         )
         if create:
             self.table.create(self.engine, checkfirst=True)
         self._check_kv_table()
-        self._key_columns: Tuple[sa.Column, ...] = (self.table.c.key,)
-        self._generated: Tuple[sa.Column, ...] = ()
+        self._key_columns: tuple[sa.Column[Any], ...] = (self.table.c.key,)
+        self._generated: tuple[sa.Column[Any], ...] = ()
         self._returning = False
         dialect = self.engine.dialect
         self._key_bind = self.table.c.key.type.dialect_impl(dialect).bind_processor(dialect)
@@ -399,20 +441,27 @@ class SQLAlchemyStore(Store[Any, Any]):
     def _check_kv_table(self) -> None:
         """An existing table must have key and value columns, the value column of the serializer's kind."""
         assert self.serializer is not None
-        columns = {c["name"].lower(): c for c in sa.inspect(self.engine).get_columns(self.table.name, self.table.schema)}
+        columns = {
+            c["name"].lower(): c
+            for c in sa.inspect(self.engine).get_columns(self.table.name, self.table.schema)
+        }
         missing = {"key", "value"} - set(columns)
         if missing:
-            raise ValueError(f"table {self.table.fullname!r} exists without the column(s) {sorted(missing)} of a key-value table")
+            raise ValueError(
+                f"table {self.table.fullname!r} exists without the column(s) {sorted(missing)} of a key-value table"
+            )
         stored = columns["value"]["type"]
         binary_column = isinstance(stored, (sa.LargeBinary, sa.types._Binary))
         text_column = isinstance(stored, sa.String)
-        if (self.serializer.binary and text_column) or (not self.serializer.binary and binary_column):
+        if (self.serializer.binary and text_column) or (
+            not self.serializer.binary and binary_column
+        ):
             raise ValueError(
                 f"table {self.table.fullname!r} keeps {'text' if text_column else 'binary'} values, but the "
                 f"{self.serializer.name!r} serializer makes {'bytes' if self.serializer.binary else 'text'}"
             )
 
-    def _kv_upsert_sql(self) -> Optional[str]:
+    def _kv_upsert_sql(self) -> str | None:
         """The driver-level upsert of the key-value hot path, or None to go through Core."""
         dialect = self.engine.dialect
         quote = dialect.identifier_preparer.quote
@@ -436,45 +485,55 @@ class SQLAlchemyStore(Store[Any, Any]):
                 f"INSERT INTO {table} ({key}, {value}) VALUES ",
                 f" ON DUPLICATE KEY UPDATE {value} = VALUES({value})",
             )
-            return "%s(%%s, %%s)%s" % self._mysql_head_tail
+            return "{}(%s, %s){}".format(*self._mysql_head_tail)
         return None
 
     def _init_rows(
         self,
-        table: Union[sa.Table, type],
-        key: Union[str, Sequence[str], None],
-        generated: Optional[Sequence[str]],
+        table: sa.Table | type,
+        key: str | Sequence[str] | None,
+        generated: Sequence[str] | None,
         create: bool,
-        returning: Optional[bool],
+        returning: bool | None,
     ) -> None:
         if isinstance(table, sa.Table):
             self.table = table
             fields = {column.key: column for column in table.columns}
         else:
-            mapper = sa.inspect(table, raiseerr=False)
+            mapper: Any = sa.inspect(table, raiseerr=False)
             if not isinstance(mapper, Mapper):
-                raise TypeError(f"table must be a table name, a Table or an ORM-mapped class, not {table!r}")
+                raise TypeError(
+                    f"table must be a table name, a Table or an ORM-mapped class, not {table!r}"
+                )
             if not isinstance(mapper.local_table, sa.Table) or mapper.inherits is not None:
-                raise TypeError(f"{mapper.class_.__name__} must be mapped to one Table (no inheritance)")
+                raise TypeError(
+                    f"{mapper.class_.__name__} must be mapped to one Table (no inheritance)"
+                )
             self._mapper = mapper
             self.table = mapper.local_table
             fields = {}
             for prop in mapper.column_attrs:
-                columns = [c for c in prop.columns if isinstance(c, sa.Column) and c.table is self.table]
+                columns = [
+                    c for c in prop.columns if isinstance(c, sa.Column) and c.table is self.table
+                ]
                 if len(columns) == 1:
                     fields[prop.key] = columns[0]
-        self._fields: Dict[str, sa.Column] = fields
+        self._fields: dict[str, sa.Column[Any]] = fields
         field_of = {column: name for name, column in fields.items()}
-        self._field_of: Dict[sa.Column, str] = field_of
+        self._field_of: dict[sa.Column[Any], str] = field_of
         if key is None:
             key_columns = tuple(self.table.primary_key.columns)
             if not key_columns:
-                raise ValueError(f"table {self.table.fullname!r} has no primary key: say which columns are the key with key=")
+                raise ValueError(
+                    f"table {self.table.fullname!r} has no primary key: say which columns are the key with key="
+                )
         else:
             names = (key,) if isinstance(key, str) else tuple(key)
             unknown = [name for name in names if name not in fields]
             if unknown or not names:
-                raise ValueError(f"key {unknown or names!r}: not columns of {self.table.fullname!r} (have {sorted(fields)})")
+                raise ValueError(
+                    f"key {unknown or names!r}: not columns of {self.table.fullname!r} (have {sorted(fields)})"
+                )
             key_columns = tuple(fields[name] for name in names)
         if frozenset(key_columns) not in _unique_column_sets(self.table):
             raise ValueError(
@@ -486,20 +545,26 @@ class SQLAlchemyStore(Store[Any, Any]):
             raise ValueError(f"key columns {missing} are not mapped attributes")
         self._key_columns = key_columns
         self._key_fields = tuple(field_of[column] for column in key_columns)
-        self._read_columns = [column for column in self.table.columns if column in field_of]  # what a read selects
+        self._read_columns = [
+            column for column in self.table.columns if column in field_of
+        ]  # what a read selects
         self._read_names = [field_of[column] for column in self._read_columns]
         self._key_positions = [self._read_columns.index(column) for column in key_columns]
         if generated is None:
             self._generated = tuple(
                 column
                 for column in self.table.columns
-                if column not in key_columns and column in field_of and _is_generated(column, self.table)
+                if column not in key_columns
+                and column in field_of
+                and _is_generated(column, self.table)
             )
         else:
             unknown = [name for name in generated if name not in fields]
             if unknown:
                 raise ValueError(f"generated {unknown!r}: not columns of {self.table.fullname!r}")
-            self._generated = tuple(fields[name] for name in generated if fields[name] not in key_columns)
+            self._generated = tuple(
+                fields[name] for name in generated if fields[name] not in key_columns
+            )
         dialect = self.engine.dialect
         if dialect.name not in ("postgresql", "sqlite", "mysql", "mariadb"):
             raise NotImplementedError(
@@ -512,17 +577,19 @@ class SQLAlchemyStore(Store[Any, Any]):
                 pass
         can_return = bool(dialect.insert_returning and dialect.insert_executemany_returning)
         if returning and not can_return:
-            raise ValueError(f"{dialect.name} {dialect.server_version_info} has no INSERT ... RETURNING for an upsert")
+            raise ValueError(
+                f"{dialect.name} {dialect.server_version_info} has no INSERT ... RETURNING for an upsert"
+            )
         self._returning = can_return if returning is None else bool(returning)
-        self._upsert_statements: Dict[Tuple[str, ...], Any] = {}
+        self._upsert_statements: dict[tuple[str, ...], Any] = {}
         self._kv_sql = None
 
     # ------------------------------------------------------------------ reading
-    def load_many(self, keys: Sequence[Any]) -> Dict[Any, Any]:
+    def load_many(self, keys: Sequence[Any]) -> dict[Any, Any]:
         keys = list(keys)
         if not keys:
             return {}
-        found: Dict[Any, Any] = {}
+        found: dict[Any, Any] = {}
         with self.engine.connect() as conn:
             for start in range(0, len(keys), self.chunk_size):
                 chunk = keys[start : start + self.chunk_size]
@@ -536,7 +603,7 @@ class SQLAlchemyStore(Store[Any, Any]):
         assert self._key_class is not None
         return f"the keys of {self.table.fullname!r} are {self._key_class.__name__}, not {type(key).__name__}: {key!r}"
 
-    def _load_kv(self, conn: Connection, chunk: List[Any], found: Dict[Any, Any]) -> None:
+    def _load_kv(self, conn: Connection, chunk: list[Any], found: dict[Any, Any]) -> None:
         assert self.serializer is not None
         key_class = self._key_class
         if key_class is not None:
@@ -545,13 +612,15 @@ class SQLAlchemyStore(Store[Any, Any]):
                     raise TypeError(self._wrong_key(key))
         loads = self.serializer.loads
         table = self.table
-        for key, data in conn.execute(sa.select(table.c.key, table.c.value).where(table.c.key.in_(chunk))):
+        for key, data in conn.execute(
+            sa.select(table.c.key, table.c.value).where(table.c.key.in_(chunk))
+        ):
             try:
                 found[key] = loads(data)
             except Exception as exc:
                 raise SerializationError(key, exc) from exc
 
-    def _load_rows(self, conn: Connection, chunk: List[Any], found: Dict[Any, Any]) -> None:
+    def _load_rows(self, conn: Connection, chunk: list[Any], found: dict[Any, Any]) -> None:
         names = self._read_names
         positions = self._key_positions
         single = len(positions) == 1
@@ -559,7 +628,7 @@ class SQLAlchemyStore(Store[Any, Any]):
             key = row[positions[0]] if single else tuple(row[p] for p in positions)
             found[key] = self._value_from_row(dict(zip(names, row)))
 
-    def _value_from_row(self, values: Dict[str, Any]) -> Any:
+    def _value_from_row(self, values: dict[str, Any]) -> Any:
         if self._mapper is None:
             return values
         instance = self._mapper.class_manager.new_instance()
@@ -573,11 +642,15 @@ class SQLAlchemyStore(Store[Any, Any]):
             return self._key_columns[0].in_(keys)
         for key in keys:
             if not isinstance(key, tuple) or len(key) != len(self._key_columns):
-                raise TypeError(f"the keys of {self.table.fullname!r} are tuples of {len(self._key_columns)} values, not {key!r}")
+                raise TypeError(
+                    f"the keys of {self.table.fullname!r} are tuples of {len(self._key_columns)} values, not {key!r}"
+                )
         return sa.tuple_(*self._key_columns).in_(keys)
 
     # ------------------------------------------------------------------ writing
-    def write(self, upserts: Sequence[Tuple[Any, Any]], deletes: Sequence[Any]) -> Optional[GeneratedFields]:
+    def write(
+        self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]
+    ) -> GeneratedFields | None:
         """Deletes `deletes` and upserts `upserts` in one transaction; returns generated fields (row mode).
 
         A value that cannot be encoded raises `SerializationError` naming its key, and
@@ -585,14 +658,20 @@ class SQLAlchemyStore(Store[Any, Any]):
         """
         if not upserts and not deletes:
             return None
-        rows = None if self.serializer is not None else self._rows(upserts)  # before the transaction
+        rows = (
+            None if self.serializer is not None else self._rows(upserts)
+        )  # before the transaction
         if self.serializer is not None and self._key_class is not None:
             for key in deletes:
                 if not isinstance(key, self._key_class):
                     raise SerializationError(key, TypeError(self._wrong_key(key)))
         with self.engine.begin() as conn:
             for start in range(0, len(deletes), self.chunk_size):
-                conn.execute(sa.delete(self.table).where(self._key_filter(deletes[start : start + self.chunk_size])))
+                conn.execute(
+                    sa.delete(self.table).where(
+                        self._key_filter(deletes[start : start + self.chunk_size])
+                    )
+                )
             if not upserts:
                 return None
             if rows is None:
@@ -601,7 +680,7 @@ class SQLAlchemyStore(Store[Any, Any]):
             return self._write_rows(conn, rows)
 
     # key-value mode
-    def _encode(self, pairs: Sequence[Tuple[Any, Any]]) -> Tuple[List[Any], List[Any]]:
+    def _encode(self, pairs: Sequence[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
         """(keys as the driver takes them, encoded values) of a slice of upserts."""
         assert self.serializer is not None
         dumps = self.serializer.dumps
@@ -621,7 +700,7 @@ class SQLAlchemyStore(Store[Any, Any]):
             keys = [self._key_bind(key) for key in keys]
         return keys, values
 
-    def _write_kv(self, conn: Connection, upserts: Sequence[Tuple[Any, Any]]) -> None:
+    def _write_kv(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
         sql = self._kv_sql
         if sql is None:
             self._write_kv_core(conn, upserts)
@@ -640,7 +719,9 @@ class SQLAlchemyStore(Store[Any, Any]):
             finally:
                 cursor.close()
 
-    def _write_kv_postgresql(self, conn: Connection, sql: str, upserts: Sequence[Tuple[Any, Any]]) -> None:
+    def _write_kv_postgresql(
+        self, conn: Connection, sql: str, upserts: Sequence[tuple[Any, Any]]
+    ) -> None:
         count = len(upserts)
         with _driver_errors(conn, sql) as driver:
             with driver.cursor(binary=True) as cursor:
@@ -654,7 +735,9 @@ class SQLAlchemyStore(Store[Any, Any]):
                     for start in range(0, count, chunk):
                         cursor.execute(sql, self._encode(upserts[start : start + chunk]))
 
-    def _write_kv_mysql_pipelined(self, conn: Connection, sql: str, upserts: Sequence[Tuple[Any, Any]]) -> None:
+    def _write_kv_mysql_pipelined(
+        self, conn: Connection, sql: str, upserts: Sequence[tuple[Any, Any]]
+    ) -> None:
         """PyMySQL: multi-row INSERTs sent by a helper thread while this one encodes the next.
 
         The client-side work (serialising, escaping) and the server's upserting take about
@@ -664,8 +747,8 @@ class SQLAlchemyStore(Store[Any, Any]):
         head, tail = self._mysql_head_tail
         with _driver_errors(conn, sql) as driver:
             escape = driver.escape
-            statements: "queue.Queue[Optional[str]]" = queue.Queue(maxsize=2)
-            failures: List[BaseException] = []
+            statements: queue.Queue[str | None] = queue.Queue(maxsize=2)
+            failures: list[BaseException] = []
 
             def send() -> None:
                 cursor = driver.cursor()
@@ -689,7 +772,7 @@ class SQLAlchemyStore(Store[Any, Any]):
                     if failures:
                         break
                     keys, values = self._encode(upserts[start : start + _MYSQL_CHUNK_ROWS])
-                    rows: List[str] = []
+                    rows: list[str] = []
                     size = 0
                     for key, value in zip(keys, values):
                         row = f"({escape(key)},{escape(value)})"
@@ -706,7 +789,7 @@ class SQLAlchemyStore(Store[Any, Any]):
             if failures:
                 raise failures[0]
 
-    def _write_kv_core(self, conn: Connection, upserts: Sequence[Tuple[Any, Any]]) -> None:
+    def _write_kv_core(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
         """Any dialect: the dialect's upsert if SQLAlchemy has one, else delete then insert."""
         assert self.serializer is not None
         encode = self.serializer.encode
@@ -721,42 +804,62 @@ class SQLAlchemyStore(Store[Any, Any]):
         if name in ("postgresql", "sqlite"):
             module = _postgresql if name == "postgresql" else _sqlite
             insert = module.insert(table)
-            conn.execute(insert.on_conflict_do_update(index_elements=[table.c.key], set_={"value": insert.excluded.value}), params)
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[table.c.key], set_={"value": insert.excluded.value}
+                ),
+                params,
+            )
         elif name in ("mysql", "mariadb"):
             insert = _mysql.insert(table)
             conn.execute(insert.on_duplicate_key_update(value=insert.inserted.value), params)
         else:
             keys = [key for key, _ in upserts]
             for start in range(0, len(keys), self.chunk_size):
-                conn.execute(sa.delete(table).where(table.c.key.in_(keys[start : start + self.chunk_size])))
+                conn.execute(
+                    sa.delete(table).where(table.c.key.in_(keys[start : start + self.chunk_size]))
+                )
             conn.execute(sa.insert(table), params)
 
     # row mode
-    def _rows(self, upserts: Sequence[Tuple[Any, Any]]) -> List[Tuple[Any, Dict[str, Any]]]:
+    def _rows(self, upserts: Sequence[tuple[Any, Any]]) -> list[tuple[Any, dict[str, Any]]]:
         """(key, bind parameters by column key) per upsert; SerializationError for a value that is no row."""
         return [(key, self._row_params(key, value)) for key, value in upserts]
 
-    def _row_params(self, key: Any, value: Any) -> Dict[str, Any]:
+    def _row_params(self, key: Any, value: Any) -> dict[str, Any]:
         mapper = self._mapper
         if isinstance(value, Mapping):
             source: Mapping[str, Any] = value
             unknown = [name for name in source if name not in self._fields]
             if unknown:
-                raise SerializationError(key, ValueError(f"not columns of {self.table.fullname!r}: {unknown}"))
+                raise SerializationError(
+                    key, ValueError(f"not columns of {self.table.fullname!r}: {unknown}")
+                )
         elif mapper is not None and isinstance(value, mapper.class_):
             loaded = sa.inspect(value).dict  # the attributes set or loaded; never triggers a load
             source = {name: loaded[name] for name in self._fields if name in loaded}
         else:
-            expected = f"a dict or a {mapper.class_.__name__}" if mapper is not None else "a dict of column values"
-            raise SerializationError(key, TypeError(f"expected {expected}, got {type(value).__name__}"))
+            expected = (
+                f"a dict or a {mapper.class_.__name__}"
+                if mapper is not None
+                else "a dict of column values"
+            )
+            raise SerializationError(
+                key, TypeError(f"expected {expected}, got {type(value).__name__}")
+            )
         key_values = key if len(self._key_fields) > 1 else (key,)
         if not isinstance(key_values, tuple) or len(key_values) != len(self._key_fields):
-            raise SerializationError(key, TypeError(f"expected a key of {len(self._key_fields)} values {self._key_fields}"))
-        params: Dict[str, Any] = {}
+            raise SerializationError(
+                key,
+                TypeError(f"expected a key of {len(self._key_fields)} values {self._key_fields}"),
+            )
+        params: dict[str, Any] = {}
         for name, key_value in zip(self._key_fields, key_values):
             held = source.get(name)
             if held is not None and held != key_value:
-                raise SerializationError(key, ValueError(f"its {name}={held!r} contradicts its key {key!r}"))
+                raise SerializationError(
+                    key, ValueError(f"its {name}={held!r} contradicts its key {key!r}")
+                )
             params[self._fields[name].key] = key_value
         generated = self._generated
         for name, item in source.items():
@@ -766,36 +869,45 @@ class SQLAlchemyStore(Store[Any, Any]):
             params[column.key] = item
         return params
 
-    def _write_rows(self, conn: Connection, rows: List[Tuple[Any, Dict[str, Any]]]) -> Optional[GeneratedFields]:
-        groups: Dict[Tuple[str, ...], List[Dict[str, Any]]] = {}
+    def _write_rows(
+        self, conn: Connection, rows: list[tuple[Any, dict[str, Any]]]
+    ) -> GeneratedFields | None:
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for _, params in rows:  # executemany needs the same columns in every row of a statement
             groups.setdefault(tuple(sorted(params)), []).append(params)
-        generated: Dict[Any, Dict[str, Any]] = {}
-        for columns, params in groups.items():
+        generated: dict[Any, dict[str, Any]] = {}
+        for columns, group in groups.items():
             try:
-                result = conn.execute(self._upsert_statement(columns), params)
+                result = conn.execute(self._upsert_statement(columns), group)
             except sa.exc.DBAPIError as exc:
-                if self._dialect_name in ("mysql", "mariadb") and _mysql_code(exc.orig) == _MYSQL_SUBQUERY_ROWS:
-                    raise KeyConflictError(exc, [column.name for column in self._key_columns]) from exc
+                if (
+                    self._dialect_name in ("mysql", "mariadb")
+                    and _mysql_code(exc.orig) == _MYSQL_SUBQUERY_ROWS
+                ):
+                    raise KeyConflictError(
+                        exc, [column.name for column in self._key_columns]
+                    ) from exc
                 raise
             if self._returning and self._generated:
                 self._collect(result, generated)
         if self._generated and not self._returning:
             keys = [key for key, _ in rows]
-            columns = (*self._key_columns, *self._generated)
+            selected = (*self._key_columns, *self._generated)
             for start in range(0, len(keys), self.chunk_size):
                 chunk = keys[start : start + self.chunk_size]
-                self._collect(conn.execute(sa.select(*columns).where(self._key_filter(chunk))), generated)
+                self._collect(
+                    conn.execute(sa.select(*selected).where(self._key_filter(chunk))), generated
+                )
         return generated or None
 
-    def _collect(self, result: Any, generated: Dict[Any, Dict[str, Any]]) -> None:
+    def _collect(self, result: Any, generated: dict[Any, dict[str, Any]]) -> None:
         width = len(self._key_columns)
         names = [self._field_of[column] for column in self._generated]
         for row in result:
             key = row[0] if width == 1 else tuple(row[:width])
             generated[key] = dict(zip(names, row[width:]))
 
-    def _upsert_statement(self, columns: Tuple[str, ...]) -> Any:
+    def _upsert_statement(self, columns: tuple[str, ...]) -> Any:
         statement = self._upsert_statements.get(columns)
         if statement is not None:
             return statement
@@ -814,23 +926,25 @@ class SQLAlchemyStore(Store[Any, Any]):
         # CURRENT_TIMESTAMP, a trigger) is left to the server, an `onupdate` is applied, as
         # SQLAlchemy would on an UPDATE (it does not on an upsert's). The cached value's copy
         # of such a column is what the last write returned, so writing it back would freeze it.
-        updates: Dict[str, Any] = {}
+        updates: dict[str, Any] = {}
         for column in table.columns:
             if column.key in key_names:
                 continue
-            default = column.onupdate
+            default: Any = column.onupdate  # a ColumnDefault: its `arg` is what to write
             if default is not None:
                 if default.is_callable:
                     updates[column.key] = sa.bindparam(
-                        f"lazycache_onupdate_{column.key}", callable_=lambda d=default: d.arg(None), type_=column.type
+                        f"lazycache_onupdate_{column.key}",
+                        callable_=partial(default.arg, None),
+                        type_=column.type,
                     )
                 else:
                     updates[column.key] = default.arg
             elif column.key in columns and column.server_onupdate is None:
                 updates[column.key] = proposed[column.key]
         if not updates:  # only the key: a no-op update, so that the row is still returned
-            first = self._key_columns[0].key
-            updates[first] = proposed[first]
+            first_key = self._key_columns[0].key
+            updates[first_key] = proposed[first_key]
         if name in ("mysql", "mariadb"):
             # ON DUPLICATE KEY UPDATE fires on a conflict with ANY unique key: a row that
             # collides with another row on, say, a unique email would silently update that
@@ -838,13 +952,21 @@ class SQLAlchemyStore(Store[Any, Any]):
             # and fails the statement otherwise (raising KeyConflictError), as PostgreSQL and
             # SQLite do. MySQL evaluates IF lazily: the failing subquery runs only then.
             first = self._key_columns[0]
-            same_row = sa.and_(*[column.is_not_distinct_from(proposed[column.key]) for column in self._key_columns])
+            same_row = sa.and_(
+                *[column.is_not_distinct_from(proposed[column.key]) for column in self._key_columns]
+            )
             own = self.engine.dialect.identifier_preparer.quote(first.name)
-            fail = sa.literal_column(f"(SELECT {own} UNION ALL SELECT {own})", type_=first.type)  # two rows: error 1242
+            fail = sa.literal_column(
+                f"(SELECT {own} UNION ALL SELECT {own})", type_=first.type
+            )  # two rows: error 1242
             guarded = [(first.key, sa.func.IF(same_row, first, fail))]
-            statement = insert.on_duplicate_key_update(guarded + [(k, v) for k, v in updates.items() if k != first.key])
+            statement = insert.on_duplicate_key_update(
+                guarded + [(k, v) for k, v in updates.items() if k != first.key]
+            )
         else:
-            statement = insert.on_conflict_do_update(index_elements=list(self._key_columns), set_=updates)
+            statement = insert.on_conflict_do_update(
+                index_elements=list(self._key_columns), set_=updates
+            )
         if self._returning and self._generated:
             statement = statement.returning(*self._key_columns, *self._generated)
         self._upsert_statements[columns] = statement
@@ -874,7 +996,7 @@ _MYSQL_SUBQUERY_ROWS = 1242
 """MySQL's "Subquery returns more than 1 row": how the row-mode upsert reports a conflict on another unique key."""
 
 
-def _mysql_code(orig: Any) -> Optional[int]:
+def _mysql_code(orig: Any) -> int | None:
     args = getattr(orig, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
 
@@ -885,8 +1007,9 @@ class KeyConflictError(sa.exc.IntegrityError):
     Raised instead of letting ON DUPLICATE KEY UPDATE overwrite that other row. Not recoverable.
     """
 
-    def __init__(self, cause: "sa.exc.DBAPIError", key_columns: Sequence[str]) -> None:
-        super().__init__(cause.statement, None, cause.orig, hide_parameters=True)
+    def __init__(self, cause: sa.exc.DBAPIError, key_columns: Sequence[str]) -> None:
+        # A DBAPIError raised by a driver call always has the driver's exception as orig.
+        super().__init__(cause.statement, None, cause.orig, hide_parameters=True)  # type: ignore[arg-type]
         self.key_columns = tuple(key_columns)
 
     def __str__(self) -> str:
