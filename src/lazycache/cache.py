@@ -518,7 +518,8 @@ class _CacheLayer:
 
     def _flush_within(self, timeout: float) -> FlushResult:
         # The store call cannot be interrupted, so it runs in a thread the caller need not wait for.
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         outcome: list[FlushResult] = []
         worker = threading.Thread(
             target=lambda: outcome.append(self._batch_writer.flush(self, deadline, persist=True)),
@@ -529,10 +530,8 @@ class _CacheLayer:
         worker.join(timeout)
         if outcome:
             return outcome[0]
-        return FlushResult(
-            failed_keys=tuple(self._pending_keys()),  # type: ignore[attr-defined]
-            errors=(TimeoutError(f"the store did not finish writing within {timeout}s"),),
-            duration=timeout,
+        return self._batch_writer.given_up(
+            self, started, TimeoutError(f"the store did not finish writing within {timeout}s")
         )
 
     def _heartbeat(self) -> None:

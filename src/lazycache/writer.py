@@ -208,6 +208,9 @@ class BatchWriter:
         self.flushes = 0
         self.retries = 0
         self.consecutive_failures = 0
+        # The store's error behind the current run of failures: a flush that times out
+        # before its own attempt (another thread holds the writer) still reports the cause.
+        self.last_store_error: BaseException | None = None
         self.last_flush_duration = 0.0
         self.last_batch_size = 0
         self.inflight_since: int | None = None
@@ -218,6 +221,7 @@ class BatchWriter:
     def reset_after_fork(self) -> None:
         self.lock = threading.RLock()
         self.consecutive_failures = 0
+        self.last_store_error = None
         self.inflight_since = None
 
     # ----------------------------------------------------------- policy
@@ -278,10 +282,16 @@ class BatchWriter:
             self.lock.release()
         return self._result(cache, acc, started)
 
+    def given_up(self, cache: Any, started: float, error: BaseException) -> FlushResult:
+        """The result of a flush abandoned at its deadline: every pending key failed, and why."""
+        return self._result(cache, _Accumulator(), started, error)
+
     def _result(
         self, cache: Any, acc: _Accumulator, started: float, extra: BaseException | None = None
     ) -> FlushResult:
         if extra is not None:
+            if not acc.errors and self.consecutive_failures and self.last_store_error is not None:
+                acc.errors.append(self.last_store_error)
             acc.errors.append(extra)
             acc.incomplete = True
         failed = tuple(cache._pending_keys()) if acc.incomplete else ()
@@ -307,6 +317,7 @@ class BatchWriter:
             generated = self.store.write(upserts, deletes)
         except Exception as exc:
             acc.errors.append(exc)
+            self.last_store_error = exc
             self.failed_writes += len(batch)
             return self._handle_failure(cache, batch, acc, exc)
         finally:
@@ -315,6 +326,7 @@ class BatchWriter:
             self._merge_generated(cache, batch, generated)
         cache._commit(batch)
         self.consecutive_failures = 0
+        self.last_store_error = None
         self.writes += len(batch)
         self.flushes += 1
         self.last_batch_size = len(batch)
