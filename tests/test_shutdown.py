@@ -155,6 +155,29 @@ def test_flush_with_a_timeout_returns_by_its_deadline_while_the_store_hangs(make
     assert store.data == {"a": 1}
 
 
+def test_a_flush_given_up_at_its_deadline_names_the_store_error_behind_it(make_cache) -> None:
+    store = BlockingStore()
+    # No background retry: the only attempts are the two flushes below.
+    cache = make_cache(store, quiet=True, retry_initial=3600, retry_max=3600)
+    cache["a"] = 1
+    store.fail = True
+    with pytest.raises(FlushError) as first:
+        cache.flush()
+    assert isinstance(first.value.result.errors[-1], ConnectionError)
+    store.hold()  # the next attempt hangs, so this flush gives up before it fails
+    try:
+        with pytest.raises(FlushError) as info:
+            cache.flush(timeout=0.3)
+        store.wait_entered()
+        assert [type(exc) for exc in info.value.result.errors] == [ConnectionError, TimeoutError]
+        assert info.value.result.failed_keys == ("a",)
+    finally:
+        store.fail = False
+        store.release.set()
+    wait_until(lambda: cache.pending == 0)
+    assert store.data == {"a": 1}
+
+
 @pytest.mark.parametrize("timeout", [0, -1, float("nan")])
 def test_non_positive_flush_timeout_is_a_value_error(make_cache, timeout) -> None:
     cache = make_cache(quiet=True)
