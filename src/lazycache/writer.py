@@ -65,7 +65,7 @@ class FlushResult:
     poisoned_keys: tuple[Any, ...] = ()
     """Keys whose write failed for good and went to `on_write_error`."""
     errors: tuple[BaseException, ...] = field(default=(), repr=False)
-    """The exceptions raised by the store."""
+    """The exceptions raised by the store; a flush that hit its deadline ends with a TimeoutError."""
     duration: float = 0.0
     """Seconds the flush took."""
 
