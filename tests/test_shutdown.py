@@ -170,6 +170,7 @@ def test_a_flush_given_up_at_its_deadline_names_the_store_error_behind_it(make_c
             cache.flush(timeout=0.3)
         store.wait_entered()
         assert [type(exc) for exc in info.value.result.errors] == [ConnectionError, TimeoutError]
+        assert "after ConnectionError('store is down')" in str(info.value)
         assert info.value.result.failed_keys == ("a",)
     finally:
         store.fail = False

@@ -90,6 +90,8 @@ class FlushError(Exception):
                 f"{len(result.poisoned_keys)} rejected ({describe_keys(list(result.poisoned_keys))})"
             )
         cause = f": {result.errors[-1]!r}" if result.errors else ""
+        if len(result.errors) > 1 and isinstance(result.errors[-1], TimeoutError):
+            cause += f", after {result.errors[-2]!r}"  # the deadline, and the store error behind it
         super().__init__("; ".join(parts) + cause)
 
 
