@@ -159,14 +159,6 @@ class Core:
             self._ntomb -= 1
         self._epoch += 1
 
-    def _mark_dirty(self, entry: Entry) -> None:
-        if not entry.flags & DIRTY:
-            if not entry.flags & INFLIGHT:
-                self._npending += 1
-            entry.since = self._clock
-            entry.flags |= DIRTY
-            self._dirty.append(entry)
-
     def _signal(self) -> int:
         """Raises the signals whose threshold has been crossed; returns the new ones."""
         raised = 0
@@ -220,10 +212,16 @@ class Core:
         return old, self._signal()
 
     def _tombstone(self, entry: Entry) -> Any:
+        """Marks a live entry deleted and queues its delete; returns its value."""
         old = entry.value
         self._seq += 1
-        self._mark_dirty(entry)
-        entry.flags |= DELETED
+        flags = entry.flags
+        if not flags & DIRTY:
+            if not flags & INFLIGHT:
+                self._npending += 1
+            entry.since = self._clock
+            self._dirty.append(entry)
+        entry.flags = flags | DIRTY | DELETED
         entry.value = MISSING
         entry.seq = self._seq
         self._ntomb += 1
