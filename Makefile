@@ -27,27 +27,22 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	$(VENV)/bin/lazycache bench $(BENCH_ARGS)
 
-# make docs: the documentation site (mkdocs.yml, docs/) built into site/, warnings as errors.
-# Its tools are the `docs` extra, added to the development install.
-DOCS_STAMP := $(STAMP).docs
-$(DOCS_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[docs]'
+# The tools of `make docs` and `make lint`: the extra of the same name, added to the
+# development install (one stamp per extra, e.g. $(STAMP).docs).
+$(STAMP).%: $(STAMP)
+	LAZYCACHE_REQUIRE_EXTENSIONS=1 $(PY) -m pip install --quiet -e '.[$*]'
 	touch $@
 
+# make docs: the documentation site (mkdocs.yml, docs/) built into site/, warnings as errors.
 .PHONY: docs
-docs: $(DOCS_STAMP)
+docs: $(STAMP).docs
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --clean --site-dir site
 
 # make lint: ruff, cython-lint, mypy --strict (the package, and the typed example as a user
 # sees the installed package), pyright (strict, on the example), and stubtest (the compiled
-# core against _core.pyi). The tools are the `lint` extra, added to the development install.
-LINT_STAMP := $(STAMP).lint
-$(LINT_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[lint]'
-	touch $@
-
+# core against _core.pyi).
 .PHONY: lint
-lint: $(LINT_STAMP)
+lint: $(STAMP).lint
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	# cython-lint runs pycodestyle, which it looks up on PATH.
