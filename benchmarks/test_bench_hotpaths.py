@@ -94,9 +94,8 @@ def test_set_new(
     benchmark.extra_info["ops_per_call"] = SIZE
 
     def fresh() -> tuple[tuple[Any, Sequence[str]], dict]:
-        while (
-            structures
-        ):  # the last round's cache: closing it waits for its pruner, so none runs meanwhile
+        # The last round's cache: closing it waits for its pruner, so none runs meanwhile.
+        while structures:
             contender.close(structures.pop())
         cache = _filled(contender, structures, workload.keys, maxsize=SIZE, clean=True)
         return (cache, workload.absent), {}

@@ -91,9 +91,8 @@ def test_integrity_error_is_not_recoverable(database) -> None:
             [("b", {"email": "other@example.com"}), ("c", {"email": "same@example.com"})], []
         )
     assert store.is_recoverable(caught.value) is False
-    with (
-        database.engine.connect() as conn
-    ):  # nothing of the batch; "a" untouched (MySQL would have updated it)
+    # Nothing of the batch; "a" untouched (MySQL would have updated it).
+    with database.engine.connect() as conn:
         assert conn.execute(sa.select(table.c.name, table.c.email)).all() == [
             ("a", "same@example.com")
         ]

@@ -402,9 +402,8 @@ class _CacheLayer:
                 value = self._fetch(key)
                 if value is not MISSING:
                     newer = self._discard(key)  # type: ignore[attr-defined]
-                    if (
-                        newer is not MISSING
-                    ):  # set by another thread while we read: that is what we deleted
+                    # Set by another thread while we read: that is what we deleted.
+                    if newer is not MISSING:
                         value = newer
             if value is not MISSING:
                 journal.append(record)

@@ -224,9 +224,8 @@ def is_recoverable_error(exc: BaseException) -> bool:
     """
     if isinstance(exc, SerializationError):
         return False
-    if isinstance(
-        exc, (sa.exc.DisconnectionError, sa.exc.TimeoutError)
-    ):  # pool timeout, pre-ping failure
+    # A pool timeout, a pre-ping failure.
+    if isinstance(exc, (sa.exc.DisconnectionError, sa.exc.TimeoutError)):
         return True
     if isinstance(exc, sa.exc.DBAPIError):
         if exc.connection_invalidated:
