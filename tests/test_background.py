@@ -166,3 +166,42 @@ def test_pruner_survives_an_exception(cache_cls, caplog) -> None:
         assert "lazycache-pruner" in {t.name for t in lazycache_threads()}
     finally:
         cache.close()
+
+
+def test_pruner_keeps_pruning_after_evicting_many(make_cache) -> None:
+    """Each round of read-through loads is evicted back to maxsize, not only the first."""
+    store = MemoryStore({i: i for i in range(10_000)})
+    cache = make_cache(store, maxsize=1000, prune_interval=LONG, write_interval=LONG)
+    for round_start in range(0, 10_000, 2000):
+        for key in range(round_start, round_start + 2000):
+            assert cache[key] == key  # loads clean entries; size pressure wakes the pruner
+        wait_until(
+            lambda: len(cache) <= 1000,
+            message=f"the pruner stopped after round {round_start // 2000}: {len(cache)} entries",
+        )
+    assert all(cache[key] == key for key in range(0, 10_000, 7))  # evicted ones read through
+
+
+def test_a_job_returning_a_non_backoff_is_reported_and_ignored(caplog) -> None:
+    from lazycache._worker import Worker
+
+    ran = threading.Event()
+    runs: list[int] = []
+
+    class Owner:
+        def job(self) -> int:
+            runs.append(1)
+            if len(runs) >= 2:
+                ran.set()
+            return 500  # a count, not seconds: must not pause the worker
+
+    owner = Owner()
+    worker = Worker(owner.job, LONG, "lazycache-test-worker")  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, logger="lazycache"):
+        worker.start()
+        worker.wake()
+        wait_until(lambda: runs, message="the worker did not run")
+        worker.wake()  # woken again at once: no 500 s pause
+        assert ran.wait(5), "the worker treated 500 as a backoff"
+        worker.stop(5)
+    assert "not a backoff" in caplog.text

@@ -1,10 +1,13 @@
 """A background thread that runs one method of its owner periodically or when woken.
 
-It holds only a weak reference to the owner between runs, so a cache that the
+It holds only weak references to the owner between runs, so a cache that the
 program drops is garbage-collected (and flushed by its finaliser) even though
-its threads are alive. If the method returns a number of seconds (a backoff
-after a failure), the next run waits that long, and wake-ups before then are
-ignored: a store that is down is not hammered by every write.
+its threads are alive. The method's return value is the contract: a `Backoff`
+(seconds to wait after a failure) makes the next run wait that long, ignoring
+wake-ups before then, so that a store that is down is not hammered by every
+write; `None` means "run again at the next wake-up or interval". Anything else
+is a programming error, reported once in the log and treated as `None`: a
+count, say, must never be mistaken for a pause.
 """
 
 from __future__ import annotations
@@ -13,19 +16,33 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Callable, NewType, Optional
 
 log = logging.getLogger("lazycache")
 
+Backoff = NewType("Backoff", float)
+"""Seconds a failing background job asks to wait before its next run."""
+
+Run = Callable[[], Optional[Backoff]]
+
 
 class Worker:
-    def __init__(self, owner: Any, method: str, interval: float, name: str) -> None:
-        self._owner = weakref.ref(owner)
-        self._method = method
+    def __init__(
+        self,
+        run: Run,
+        interval: float,
+        name: str,
+        *,
+        while_backing_off: Callable[[], None] | None = None,
+    ) -> None:
+        """`run` and `while_backing_off` are bound methods of the owner, held weakly."""
+        self._run_once = weakref.WeakMethod(run)
+        self._tick = None if while_backing_off is None else weakref.WeakMethod(while_backing_off)
         self._interval = interval
         self._wakeup = threading.Event()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._complained = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -44,7 +61,7 @@ class Worker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def _run(self) -> None:
+    def _loop(self) -> None:
         wait = self._interval
         not_before = 0.0
         while True:
@@ -55,28 +72,40 @@ class Worker:
             if early > 0:  # woken during a backoff: keep waiting
                 self._wakeup.clear()
                 wait = min(early, self._interval)
-                owner = self._owner()
-                if owner is None:
-                    return
-                owner._heartbeat()  # the clock keeps time during a long backoff
-                del owner
+                if self._tick is not None:
+                    tick = self._tick()
+                    if tick is None:
+                        return  # the owner is gone
+                    tick()
+                    del tick
                 continue
             self._wakeup.clear()
-            owner = self._owner()
-            if owner is None:
-                return
-            backoff = None
+            run = self._run_once()
+            if run is None:
+                return  # the owner is gone
+            backoff: object = None
             try:
-                backoff = getattr(owner, self._method)()
+                backoff = run()
             except BaseException:  # the thread must carry on; the method logs its own keys
-                log.exception(
-                    "lazycache %s: unexpected error in %s", self._thread.name, self._method
-                )
+                log.exception("lazycache %s: unexpected error", self._thread.name)
             finally:
-                del owner
-            if backoff:
-                wait = min(backoff, self._interval)
-                not_before = time.monotonic() + backoff
+                del run
+            pause = self._checked(backoff)
+            if pause:
+                wait = min(pause, self._interval)
+                not_before = time.monotonic() + pause
             else:
                 wait = self._interval
                 not_before = 0.0
+
+    def _checked(self, backoff: object) -> float | None:
+        if backoff is None or (type(backoff) is float and backoff >= 0):
+            return backoff
+        if not self._complained:
+            self._complained = True
+            log.error(
+                "lazycache %s: its job returned %r, not a backoff in seconds or None; ignored",
+                self._thread.name,
+                backoff,
+            )
+        return None

@@ -26,7 +26,7 @@ from typing import (
 
 from . import _core_py
 from ._sentinels import ABSENT, MISSING
-from ._worker import Worker
+from ._worker import Backoff, Worker
 from .coherence import Coherence
 from .journal import Journal
 from .stats import CacheStats
@@ -279,8 +279,13 @@ class _CacheLayer:
         return _NO_JOURNAL if self._journal is None else _JournalScope(self._journal)
 
     def _start_threads(self) -> None:
-        self._writer = Worker(self, "_background_flush", self._write_interval, "lazycache-writer")
-        self._pruner = Worker(self, "prune", self._prune_interval, "lazycache-pruner")
+        self._writer = Worker(
+            self._background_flush,
+            self._write_interval,
+            "lazycache-writer",
+            while_backing_off=self._heartbeat,  # the clock keeps time during a long backoff
+        )
+        self._pruner = Worker(self._background_prune, self._prune_interval, "lazycache-pruner")
         self._writer.start()
         self._pruner.start()
 
@@ -537,13 +542,18 @@ class _CacheLayer:
         """Keeps the core's coarse clock (stamped on entries as they become pending) current."""
         self._set_clock(_now_ms())  # type: ignore[attr-defined]
 
-    def _background_flush(self) -> float | None:
+    def _background_flush(self) -> Backoff | None:
         """One run of the writer thread; returns the backoff before the next run, if failing."""
         self._set_clock(_now_ms())  # type: ignore[attr-defined]
         self._batch_writer.flush(self)  # failures are logged with their keys
         if self.maxsize and len(self) > self.maxsize:  # type: ignore[arg-type]
             self._pruner.wake()  # what was just written can be evicted now
-        return self._batch_writer.backoff() or None
+        backoff = self._batch_writer.backoff()
+        return Backoff(backoff) if backoff else None
+
+    def _background_prune(self) -> None:
+        """One run of the pruner thread. Never backs off: eviction needs no store."""
+        self.prune()
 
     def prune(self) -> int:
         """Evicts clean entries until the cache is back at maxsize; returns how many. Run by the pruner."""
