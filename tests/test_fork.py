@@ -14,6 +14,8 @@ from collections import Counter
 import pytest
 from helpers import SharedLogStore, run_in_forked_child, wait_until
 
+from lazycache import MemoryStore
+
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform"),
     # Python 3.12+ warns that forking a multi-threaded process may deadlock: that is what is tested here.
@@ -146,3 +148,33 @@ def test_forked_child_can_fork_again(make_cache, tmp_path) -> None:
     assert keys_written(log, grandchild_pid) == ["grandchild"]
     cache["parent"] = 0
     wait_until(lambda: "parent" in store.data and cache.pending == 0)
+
+
+class ForkRecordingStore(MemoryStore):
+    """A MemoryStore that records each after_fork_in_child call: in which process, and
+    which threads were running then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fork_calls: list[dict] = []
+
+    def after_fork_in_child(self) -> None:
+        threads = sorted(thread.name for thread in threading.enumerate())
+        self.fork_calls.append({"pid": os.getpid(), "threads": threads})
+
+
+def test_child_tells_each_cache_store_before_any_cache_thread_runs(make_cache) -> None:
+    store = ForkRecordingStore()
+    make_cache(store)
+    make_cache(store)  # two caches over one store: both reset it before either's threads start
+
+    def child():
+        return {"pid": os.getpid(), "calls": store.fork_calls}
+
+    report = run_in_forked_child(child)
+    assert [call["pid"] for call in report["calls"]] == [report["pid"]] * 2
+    assert all(
+        not any(name.startswith("lazycache-") for name in call["threads"])
+        for call in report["calls"]
+    )
+    assert store.fork_calls == []  # the parent's store is not told anything

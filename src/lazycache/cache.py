@@ -674,21 +674,26 @@ class _CacheLayer:
                 self.store.close()
 
     def _after_fork_in_child(self) -> None:
-        """The parent writes what was pending at the fork; the child starts afresh with its own threads."""
+        """The parent writes what was pending at the fork; the child starts afresh with its own
+        connections (the parent's are its server sessions: never used nor closed here).
+        The caller then starts the child's threads (`_start_threads`)."""
         self._forget_pending()  # type: ignore[attr-defined]
         self._fork_release()  # type: ignore[attr-defined]
         self._batch_writer.reset_after_fork()
+        self.store.after_fork_in_child()
         if self._journal is not None:
             self._journal.reopen_in_child()
         if self._coherence is not None:
             # The channel's subscription did not survive the fork: without it the child
             # cannot hear of other writers, so it keeps reading through to the store.
+            # The channel lets go of the parent's connections first, so that nothing the
+            # child does with it (close() included) reaches them.
+            self._coherence.after_fork_in_child()
             self._batch_writer.coherence = self._coherence = None
             self._coherence_lost()
         self._loading = {}
         self._loading_lock = threading.Lock()
         self._close_lock = threading.Lock()
-        self._start_threads()
 
     def __enter__(self) -> Self:
         return self
@@ -891,11 +896,23 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
+    # Two passes: every cache lets go of the parent's connections (and of locks a parent
+    # thread may have held) while this is the child's only thread; then the threads start.
+    # Caches may share a store or a client: none of their threads may run while the next
+    # cache resets it.
+    restarted = []
     for cache in list(_open_caches.values()):
         try:
             cache._after_fork_in_child()
         except Exception:
             log.exception("lazycache: could not restart a cache in the forked child")
+        else:
+            restarted.append(cache)
+    for cache in restarted:
+        try:
+            cache._start_threads()
+        except Exception:
+            log.exception("lazycache: could not start a cache's threads in the forked child")
 
 
 if hasattr(os, "register_at_fork"):

@@ -36,3 +36,12 @@ class Coherence(ABC):
 
     def close(self) -> None:  # noqa: B027  (optional: a channel may hold nothing to release)
         """Unsubscribes and releases the channel's connections."""
+
+    def after_fork_in_child(self) -> None:  # noqa: B027  (optional: a channel may hold nothing)
+        """Called in a process made by `os.fork()`, on the channel of every open cache.
+
+        The child's cache stops using the channel (the subscription is the parent's). The
+        channel drops its references to the parent's connections here, closing none of them
+        (closing would end them for the parent too), so that nothing the child does with
+        it afterwards, `close()` included, reaches the parent's connections.
+        """

@@ -18,6 +18,7 @@ class Store(ABC, Generic[K, V]):
 
     The cache calls `load_many` on a read-through miss (from the reading thread) and
     `write` from its writer thread, one batch at a time, never two batches at once.
+    In a child made by `os.fork()` it calls `after_fork_in_child` before anything else.
     """
 
     @abstractmethod
@@ -53,3 +54,15 @@ class Store(ABC, Generic[K, V]):
 
     def close(self) -> None:
         """Releases the store's resources. The cache does not call it unless it owns the store."""
+
+    def after_fork_in_child(self) -> None:
+        """Called in a process made by `os.fork()`, before the child's cache uses the store.
+
+        The child inherited the parent's open connections: they are the parent's server
+        sessions, so the child must neither use them (the two processes' requests and
+        replies would mix on one socket) nor close them (closing ends the session for the
+        parent too). A store that holds connections drops its references to them here,
+        without closing them, and opens connections of its own on next use. Called by
+        every open cache over the store (and so maybe more than once per fork), whether the
+        cache owns the store or not. The default does nothing: for a store with no connection.
+        """

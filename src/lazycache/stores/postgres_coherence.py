@@ -231,6 +231,12 @@ class PostgresNotifyCoherence(ChannelCoherence):
             except Exception:
                 pass
 
+    def _forget_connections(self) -> None:
+        # psycopg ends a session (libpq's PQfinish) only on close() or when a connection
+        # made in this very process is freed: a dropped inherited one is left to the parent.
+        self._listener = None
+        self._publisher = None
+
     def __repr__(self) -> str:
         state = "up" if self.connected else "down"
         return f"PostgresNotifyCoherence({self.channel!r}, {state}, id={self.id[:12]})"

@@ -87,6 +87,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
@@ -115,6 +117,7 @@ __all__ = [
     "is_recoverable_error",
     "make_client",
     "open_redis",
+    "reset_after_fork",
 ]
 
 log = logging.getLogger("lazycache")
@@ -233,6 +236,51 @@ def make_client(url: str = DEFAULT_URL, *, cluster: bool | None = None, **option
         options.pop("db", None)
         return RedisCluster.from_url(url, **options)
     return redis.Redis.from_url(url, **options)
+
+
+def reset_after_fork(client: Any) -> None:
+    """In a forked child: `client` (a `redis.Redis` or a `RedisCluster`) forgets the parent's connections.
+
+    Each connection pool is emptied (`ConnectionPool.reset()`) without closing anything:
+    the parent's sockets stay open for the parent (redis-py closes a dropped connection's
+    socket in the child without shutting it down, so the parent's session goes on), and
+    the child connects afresh on its next command. redis-py's pools do this by themselves
+    on their first use in a child (they compare pids); doing it here also covers a
+    `single_connection_client=True` client, whose dedicated connection bypasses the pool
+    (in the child it takes its connections from the pool instead), and a pool whose lock
+    a parent thread held at the fork (the child would wait for it forever). Call it while
+    the child runs one thread only, as the cache's at-fork hook does. Idempotent.
+    """
+    if _is_cluster_client(client):
+        manager = client.nodes_manager
+        nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
+        clients = list(
+            {id(node.redis_connection): node.redis_connection for node in nodes}.values()
+        )
+    else:
+        clients = [client]
+    pid = os.getpid()
+    for each in clients:
+        if each is None:
+            continue
+        conn = each.connection  # single_connection_client: a dedicated connection
+        if conn is not None and getattr(conn, "pid", None) != pid:
+            each.connection = None  # the parent's session: commands take pooled ones instead
+            each.single_connection_lock = threading.RLock()
+        pool = each.connection_pool
+        if getattr(pool, "pid", None) == pid:
+            continue  # reset already (by another cache over this client, or by redis-py)
+        # The child runs one thread now: a lock that a parent thread held at the fork would
+        # stay held forever, and reset() takes the pool's lock, so the pool gets new ones.
+        for name in ("_lock", "_fork_lock"):
+            old = getattr(pool, name, None)
+            if old is not None:
+                setattr(pool, name, threading.RLock() if _is_rlock(old) else threading.Lock())
+        pool.reset()
+
+
+def _is_rlock(lock: Any) -> bool:
+    return isinstance(lock, type(threading.RLock()))
 
 
 def _safe_url(url: str) -> str:
@@ -565,6 +613,11 @@ class RedisStore(Store[Any, Any]):
         self._closed = True
         if self.owns_client:
             self.client.close()
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: the client forgets the parent's connections (see `reset_after_fork`),
+        whether the store made it or was given it."""
+        reset_after_fork(self.client)
 
     def __repr__(self) -> str:
         try:

@@ -208,7 +208,8 @@ class ChannelCoherence(Coherence):
     Subclasses implement `_connect()` (open the subscription and return once the
     server confirmed it), `_receive(timeout)` (messages that arrived, as raw payloads;
     raise on a broken connection), `_ping()` / `_pong_pending()` for liveness,
-    `_disconnect()`, and `_send(payloads)` to publish.
+    `_disconnect()`, `_send(payloads)` to publish, and `_forget_connections()` (in a
+    forked child: drop every connection without closing it, they are the parent's).
 
     The thread calls `on_lost()` once when the subscription breaks (or cannot be made
     at start), reconnects with exponential backoff (`reconnect_initial` doubling to
@@ -345,6 +346,22 @@ class ChannelCoherence(Coherence):
                 self.kind,
                 held,
             )
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: stopped, holding none of the parent's connections (closing none).
+
+        The subscriber thread does not exist in the child; its connections, and the
+        publishing one, are the parent's sessions. They are forgotten, not closed, so that
+        a later `close()` in the child ends nothing of the parent's. The locks are new: a
+        parent thread may have held one at the fork.
+        """
+        self._stop = threading.Event()
+        self._stop.set()
+        self._thread = None
+        self._state_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self.connected = False
+        self._forget_connections()
 
     # ------------------------------------------------------------------ publishing
     def _payloads(self, keys: list[Any]) -> list[str]:
@@ -531,6 +548,10 @@ class ChannelCoherence(Coherence):
 
     def _close_publisher(self) -> None:
         """Closes the publishing connection, if the transport has its own."""
+
+    @abstractmethod
+    def _forget_connections(self) -> None:
+        """In a forked child: drops every connection reference, closing nothing (they are the parent's)."""
 
     def _interrupt(self) -> None:
         """Wakes the subscriber thread from its wait (called by close(), from another thread)."""
@@ -728,6 +749,14 @@ class RedisCoherence(ChannelCoherence):
                 conn.disconnect()
             except Exception:
                 pass
+
+    def _forget_connections(self) -> None:
+        # A dropped redis-py connection closes its socket in the child without shutting it
+        # down (it compares pids), so the parent's subscription goes on.
+        self._conn = None
+        from .redis import reset_after_fork
+
+        reset_after_fork(self.client)  # the publishing client, the store's or the channel's own
 
     # ------------------------------------------------------------------ publishing
     def _send(self, payloads: list[str]) -> None:

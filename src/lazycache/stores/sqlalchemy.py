@@ -990,6 +990,21 @@ class SQLAlchemyStore(Store[Any, Any]):
             what = f"rows of {self._mapper.class_.__name__ if self._mapper is not None else 'Table'} by ({key})"
         return f"SQLAlchemyStore({url}, {self.table.fullname!r}: {what})"
 
+    def after_fork_in_child(self) -> None:
+        """In a forked child: a new, empty connection pool; the parent's connections are left alone.
+
+        `engine.dispose(close=False)`, SQLAlchemy's way for a forked process: the old pool
+        is dropped without closing its connections (closing would end the parent's
+        sessions), and the child connects afresh on next use. Done for an engine passed in
+        too: its other users in the child must not use the parent's connections either. An
+        in-memory SQLite database is the exception: its one connection is the child's own
+        copy of the database, which a new connection would not see.
+        """
+        engine = self.engine
+        if engine.dialect.name == "sqlite" and not _is_sqlite_file(engine.url):
+            return
+        engine.dispose(close=False)
+
 
 _MYSQL_SUBQUERY_ROWS = 1242
 """MySQL's "Subquery returns more than 1 row": how the row-mode upsert reports a conflict on another unique key."""
