@@ -484,6 +484,9 @@ class SQLAlchemyStore(Store[Any, Any]):
             self.engine = make_engine(bind, **dict(engine_options or {}))
             self.owns_engine = True
         self.chunk_size = chunk_size
+        self._bind_processors: dict[str, Any] | None = (
+            None  # MySQL: what the driver gets, to size rows
+        )
         self._pipelined_mysql = False
         self._key_class: type | None = None
         self._mapper: Mapper[Any] | None = None
@@ -798,7 +801,6 @@ class SQLAlchemyStore(Store[Any, Any]):
             )
         self._returning = can_return if returning is None else bool(returning)
         self._upsert_statements: dict[tuple[str, ...], Any] = {}
-        self._bind_processors: dict[str, Any] | None = None
         self._kv_sql = None
 
     # ------------------------------------------------------------------ reading
@@ -1076,7 +1078,13 @@ class SQLAlchemyStore(Store[Any, Any]):
             )
         elif name in ("mysql", "mariadb"):
             insert = _mysql.insert(table)
-            conn.execute(insert.on_duplicate_key_update(value=insert.inserted.value), params)
+            statement = insert.on_duplicate_key_update(value=insert.inserted.value)
+            if self._max_packet is None:
+                conn.execute(statement, params)
+                return
+            keyed = [(key, row) for (key, _), row in zip(upserts, params)]
+            for part in self._mysql_parts(conn, keyed):
+                conn.execute(statement, part)
         else:
             keys = [key for key, _ in upserts]
             for start in range(0, len(keys), self.chunk_size):
