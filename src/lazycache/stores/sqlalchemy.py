@@ -25,6 +25,11 @@ the driver directly (it is where the time goes):
   (PyMySQL and mysqlclient rewrite it into multi-row INSERTs).
 * Any other dialect or driver: SQLAlchemy Core statements.
 
+When the store is made it checks the table in the database (`UnusableTableError` for one
+that every write would fail on) and learns which columns the database generates, which
+it never writes. On MySQL/MariaDB a row larger than `max_allowed_packet` is refused
+(`ValueTooLargeError`, naming its key) and statements are kept under that limit.
+
 Driver errors are re-raised wrapped the way SQLAlchemy wraps them (`IntegrityError`,
 `OperationalError`, ... with `.orig`), and a connection the driver lost is invalidated so
 the pool never hands it out again. `is_recoverable` tells retryable failures (lost
@@ -440,15 +445,27 @@ class SQLAlchemyStore(Store[Any, Any]):
         Row mode: the fields to read back after each write and hand to the cache to merge
         into its values. Default: every non-key column the database or SQLAlchemy fills in
         (autoincrement primary key, server and client defaults, `onupdate`, computed and
-        identity columns). `()` turns merging off. In a written row, a generated field
-        whose value is None (or absent) is left out, so the database keeps or makes it.
+        identity columns). `()` turns merging off. Computed columns and identities
+        GENERATED ALWAYS (declared, or as the database reports them) are never written,
+        whatever the value holds; a column the database or SQLAlchemy fills in is left
+        out of a written row whose value for it is None (or absent).
     create
-        Create the table if it does not exist (default True).
+        Create the table if it does not exist (default True); safe when several
+        processes open a new table at once.
     returning
         Row mode: read generated fields with RETURNING (default: where the dialect has
         it, otherwise a SELECT by key in the same transaction).
     chunk_size
         Keys per `IN (...)` list of a read or a delete.
+
+    Raises
+    ------
+    UnusableTableError
+        When the table in the database cannot take the store's writes: missing (with
+        `create=False`), without a primary key or unique constraint on exactly the key
+        columns, with a key column of another type, lacking a column the store writes,
+        with a key column the database generates, or not writable by the connection (a
+        read-only SQLite file: a write probe, rolled back, tells).
 
     Notes
     -----
