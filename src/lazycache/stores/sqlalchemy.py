@@ -307,28 +307,32 @@ def _unique_column_sets(table: sa.Table) -> list[frozenset[sa.Column[Any]]]:
     return sets
 
 
-def _stored_unique_sets(inspector: Any, table: sa.Table) -> list[frozenset[str]]:
-    """The column sets (names, lower case) the database keeps unique in `table`: an upsert's conflict targets."""
+def _unique_in_database(inspector: Any, table: sa.Table, columns: frozenset[str]) -> bool:
+    """Whether the database keeps `columns` (names, lower case) unique in `table`: an upsert's conflict target.
+
+    The primary key, a unique index (not a partial one) or a unique constraint, looked up
+    in that order, each only if the one before did not match (catalog queries are slow).
+    """
     name, schema = table.name, table.schema
-    sets = []
+
+    def lowered(names: Sequence[str | None]) -> frozenset[str | None]:
+        return frozenset(None if column is None else column.lower() for column in names)
+
     primary = inspector.get_pk_constraint(name, schema=schema).get("constrained_columns") or []
-    if primary:
-        sets.append(frozenset(column.lower() for column in primary))
-    try:
-        constraints = inspector.get_unique_constraints(name, schema=schema)
-    except NotImplementedError:
-        constraints = []
-    for constraint in constraints:
-        sets.append(frozenset(column.lower() for column in constraint["column_names"]))
+    if lowered(primary) == columns:
+        return True
     for index in inspector.get_indexes(name, schema=schema):
-        columns = index.get("column_names") or []
         partial = any(
             option.endswith("_where") and value is not None
             for option, value in (index.get("dialect_options") or {}).items()
         )  # a partial unique index is no conflict target for every row
-        if index.get("unique") and columns and None not in columns and not partial:
-            sets.append(frozenset(column.lower() for column in columns))
-    return sets
+        if index.get("unique") and not partial and lowered(index["column_names"]) == columns:
+            return True
+    try:
+        constraints = inspector.get_unique_constraints(name, schema=schema)
+    except NotImplementedError:
+        return False
+    return any(lowered(constraint["column_names"]) == columns for constraint in constraints)
 
 
 def _is_generated(column: sa.Column[Any], table: sa.Table) -> bool:
@@ -626,9 +630,7 @@ class SQLAlchemyStore(Store[Any, Any]):
         reflected = {column: stored[column.name.lower()] for column in written}
         self._reflected: dict[sa.Column[Any], Any] = reflected
         key_names = [column.name for column in self._key_columns]
-        if frozenset(name.lower() for name in key_names) not in _stored_unique_sets(
-            inspector, table
-        ):
+        if not _unique_in_database(inspector, table, frozenset(n.lower() for n in key_names)):
             raise UnusableTableError(
                 table.fullname,
                 f"no primary key, unique constraint or unique index is on exactly its key column(s) "
