@@ -347,11 +347,6 @@ def _is_generated(column: sa.Column[Any], table: sa.Table) -> bool:
     )
 
 
-def _fills_when_absent(column: sa.Column[Any], table: sa.Table) -> bool:
-    """Whether the database or SQLAlchemy gives `column` a value when an INSERT leaves it out."""
-    return _is_generated(column, table)
-
-
 def _never_written(column: sa.Column[Any]) -> bool:
     """Whether the database refuses any value for `column`: a computed column, an identity GENERATED ALWAYS."""
     return column.computed is not None or bool(
@@ -360,11 +355,10 @@ def _never_written(column: sa.Column[Any]) -> bool:
 
 
 def _python_type(type_: sa.types.TypeEngine[Any]) -> type | None:
+    # None for a type that does not say (NullType: a SQLite column declared without a type).
     try:
         python_type = type_.python_type
-    except (
-        NotImplementedError
-    ):  # a type that does not say (NullType: a SQLite column without a type)
+    except NotImplementedError:
         return None
     return python_type if isinstance(python_type, type) else None
 
@@ -505,9 +499,8 @@ class SQLAlchemyStore(Store[Any, Any]):
             self.engine = make_engine(bind, **dict(engine_options or {}))
             self.owns_engine = True
         self.chunk_size = chunk_size
-        self._bind_processors: dict[str, Any] | None = (
-            None  # MySQL: what the driver gets, to size rows
-        )
+        # MySQL: per column, what turns a value into what the driver gets (to size rows).
+        self._bind_processors: dict[str, Any] | None = None
         self._pipelined_mysql = False
         self._key_class: type | None = None
         self._mapper: Mapper[Any] | None = None
@@ -656,7 +649,7 @@ class SQLAlchemyStore(Store[Any, Any]):
         self._fills = frozenset(
             column
             for column, info in reflected.items()
-            if _fills_when_absent(column, table)
+            if _is_generated(column, table)
             or column in self._never_sent
             or info.get("default") is not None
             or info.get("autoincrement") is True
@@ -957,7 +950,8 @@ class SQLAlchemyStore(Store[Any, Any]):
             cursor = driver.cursor()
             try:
                 if self._max_packet is not None:
-                    # The driver's multi-row INSERTs stop at max_stmt_length (1 MB for PyMySQL): less if the server takes less.
+                    # The driver's multi-row INSERTs stop at max_stmt_length (1 MB for
+                    # PyMySQL): stop them sooner if the server takes less.
                     budget = self._max_packet - _MYSQL_PACKET_MARGIN
                     cursor.max_stmt_length = min(cursor.max_stmt_length, budget)
                 cursor.executemany(sql, list(zip(keys, values)))
