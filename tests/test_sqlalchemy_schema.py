@@ -12,6 +12,7 @@ on each core.
 
 from __future__ import annotations
 
+import datetime
 import multiprocessing
 import traceback
 from typing import Any
@@ -144,6 +145,30 @@ def test_none_in_a_server_default_column_is_left_to_the_database_with_merging_of
     assert store.write([("d", {"n": 1, "label": None})], []) is None
     store.write([("e", {"n": 2, "label": "mine"})], [])
     assert [row["label"] for row in rows_of(database, table)] == ["fresh", "mine"]
+
+
+@pytest.mark.parametrize("database", ["mariadb"], indirect=True)  # MySQL's idiom
+def test_a_timestamp_the_server_sets_on_update_is_left_to_it_though_merged_back(
+    database,
+) -> None:
+    name = database.table_name("stamped")
+    with database.engine.begin() as conn:  # the usual MySQL idiom, made by a migration
+        conn.exec_driver_sql(
+            f"CREATE TABLE {name} (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(50) NOT NULL UNIQUE, "
+            "n INT NOT NULL, updated TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP)"
+        )
+    table = sa.Table(name, sa.MetaData(), autoload_with=database.engine)
+    store = SQLAlchemyStore(database.engine, table, key="name")
+    first = store.write([("a", {"n": 1})], [])
+    assert first is not None and first["a"]["updated"] is not None
+    old = datetime.datetime(2001, 1, 1)  # a stale copy in the cached value is not written back
+    again = store.write([("a", {**first["a"], "n": 2, "updated": old})], [])
+    assert again is not None and again["a"]["updated"] >= first["a"]["updated"]
+    with database.engine.connect() as conn:
+        assert conn.execute(sa.select(table.c.n, table.c.updated)).one() == (
+            2,
+            again["a"]["updated"],
+        )
 
 
 def test_a_key_column_the_database_generates_is_refused(database) -> None:

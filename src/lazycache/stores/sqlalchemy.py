@@ -655,6 +655,14 @@ class SQLAlchemyStore(Store[Any, Any]):
             or info.get("autoincrement") is True
             or info.get("identity") is not None
         )
+        # What the server sets on every update (MySQL's ON UPDATE CURRENT_TIMESTAMP, which
+        # an explicit value, even the one merged back, would override): left to it.
+        self._server_updated = frozenset(
+            column
+            for column, info in reflected.items()
+            if column.server_onupdate is not None
+            or "on update" in str(info.get("default") or "").lower()
+        )
         self._check_writable()
 
     def _check_writable(self) -> None:
@@ -804,7 +812,11 @@ class SQLAlchemyStore(Store[Any, Any]):
                 for column in self.table.columns
                 if column not in key_columns
                 and column in field_of
-                and (_is_generated(column, self.table) or column in self._never_sent)
+                and (
+                    _is_generated(column, self.table)
+                    or column in self._never_sent
+                    or column in self._server_updated
+                )
             )
         can_return = bool(dialect.insert_returning and dialect.insert_executemany_returning)
         if returning and not can_return:
@@ -1258,7 +1270,7 @@ class SQLAlchemyStore(Store[Any, Any]):
             proposed = insert.excluded
         # On a conflict every written column takes the proposed value, except the columns the
         # database or SQLAlchemy maintains on update: a server_onupdate (ON UPDATE
-        # CURRENT_TIMESTAMP, a trigger) is left to the server, an `onupdate` is applied, as
+        # CURRENT_TIMESTAMP, declared or in the database; a trigger) is left to the server, an `onupdate` is applied, as
         # SQLAlchemy would on an UPDATE (it does not on an upsert's). The cached value's copy
         # of such a column is what the last write returned, so writing it back would freeze it.
         updates: dict[str, Any] = {}
@@ -1275,7 +1287,7 @@ class SQLAlchemyStore(Store[Any, Any]):
                     )
                 else:
                     updates[column.key] = default.arg
-            elif column.key in columns and column.server_onupdate is None:
+            elif column.key in columns and column not in self._server_updated:
                 updates[column.key] = proposed[column.key]
         if not updates:  # only the key: a no-op update, so that the row is still returned
             first_key = self._key_columns[0].key
