@@ -42,6 +42,11 @@ def open(
     >>> with lazycache.open("sqlite:///app.db") as users:
     ...     users["alice"] = {"age": 30}       # written in the background, and on close
 
+    An existing table that cannot work (no unique key column, a key column of another
+    type, a read-only SQLite file, ...) raises
+    `lazycache.stores.sqlalchemy.UnusableTableError` (a ValueError) naming it, here
+    rather than at every write. Processes opening a new table at once all succeed.
+
     The cache owns the store: closing the cache (or its being garbage-collected, or the
     interpreter's exit) flushes it and disposes of the engine the store made (an `Engine`
     passed in is left to its owner). Reading after `close()` still works.

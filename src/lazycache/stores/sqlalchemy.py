@@ -25,6 +25,11 @@ the driver directly (it is where the time goes):
   (PyMySQL and mysqlclient rewrite it into multi-row INSERTs).
 * Any other dialect or driver: SQLAlchemy Core statements.
 
+When the store is made it checks the table in the database (`UnusableTableError` for one
+that every write would fail on) and learns which columns the database generates, which
+it never writes. On MySQL/MariaDB a row larger than `max_allowed_packet` is refused
+(`ValueTooLargeError`, naming its key) and statements are kept under that limit.
+
 Driver errors are re-raised wrapped the way SQLAlchemy wraps them (`IntegrityError`,
 `OperationalError`, ... with `.orig`), and a connection the driver lost is invalidated so
 the pool never hands it out again. `is_recoverable` tells retryable failures (lost
@@ -34,6 +39,9 @@ connection, deadlock, serialization failure, lock timeout) from the data's fault
 from __future__ import annotations
 
 import contextlib
+import datetime
+import decimal
+import hashlib
 import queue
 import threading
 import uuid
@@ -67,6 +75,8 @@ __all__ = [
     "DEFAULT_URL",
     "KeyConflictError",
     "SQLAlchemyStore",
+    "UnusableTableError",
+    "ValueTooLargeError",
     "configure_sqlite",
     "is_recoverable_error",
     "make_engine",
@@ -88,6 +98,10 @@ _MYSQL_SINGLE_STATEMENT = 250
 _MYSQL_CHUNK_ROWS = 250
 _MYSQL_CHUNK_BYTES = 1_000_000
 """A pipelined MySQL statement holds at most this many rows and about this many bytes (PyMySQL's own limit)."""
+
+_MYSQL_PACKET_MARGIN = 64 * 1024
+"""Bytes of a MySQL statement's packet kept for its SQL around the values: a row whose values take more than
+`max_allowed_packet` less this is refused (`ValueTooLargeError`), and multi-row statements stay this far under."""
 
 _KeyType = Union[type, "sa.types.TypeEngine[Any]"]
 
@@ -293,6 +307,34 @@ def _unique_column_sets(table: sa.Table) -> list[frozenset[sa.Column[Any]]]:
     return sets
 
 
+def _unique_in_database(inspector: Any, table: sa.Table, columns: frozenset[str]) -> bool:
+    """Whether the database keeps `columns` (names, lower case) unique in `table`: an upsert's conflict target.
+
+    The primary key, a unique index (not a partial one) or a unique constraint, looked up
+    in that order, each only if the one before did not match (catalog queries are slow).
+    """
+    name, schema = table.name, table.schema
+
+    def lowered(names: Sequence[str | None]) -> frozenset[str | None]:
+        return frozenset(None if column is None else column.lower() for column in names)
+
+    primary = inspector.get_pk_constraint(name, schema=schema).get("constrained_columns") or []
+    if lowered(primary) == columns:
+        return True
+    for index in inspector.get_indexes(name, schema=schema):
+        partial = any(
+            option.endswith("_where") and value is not None
+            for option, value in (index.get("dialect_options") or {}).items()
+        )  # a partial unique index is no conflict target for every row
+        if index.get("unique") and not partial and lowered(index["column_names"]) == columns:
+            return True
+    try:
+        constraints = inspector.get_unique_constraints(name, schema=schema)
+    except NotImplementedError:
+        return False
+    return any(lowered(constraint["column_names"]) == columns for constraint in constraints)
+
+
 def _is_generated(column: sa.Column[Any], table: sa.Table) -> bool:
     return bool(
         column is table.autoincrement_column
@@ -303,6 +345,73 @@ def _is_generated(column: sa.Column[Any], table: sa.Table) -> bool:
         or column.computed is not None
         or column.identity is not None
     )
+
+
+def _never_written(column: sa.Column[Any]) -> bool:
+    """Whether the database refuses any value for `column`: a computed column, an identity GENERATED ALWAYS."""
+    return column.computed is not None or bool(
+        column.identity is not None and column.identity.always
+    )
+
+
+def _python_type(type_: sa.types.TypeEngine[Any]) -> type | None:
+    # None for a type that does not say (NullType: a SQLite column declared without a type).
+    try:
+        python_type = type_.python_type
+    except NotImplementedError:
+        return None
+    return python_type if isinstance(python_type, type) else None
+
+
+def _same_kind(declared: sa.types.TypeEngine[Any], stored: sa.types.TypeEngine[Any]) -> bool:
+    """Whether a column of type `stored` holds the values of `declared` (a key compares equal once read back)."""
+    want, have = _python_type(declared), _python_type(stored)
+    if want is None or have is None:
+        return True  # nothing to go by: let the database judge
+    if want is uuid.UUID and have is str:
+        return True  # Uuid is CHAR(32) where the database has no UUID type
+    return issubclass(have, want) or issubclass(want, have)
+
+
+def _advisory_lock_id(name: str) -> int:
+    """A PostgreSQL advisory lock id (a signed 64-bit int) for creating the table `name`."""
+    digest = hashlib.blake2b(f"lazycache create {name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class UnusableTableError(ValueError):
+    """The table cannot take the store's writes; raised when the store is made (by `lazycache.open()` too).
+
+    Raised for a table without a primary key or unique constraint on exactly the key
+    columns, a key column of another type than the store's keys, a column the store writes
+    that the table lacks, a key column the database generates, or a table the connection
+    cannot write (a read-only SQLite file, a read-only transaction, no privilege).
+    `table` is the table's name; `reason` says what is wrong.
+    """
+
+    def __init__(self, table: str, reason: str) -> None:
+        super().__init__(f"table {table!r} cannot be used: {reason}")
+        self.table = table
+        self.reason = reason
+
+
+class ValueTooLargeError(SerializationError):
+    """MySQL/MariaDB: a row larger than the server takes in one statement (`max_allowed_packet`).
+
+    The server would drop the connection on it, so the store refuses the entry before
+    sending anything; the writer reports it (it names its key) and writes the rest of the
+    batch. Not recoverable: raise `max_allowed_packet` on the server to store such values.
+    """
+
+    def __init__(self, key: Any, size: int, limit: int) -> None:
+        reason = (
+            f"its row takes {size} bytes in a statement, more than the server's max_allowed_packet "
+            f"({limit} bytes) less {_MYSQL_PACKET_MARGIN} for the SQL"
+        )
+        super().__init__(key, ValueError(reason))
+        self.args = (f"the value of {key!r} is too large for the server: {reason}",)
+        self.size = size
+        self.limit = limit
 
 
 # ----------------------------------------------------------------------------- the store
@@ -334,15 +443,27 @@ class SQLAlchemyStore(Store[Any, Any]):
         Row mode: the fields to read back after each write and hand to the cache to merge
         into its values. Default: every non-key column the database or SQLAlchemy fills in
         (autoincrement primary key, server and client defaults, `onupdate`, computed and
-        identity columns). `()` turns merging off. In a written row, a generated field
-        whose value is None (or absent) is left out, so the database keeps or makes it.
+        identity columns). `()` turns merging off. Computed columns and identities
+        GENERATED ALWAYS (declared, or as the database reports them) are never written,
+        whatever the value holds; a column the database or SQLAlchemy fills in is left
+        out of a written row whose value for it is None (or absent).
     create
-        Create the table if it does not exist (default True).
+        Create the table if it does not exist (default True); safe when several
+        processes open a new table at once.
     returning
         Row mode: read generated fields with RETURNING (default: where the dialect has
         it, otherwise a SELECT by key in the same transaction).
     chunk_size
         Keys per `IN (...)` list of a read or a delete.
+
+    Raises
+    ------
+    UnusableTableError
+        When the table in the database cannot take the store's writes: missing (with
+        `create=False`), without a primary key or unique constraint on exactly the key
+        columns, with a key column of another type, lacking a column the store writes,
+        with a key column the database generates, or not writable by the connection (a
+        read-only SQLite file: a write probe, rolled back, tells).
 
     Notes
     -----
@@ -378,6 +499,8 @@ class SQLAlchemyStore(Store[Any, Any]):
             self.engine = make_engine(bind, **dict(engine_options or {}))
             self.owns_engine = True
         self.chunk_size = chunk_size
+        # MySQL: per column, what turns a value into what the driver gets (to size rows).
+        self._bind_processors: dict[str, Any] | None = None
         self._pipelined_mysql = False
         self._key_class: type | None = None
         self._mapper: Mapper[Any] | None = None
@@ -409,8 +532,7 @@ class SQLAlchemyStore(Store[Any, Any]):
 
     def _init_kv(self, name: str, schema: str | None, key_type: _KeyType, create: bool) -> None:
         assert self.serializer is not None
-        with self.engine.connect():  # initialises the dialect (server version, MariaDB or not)
-            pass
+        self._connect_once()
         self.table = sa.Table(
             name,
             sa.MetaData(),
@@ -424,9 +546,10 @@ class SQLAlchemyStore(Store[Any, Any]):
             schema=schema,
         )
         if create:
-            self.table.create(self.engine, checkfirst=True)
-        self._check_kv_table()
+            self._create_table()
         self._key_columns: tuple[sa.Column[Any], ...] = (self.table.c.key,)
+        self._check_table()
+        self._check_kv_table()
         self._generated: tuple[sa.Column[Any], ...] = ()
         self._returning = False
         dialect = self.engine.dialect
@@ -437,27 +560,137 @@ class SQLAlchemyStore(Store[Any, Any]):
         self._key_class = key_type if key_type in (str, int, uuid.UUID, bytes) else None
         self._kv_sql = self._kv_upsert_sql()
 
+    def _connect_once(self) -> None:
+        """Initialises the dialect (server version, MariaDB or not); learns MySQL's `max_allowed_packet`."""
+        self._max_packet: int | None = None
+        with self.engine.connect() as conn:
+            if conn.dialect.name in ("mysql", "mariadb"):
+                self._max_packet = int(
+                    conn.exec_driver_sql("SELECT @@max_allowed_packet").scalar_one()
+                )
+
+    def _create_table(self) -> None:
+        """Creates the table and its indexes unless they exist, also when processes race to.
+
+        Two processes opening a new table at once both see it missing; the second CREATE
+        then fails ("already exists", or a unique violation in PostgreSQL's catalog). On
+        PostgreSQL the creators take turns under an advisory lock; elsewhere a failure
+        after which the table exists is another creator's success: go again, and the
+        existence check now sees it (and creates the indexes if the other has not yet).
+        """
+        table = self.table
+        attempts = 2 + len(table.indexes)
+        for attempt in range(attempts):
+            try:
+                with self.engine.begin() as conn:
+                    if conn.dialect.name == "postgresql":
+                        lock = _advisory_lock_id(table.fullname)
+                        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
+                    table.create(conn, checkfirst=True)
+                    for index in table.indexes:  # table.create makes them only with the table
+                        index.create(conn, checkfirst=True)
+                return
+            except sa.exc.DBAPIError:
+                if attempt == attempts - 1 or not sa.inspect(self.engine).has_table(
+                    table.name, schema=table.schema
+                ):
+                    raise
+
+    def _check_table(self) -> None:
+        """Checks the table in the database against the writes to come; learns what the database generates.
+
+        Raises `UnusableTableError` for a table every write would fail on: missing,
+        lacking a column the store writes, without a unique constraint on exactly the key
+        columns (an upsert needs one), with a key column of another type, or read-only.
+        """
+        table = self.table
+        inspector = sa.inspect(self.engine)
+        try:
+            stored = {
+                column["name"].lower(): column
+                for column in inspector.get_columns(table.name, schema=table.schema)
+            }
+        except sa.exc.NoSuchTableError:
+            raise UnusableTableError(table.fullname, "it does not exist (create=False)") from None
+        written = [
+            column
+            for column in table.columns
+            if self.serializer is not None or column in self._field_of
+        ]
+        missing = [column.name for column in written if column.name.lower() not in stored]
+        if missing:
+            raise UnusableTableError(table.fullname, f"it has no column(s) {missing}")
+        reflected = {column: stored[column.name.lower()] for column in written}
+        self._reflected: dict[sa.Column[Any], Any] = reflected
+        key_names = [column.name for column in self._key_columns]
+        if not _unique_in_database(inspector, table, frozenset(n.lower() for n in key_names)):
+            raise UnusableTableError(
+                table.fullname,
+                f"no primary key, unique constraint or unique index is on exactly its key column(s) "
+                f"{key_names}, which an upsert needs",
+            )
+        for column in self._key_columns:
+            stored_type = reflected[column]["type"]
+            if not _same_kind(column.type, stored_type):
+                raise UnusableTableError(
+                    table.fullname,
+                    f"its key column {column.name!r} is {stored_type!r}, which does not hold the "
+                    f"store's {column.type!r} keys",
+                )
+        # What the database refuses values for (issue 12 #4): never written, whatever the
+        # value holds; and what it fills in when a row leaves it out: left out when None.
+        self._never_sent = frozenset(
+            column
+            for column, info in reflected.items()
+            if _never_written(column)
+            or info.get("computed") is not None
+            or bool((info.get("identity") or {"always": False})["always"])
+        )
+        self._fills = frozenset(
+            column
+            for column, info in reflected.items()
+            if _is_generated(column, table)
+            or column in self._never_sent
+            or info.get("default") is not None
+            or info.get("autoincrement") is True
+            or info.get("identity") is not None
+        )
+        # What the server sets on every update (MySQL's ON UPDATE CURRENT_TIMESTAMP, which
+        # an explicit value, even the one merged back, would override): left to it.
+        self._server_updated = frozenset(
+            column
+            for column, info in reflected.items()
+            if column.server_onupdate is not None
+            or "on update" in str(info.get("default") or "").lower()
+        )
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        """A write probe, rolled back: a read-only SQLite file or transaction, a missing privilege raise now."""
+        try:
+            with self.engine.connect() as conn, conn.begin() as transaction:
+                conn.execute(sa.delete(self.table).where(sa.false()))
+                transaction.rollback()
+        except sa.exc.DBAPIError as exc:
+            if is_recoverable_error(exc):
+                return  # a busy database says nothing about whether this one can be written
+            raise UnusableTableError(
+                self.table.fullname, f"the connection cannot write to it ({exc.orig})"
+            ) from exc
+
     def _check_kv_table(self) -> None:
         """An existing table must have key and value columns, the value column of the serializer's kind."""
         assert self.serializer is not None
-        columns = {
-            c["name"].lower(): c
-            for c in sa.inspect(self.engine).get_columns(self.table.name, self.table.schema)
-        }
-        missing = {"key", "value"} - set(columns)
-        if missing:
-            raise ValueError(
-                f"table {self.table.fullname!r} exists without the column(s) {sorted(missing)} of a key-value table"
-            )
-        stored = columns["value"]["type"]
+        stored = self._reflected[self.table.c.value]["type"]
         binary_column = isinstance(stored, (sa.LargeBinary, sa.types._Binary))
         text_column = isinstance(stored, sa.String)
         if (self.serializer.binary and text_column) or (
             not self.serializer.binary and binary_column
         ):
-            raise ValueError(
-                f"table {self.table.fullname!r} keeps {'text' if text_column else 'binary'} values, but the "
-                f"{self.serializer.name!r} serializer makes {'bytes' if self.serializer.binary else 'text'}"
+            raise UnusableTableError(
+                self.table.fullname,
+                f"it keeps {'text' if text_column else 'binary'} values, but the "
+                f"{self.serializer.name!r} serializer makes {'bytes' if self.serializer.binary else 'text'}",
             )
 
     def _kv_upsert_sql(self) -> str | None:
@@ -549,15 +782,7 @@ class SQLAlchemyStore(Store[Any, Any]):
         ]  # what a read selects
         self._read_names = [field_of[column] for column in self._read_columns]
         self._key_positions = [self._read_columns.index(column) for column in key_columns]
-        if generated is None:
-            self._generated = tuple(
-                column
-                for column in self.table.columns
-                if column not in key_columns
-                and column in field_of
-                and _is_generated(column, self.table)
-            )
-        else:
+        if generated is not None:
             unknown = [name for name in generated if name not in fields]
             if unknown:
                 raise ValueError(f"generated {unknown!r}: not columns of {self.table.fullname!r}")
@@ -569,11 +794,30 @@ class SQLAlchemyStore(Store[Any, Any]):
             raise NotImplementedError(
                 f"row mode needs a native upsert: PostgreSQL, SQLite or MySQL/MariaDB, not {dialect.name}"
             )
+        self._connect_once()
         if create:
-            self.table.create(self.engine, checkfirst=True)  # also initialises the dialect
-        else:
-            with self.engine.connect():
-                pass
+            self._create_table()
+        self._check_table()
+        never_written = [column for column in key_columns if column in self._never_sent]
+        if never_written:
+            raise UnusableTableError(
+                self.table.fullname,
+                f"the database generates the key column(s) {[c.name for c in never_written]} and refuses "
+                "values for them (computed, or an identity GENERATED ALWAYS): the cache key must be a value "
+                "you give; key the cache by another unique column",
+            )
+        if generated is None:
+            self._generated = tuple(
+                column
+                for column in self.table.columns
+                if column not in key_columns
+                and column in field_of
+                and (
+                    _is_generated(column, self.table)
+                    or column in self._never_sent
+                    or column in self._server_updated
+                )
+            )
         can_return = bool(dialect.insert_returning and dialect.insert_executemany_returning)
         if returning and not can_return:
             raise ValueError(
@@ -712,8 +956,16 @@ class SQLAlchemyStore(Store[Any, Any]):
             return
         keys, values = self._encode(upserts)
         with _driver_errors(conn, sql) as driver:
+            if self._max_packet is not None:
+                for (key, _), bound_key, value in zip(upserts, keys, values):
+                    self._mysql_row_size(driver, key, (bound_key, value))
             cursor = driver.cursor()
             try:
+                if self._max_packet is not None:
+                    # The driver's multi-row INSERTs stop at max_stmt_length (1 MB for
+                    # PyMySQL): stop them sooner if the server takes less.
+                    budget = self._max_packet - _MYSQL_PACKET_MARGIN
+                    cursor.max_stmt_length = min(cursor.max_stmt_length, budget)
                 cursor.executemany(sql, list(zip(keys, values)))
             finally:
                 cursor.close()
@@ -766,20 +1018,32 @@ class SQLAlchemyStore(Store[Any, Any]):
 
             sender = threading.Thread(target=send, name="lazycache-sql-sender", daemon=True)
             sender.start()
+            # A statement holds rows up to _MYSQL_CHUNK_BYTES characters, and at most a
+            # quarter of the server's budget (a character is at most 4 bytes); a larger
+            # row goes alone, if the server takes it at all (else ValueTooLargeError).
+            assert self._max_packet is not None
+            chunk_chars = min(_MYSQL_CHUNK_BYTES, (self._max_packet - _MYSQL_PACKET_MARGIN) // 4)
             try:
                 for start in range(0, len(upserts), _MYSQL_CHUNK_ROWS):
                     if failures:
                         break
-                    keys, values = self._encode(upserts[start : start + _MYSQL_CHUNK_ROWS])
+                    pairs = upserts[start : start + _MYSQL_CHUNK_ROWS]
+                    keys, values = self._encode(pairs)
                     rows: list[str] = []
                     size = 0
-                    for key, value in zip(keys, values):
+                    for (original, _), key, value in zip(pairs, keys, values):
                         row = f"({escape(key)},{escape(value)})"
-                        rows.append(row)
-                        size += len(row)
-                        if size >= _MYSQL_CHUNK_BYTES:
+                        if size + len(row) > chunk_chars and rows:
                             statements.put(head + ",".join(rows) + tail)
                             rows, size = [], 0
+                        if len(row) > chunk_chars:
+                            self._check_mysql_size(
+                                original, len(row.encode("utf-8", "surrogateescape"))
+                            )
+                            statements.put(head + row + tail)
+                            continue
+                        rows.append(row)
+                        size += len(row)
                     if rows:
                         statements.put(head + ",".join(rows) + tail)
             finally:
@@ -787,6 +1051,34 @@ class SQLAlchemyStore(Store[Any, Any]):
                 sender.join()
             if failures:
                 raise failures[0]
+
+    def _check_mysql_size(self, key: Any, size: int) -> None:
+        """Raises ValueTooLargeError for `key` if a row of `size` bytes cannot fit in a statement the server takes."""
+        assert self._max_packet is not None
+        if size > self._max_packet - _MYSQL_PACKET_MARGIN:
+            raise ValueTooLargeError(key, size, self._max_packet)
+
+    def _mysql_row_size(self, driver: Any, key: Any, values: Sequence[Any]) -> int:
+        """The bytes the driver-bound `values` of one row take in a MySQL statement; ValueTooLargeError if too many.
+
+        Exact for a value that may approach the limit (the driver escapes it), an upper
+        bound otherwise (a character is at most 4 bytes, escaping at most doubles a byte).
+        """
+        assert self._max_packet is not None
+        budget = self._max_packet - _MYSQL_PACKET_MARGIN
+        total = 0
+        for value in values:
+            if isinstance(value, str):
+                size = 4 * len(value) + 2
+            elif isinstance(value, (bytes, bytearray)):
+                size = 2 * len(value) + 10
+            else:
+                size = 64 if value is None or isinstance(value, _SMALL_VALUES) else budget + 1
+            if size > budget // 4:
+                size = _mysql_literal_size(driver, value)
+            total += size + 1
+        self._check_mysql_size(key, total)
+        return total
 
     def _write_kv_core(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
         """Any dialect: the dialect's upsert if SQLAlchemy has one, else delete then insert."""
@@ -811,7 +1103,13 @@ class SQLAlchemyStore(Store[Any, Any]):
             )
         elif name in ("mysql", "mariadb"):
             insert = _mysql.insert(table)
-            conn.execute(insert.on_duplicate_key_update(value=insert.inserted.value), params)
+            statement = insert.on_duplicate_key_update(value=insert.inserted.value)
+            if self._max_packet is None:
+                conn.execute(statement, params)
+                return
+            keyed = [(key, row) for (key, _), row in zip(upserts, params)]
+            for part in self._mysql_parts(conn, keyed):
+                conn.execute(statement, part)
         else:
             keys = [key for key, _ in upserts]
             for start in range(0, len(keys), self.chunk_size):
@@ -860,10 +1158,14 @@ class SQLAlchemyStore(Store[Any, Any]):
                     key, ValueError(f"its {name}={held!r} contradicts its key {key!r}")
                 )
             params[self._fields[name].key] = key_value
-        generated = self._generated
+        generated, fills, never_sent = self._generated, self._fills, self._never_sent
         for name, item in source.items():
             column = self._fields[name]
-            if column in self._key_columns or (item is None and column in generated):
+            if (
+                column in self._key_columns
+                or column in never_sent
+                or (item is None and (column in fills or column in generated))
+            ):
                 continue
             params[column.key] = item
         return params
@@ -871,11 +1173,20 @@ class SQLAlchemyStore(Store[Any, Any]):
     def _write_rows(
         self, conn: Connection, rows: list[tuple[Any, dict[str, Any]]]
     ) -> GeneratedFields | None:
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for _, params in rows:  # executemany needs the same columns in every row of a statement
-            groups.setdefault(tuple(sorted(params)), []).append(params)
+        groups: dict[tuple[str, ...], list[tuple[Any, dict[str, Any]]]] = {}
+        for key, params in rows:  # executemany needs the same columns in every row of a statement
+            groups.setdefault(tuple(sorted(params)), []).append((key, params))
+        calls = [  # every row is sized before any is sent
+            (columns, part)
+            for columns, group in groups.items()
+            for part in (
+                self._mysql_parts(conn, group)
+                if self._max_packet is not None
+                else [[params for _, params in group]]
+            )
+        ]
         generated: dict[Any, dict[str, Any]] = {}
-        for columns, group in groups.items():
+        for columns, group in calls:
             try:
                 result = conn.execute(self._upsert_statement(columns), group)
             except sa.exc.DBAPIError as exc:
@@ -898,6 +1209,43 @@ class SQLAlchemyStore(Store[Any, Any]):
                     conn.execute(sa.select(*selected).where(self._key_filter(chunk))), generated
                 )
         return generated or None
+
+    def _mysql_parts(
+        self, conn: Connection, rows: list[tuple[Any, dict[str, Any]]]
+    ) -> list[list[dict[str, Any]]]:
+        """`rows` in executemany calls whose statements the server takes (`max_allowed_packet`).
+
+        A row too large for any statement raises ValueTooLargeError naming its key.
+        """
+        assert self._max_packet is not None
+        driver = conn.connection.driver_connection
+        budget = self._max_packet - _MYSQL_PACKET_MARGIN
+        processors = self._bind_processors
+        if processors is None:
+            dialect = self.engine.dialect
+            processors = self._bind_processors = {
+                column.key: column.type.dialect_impl(dialect).bind_processor(dialect)
+                for column in self.table.columns
+            }
+        parts: list[list[dict[str, Any]]] = []
+        part: list[dict[str, Any]] = []
+        size = 0
+        for key, params in rows:
+            values = []
+            for name, value in params.items():
+                processor = processors.get(name)
+                if processor is not None and not isinstance(value, (str, bytes, bytearray)):
+                    value = processor(value)  # what the driver gets: a JSON column's text, say
+                values.append(value)
+            row = self._mysql_row_size(driver, key, values)
+            if part and size + row > budget:
+                parts.append(part)
+                part, size = [], 0
+            part.append(params)
+            size += row
+        if part:
+            parts.append(part)
+        return parts
 
     def _collect(self, result: Any, generated: dict[Any, dict[str, Any]]) -> None:
         width = len(self._key_columns)
@@ -922,7 +1270,7 @@ class SQLAlchemyStore(Store[Any, Any]):
             proposed = insert.excluded
         # On a conflict every written column takes the proposed value, except the columns the
         # database or SQLAlchemy maintains on update: a server_onupdate (ON UPDATE
-        # CURRENT_TIMESTAMP, a trigger) is left to the server, an `onupdate` is applied, as
+        # CURRENT_TIMESTAMP, declared or in the database; a trigger) is left to the server, an `onupdate` is applied, as
         # SQLAlchemy would on an UPDATE (it does not on an upsert's). The cached value's copy
         # of such a column is what the last write returned, so writing it back would freeze it.
         updates: dict[str, Any] = {}
@@ -939,7 +1287,7 @@ class SQLAlchemyStore(Store[Any, Any]):
                     )
                 else:
                     updates[column.key] = default.arg
-            elif column.key in columns and column.server_onupdate is None:
+            elif column.key in columns and column not in self._server_updated:
                 updates[column.key] = proposed[column.key]
         if not updates:  # only the key: a no-op update, so that the row is still returned
             first_key = self._key_columns[0].key
@@ -1008,6 +1356,34 @@ class SQLAlchemyStore(Store[Any, Any]):
 
 _MYSQL_SUBQUERY_ROWS = 1242
 """MySQL's "Subquery returns more than 1 row": how the row-mode upsert reports a conflict on another unique key."""
+
+
+_SMALL_VALUES = (
+    bool,
+    int,
+    float,
+    decimal.Decimal,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    uuid.UUID,
+)
+"""Values whose literal takes a few bytes in a statement (an int of thousands of digits is no key or column value)."""
+
+
+def _mysql_literal_size(driver: Any, value: Any) -> int:
+    """The bytes `value` takes in a statement PyMySQL or mysqlclient builds; its UTF-8 size for another driver."""
+    escape = getattr(driver, "escape", None)  # PyMySQL: a str, bytes in surrogate escapes
+    if escape is not None and type(driver).__module__.startswith("pymysql"):
+        return len(str(escape(value)).encode("utf-8", "surrogateescape"))
+    literal = getattr(driver, "literal", None)  # mysqlclient: bytes
+    if literal is not None and type(driver).__module__.startswith("MySQLdb"):
+        return len(literal(value))
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogateescape"))
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    return len(str(value).encode("utf-8", "surrogateescape"))
 
 
 def _mysql_code(orig: Any) -> int | None:
