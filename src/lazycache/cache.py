@@ -29,6 +29,7 @@ from ._sentinels import ABSENT, MISSING
 from ._worker import Backoff, Worker
 from .coherence import Coherence
 from .journal import Journal
+from .serializers import Serializer, SerializerSpec, get_serializer
 from .stats import CacheStats
 from .stores.base import Store
 from .writer import (
@@ -79,6 +80,17 @@ def _now_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
+def _journal_serializer(store: Store[Any, Any], spec: SerializerSpec | None) -> Serializer:
+    """What encodes journaled values: `spec` if given, else the store's serializer, else JSON.
+
+    Never pickle unless chosen (here or for the store): replaying pickle runs code.
+    """
+    if spec is not None:
+        return get_serializer(spec)
+    own = getattr(store, "serializer", None)
+    return own if isinstance(own, Serializer) else get_serializer("json")
+
+
 class _NoJournal:
     """The journaling scope of a cache without a journal: does nothing."""
 
@@ -93,7 +105,10 @@ class _NoJournal:
     def encode(self, key: Any, value: Any) -> bytes | None:
         return None
 
-    def append(self, record: bytes | None) -> None:
+    def append(self, *records: bytes | None) -> Any:
+        return None
+
+    def undo(self, mark: Any) -> None:
         return None
 
 
@@ -116,10 +131,14 @@ class _JournalScope(_NoJournal):
         self.journal.lock.release()
 
     def encode(self, key: Any, value: Any) -> bytes:
-        return Journal.encode(key, value)
+        return self.journal.encode(key, value)
 
-    def append(self, record: bytes | None) -> None:
-        self.journal.append(record)  # type: ignore[arg-type]
+    def append(self, *records: bytes | None) -> Any:
+        return self.journal.append(*records)  # type: ignore[arg-type]
+
+    def undo(self, mark: Any) -> None:
+        if mark is not None:
+            self.journal.undo(mark)
 
 
 class _CacheLayer:
@@ -154,6 +173,8 @@ class _CacheLayer:
         block_timeout: float = 30.0,
         journal: str | None = None,
         journal_fsync: str = "everysec",
+        journal_serializer: SerializerSpec | None = None,
+        journal_errors: str = "raise",
         coherence: Coherence | None = None,
         exit_timeout: float = 3.0,
         owns_store: bool = False,
@@ -187,7 +208,16 @@ class _CacheLayer:
             raise TypeError(
                 f"coherence must be a lazycache.coherence.Coherence, not {type(coherence).__name__}"
             )
-        self._journal = None if journal is None else Journal(journal, journal_fsync)
+        self._journal = (
+            None
+            if journal is None
+            else Journal(
+                journal,
+                journal_fsync,
+                _journal_serializer(store, journal_serializer),
+                journal_errors,
+            )
+        )
         self._batch_writer.journal = self._journal
         self._batch_writer.coherence = coherence
         self._coherence = coherence
@@ -262,18 +292,40 @@ class _CacheLayer:
         return self._coherent
 
     def _replay_journal(self) -> None:
-        """Re-applies the writes a previous process journaled but may not have written."""
-        journal = self._journal
+        """Re-applies the writes a previous process journaled but may not have written.
+
+        Each is journaled again (same record) before the segments found at open go.
+        Not subject to backpressure: these writes were acknowledged long ago. While the
+        store takes them, the backlog is flushed whenever it reaches max_pending.
+        """
+        journal: Journal = self._journal  # type: ignore[assignment]
+        core_set = self._core_set
+        drain = bool(self.max_pending)
         replayed = 0
-        for key, value in journal.replay():  # type: ignore[union-attr]
-            if value is MISSING:
-                self.discard(key)
-            else:
-                self[key] = value  # type: ignore[index]
+        for entry in journal.pending:
+            if drain and self.pending >= self.max_pending:  # type: ignore[attr-defined,operator]
+                drain = self._batch_writer.flush(self).ok
+                if not drain:
+                    log.warning(
+                        "lazycache: the store refused the replayed writes of %s: replaying the "
+                        "rest beyond max_pending=%d (they are journaled)",
+                        journal.path,
+                        self.max_pending,
+                    )
+            with journal.lock:
+                journal.append(entry.payload)
+                if entry.value is MISSING:
+                    self._discard(entry.key)  # type: ignore[attr-defined]
+                else:
+                    core_set(entry.key, entry.value)
             replayed += 1
         if replayed:
-            log.info("lazycache: replayed %d journaled writes from %s", replayed, journal.path)  # type: ignore[union-attr]
-        journal.release_leftovers()  # type: ignore[union-attr]
+            log.info("lazycache: replayed %d journaled writes from %s", replayed, journal.path)
+        journal.release_leftovers()
+
+    def _core_set(self, key: Any, value: Any) -> None:
+        """The core's own set: not journaled (a journaled cache's core applies no backpressure)."""
+        super().__setitem__(key, value)  # type: ignore[misc]
 
     def _journaling(self) -> _NoJournal:
         return _NO_JOURNAL if self._journal is None else _JournalScope(self._journal)
@@ -401,17 +453,22 @@ class _CacheLayer:
         """
         self._admit(key)
         with self._journaling() as journal:
-            record = journal.encode(key, MISSING)
-            value = self._remove(key)  # type: ignore[attr-defined]
-            if value is ABSENT:
-                value = self._fetch(key)
-                if value is not MISSING:
-                    newer = self._discard(key)  # type: ignore[attr-defined]
-                    # Set by another thread while we read: that is what we deleted.
-                    if newer is not MISSING:
-                        value = newer
-            if value is not MISSING:
-                journal.append(record)
+            # Journaled first, undone if nothing was deleted: a failed append changes nothing.
+            mark = journal.append(journal.encode(key, MISSING))
+            try:
+                value = self._remove(key)  # type: ignore[attr-defined]
+                if value is ABSENT:
+                    value = self._fetch(key)
+                    if value is not MISSING:
+                        newer = self._discard(key)  # type: ignore[attr-defined]
+                        # Set by another thread while we read: that is what we deleted.
+                        if newer is not MISSING:
+                            value = newer
+            except BaseException:
+                journal.undo(mark)
+                raise
+            if value is MISSING:
+                journal.undo(mark)
         if value is MISSING:
             if default is _UNSET:
                 raise KeyError(key)
@@ -423,7 +480,12 @@ class _CacheLayer:
         self._admit(None)
         with self._journaling() as journal:
             key, value = self._popitem()  # type: ignore[attr-defined]
-            journal.append(journal.encode(key, MISSING))
+            try:
+                journal.append(journal.encode(key, MISSING))
+            except BaseException:
+                # Not journaled, so not deleted: the item is put back (pending, same value).
+                self._core_set(key, value)
+                raise
         return key, value
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
@@ -431,21 +493,34 @@ class _CacheLayer:
         value = self.get(key, MISSING)  # type: ignore[attr-defined]
         if value is not MISSING:
             return value
+        record = self._journaling().encode(key, default)
         self._admit(key)
         with self._journaling() as journal:
-            record = journal.encode(key, default)
-            inserted, value = self._insert_if_absent(key, default)  # type: ignore[attr-defined]
-            if inserted:
-                journal.append(record)
+            if journal.enabled:
+                current, _ = self._read_versioned(key)  # type: ignore[attr-defined]
+                if current is not ABSENT and current is not MISSING:
+                    return current  # set meanwhile: nothing to journal
+            mark = journal.append(record)
+            try:
+                inserted, value = self._insert_if_absent(key, default)  # type: ignore[attr-defined]
+            except BaseException:
+                journal.undo(mark)
+                raise
+            if not inserted:
+                journal.undo(mark)
         return value
 
     def discard(self, key: Any) -> None:
         """Deletes key from the cache and, in a later flush, from the store, whether or not memory holds it."""
+        record = self._journaling().encode(key, MISSING)
         self._admit(key)
         with self._journaling() as journal:
-            record = journal.encode(key, MISSING)
-            self._discard(key)  # type: ignore[attr-defined]
-            journal.append(record)
+            mark = journal.append(record)
+            try:
+                self._discard(key)  # type: ignore[attr-defined]
+            except BaseException:
+                journal.undo(mark)
+                raise
 
     def clear(self) -> None:
         """Deletes every key held in memory; each delete reaches the store in a later flush.
@@ -460,9 +535,12 @@ class _CacheLayer:
                 if journal.enabled
                 else []
             )
-            self._delete_all()  # type: ignore[attr-defined]
-            for record in records:
-                journal.append(record)
+            mark = journal.append(*records) if records else None
+            try:
+                self._delete_all()  # type: ignore[attr-defined]
+            except BaseException:
+                journal.undo(mark)
+                raise
 
     def copy(self) -> dict[Any, Any]:
         """A plain dict snapshot of the live entries in memory (not a second cache: one store, one writer)."""
@@ -493,12 +571,20 @@ class _CacheLayer:
             if base is _UNSET:
                 raise KeyError(key)
             new = fn(base)
+            record = self._journaling().encode(key, new)
             self._admit(key)
             with self._journaling() as journal:
-                record = journal.encode(key, new)
-                if self._compare_and_set(key, new, expected, version):  # type: ignore[attr-defined]
-                    journal.append(record)
+                if journal.enabled and self._read_versioned(key)[1] != version:  # type: ignore[attr-defined]
+                    continue  # changed meanwhile: nothing journaled, fn runs again
+                mark = journal.append(record)
+                try:
+                    done = self._compare_and_set(key, new, expected, version)  # type: ignore[attr-defined]
+                except BaseException:
+                    journal.undo(mark)
+                    raise
+                if done:
                     return new
+                journal.undo(mark)
 
     # ----------------------------------------------------------- writing and pruning
     def flush(self, timeout: float | None = None) -> FlushResult:
@@ -755,20 +841,29 @@ class _JournaledLayer:
 
     def __setitem__(self, key: Any, value: Any) -> None:
         journal = self._journal  # type: ignore[attr-defined]
-        record = Journal.encode(key, value)
+        record = journal.encode(key, value)  # a key or value it cannot record is refused here
         if self.max_pending and self.pending >= self.max_pending and self._backpressure(key, value):  # type: ignore[attr-defined]
             return  # written through to the store
         with journal.lock:
-            super().__setitem__(key, value)  # type: ignore[misc]
-            journal.append(record)
+            # The record first: if the append fails (disk full), the cache is not changed.
+            mark = journal.append(record)
+            try:
+                super().__setitem__(key, value)  # type: ignore[misc]
+            except BaseException:
+                journal.undo(mark)
+                raise
 
     def __delitem__(self, key: Any) -> None:
         journal = self._journal  # type: ignore[attr-defined]
-        record = Journal.encode(key, MISSING)
+        record = journal.encode(key, MISSING)
         self._admit(key)  # type: ignore[attr-defined]
         with journal.lock:
-            super().__delitem__(key)  # type: ignore[misc]
-            journal.append(record)
+            mark = journal.append(record)
+            try:
+                super().__delitem__(key)  # type: ignore[misc]
+            except BaseException:  # KeyError included: nothing was deleted
+                journal.undo(mark)
+                raise
 
 
 class _KeysView(KeysView):  # type: ignore[type-arg]

@@ -1,11 +1,11 @@
 """The crash journal: acknowledged writes appended to local files until the store has them.
 
 Opt in with ``LazyWriterCache(store, journal="path/to/journal", journal_fsync=...)``.
-Every write is appended (pickled) to the current segment file with ``os.write``
-before the call returns; a cache that starts with segments left behind replays
-them into itself (they reach the store as ordinary pending writes) and then
-deletes them. The writer starts a new segment at each flush and deletes the old
-ones once a flush has committed everything they cover.
+Every write is appended to the current segment file with ``os.write`` before the
+call returns; a cache that starts with segments left behind replays them into
+itself (they reach the store as ordinary pending writes) and then deletes them.
+The writer starts a new segment at each flush and deletes the old ones once a
+flush has committed everything they cover.
 
 What each ``journal_fsync`` policy guarantees (like Redis' appendfsync):
 
@@ -18,54 +18,488 @@ What each ``journal_fsync`` policy guarantees (like Redis' appendfsync):
   acknowledged write survives a process crash; an OS crash or power loss can
   lose whatever the OS had not written yet.
 
-Records are length-prefixed and checksummed; a torn record at the end of a
-segment (a crash mid-append) is ignored on replay: its write was never
-acknowledged.
+The files a journal owns are exactly ``<path>.<20-digit ns>.<pid>`` (segments),
+``<path>.lock`` (held with an exclusive lock while a cache has the journal open)
+and ``<path>.<20-digit ns>.<pid>.quarantined`` (damaged segments kept aside).
+
+Record format (each record framed, so replay can find the next valid record
+after a damaged one)::
+
+    magic b"\\xffLZJ" | seq u32 | length u32 | crc32(seq, length, payload) u32 | payload
+
+The magic holds a byte (0xff) that UTF-8 text never contains. `seq` counts the
+records of a segment from 0, so a damaged span reports how many records it cost.
+Record 0 is the segment's header (``H`` + JSON: format, serializer); the others
+are ``S`` + key length u32 + key + value (a set) or ``D`` + key (a delete). Keys
+are tagged JSON (see `encode_key`); values are encoded by the journal's
+serializer (JSON unless the user chose another): nothing is unpickled unless the
+user chose pickle.
 """
 
 from __future__ import annotations
 
-import glob
+import base64
+import errno
+import json
 import logging
+import math
 import os
-import pickle
+import re
+import stat
 import struct
 import threading
 import time
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from .serializers import SerializationError
+from ._sentinels import MISSING
+from .serializers import JSON, SerializationError, Serializer
 
 log = logging.getLogger("lazycache")
 
 FSYNC_POLICIES = ("always", "everysec", "no")
+ERROR_POLICIES = ("raise", "quarantine")
 
-_HEADER = struct.Struct("<II")  # payload length, crc32 of the payload
+MAGIC = b"\xffLZJ"
+FORMAT = 1
+_FRAME = struct.Struct("<4sIII")  # magic, seq, payload length, crc32 of (seq, length, payload)
+_KEYLEN = struct.Struct("<I")
+_MAX_PAYLOAD = 1 << 31  # a longer length field is damage, not a record
+QUARANTINE_SUFFIX = ".quarantined"
+_SEGMENT = r"\.(\d{20})\.(\d+)"
+
+
+class JournalError(RuntimeError):
+    """A journal cannot be opened or replayed as it is; the message names the file and what to do."""
+
+
+class JournalLockedError(JournalError):
+    """Another live process (or cache) has the journal open; `pid` is the holder's process id."""
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        self.path = path
+        self.pid = pid
+        holder = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"journal {path!r} is in use by {holder} (it holds {path + '.lock'!r}); "
+            "give each live cache a journal path of its own"
+        )
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def _key_tree(key: Any) -> Any:
+    kind = type(key)
+    if kind is str or kind is int or kind is bool or key is None:
+        return key
+    if kind is float:
+        if not math.isfinite(key):
+            raise TypeError("a float key must be finite")
+        return key
+    if kind is bytes:
+        return {"b": base64.b64encode(key).decode("ascii")}
+    if kind is tuple:
+        return [_key_tree(part) for part in key]
+    raise TypeError(f"{kind.__name__} is not a journaled key type")
+
+
+def encode_key(key: Any) -> bytes:
+    """The key as tagged JSON: str, int, float, bool, None as themselves, tuple as a list, bytes as {"b": base64}.
+
+    Only these exact types (not subclasses) are accepted, so that replay rebuilds an
+    equal key of the same type. Raises TypeError naming the key otherwise.
+    """
+    try:
+        tree = _key_tree(key)
+    except TypeError as exc:
+        raise TypeError(
+            f"the journal cannot record the key {key!r}: {exc}; journaled keys must be "
+            "str, int, float, bool, None, bytes or tuples of them (exact types)"
+        ) from None
+    return _json_key(tree).encode("utf-8")
+
+
+_json_key = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _key_from_tree(tree: Any) -> Any:
+    if isinstance(tree, list):
+        return tuple(_key_from_tree(part) for part in tree)
+    if isinstance(tree, dict):
+        if set(tree) != {"b"} or not isinstance(tree["b"], str):
+            raise ValueError(f"unknown key tag {tree!r}")
+        return base64.b64decode(tree["b"], validate=True)
+    return tree
+
+
+def decode_key(data: bytes) -> Any:
+    """The inverse of `encode_key`; raises ValueError on anything else."""
+    return _key_from_tree(json.loads(data.decode("utf-8")))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Record:
+    """One intact record of a segment."""
+
+    offset: int
+    seq: int
+    payload: bytes
+
+
+@dataclass
+class Damage:
+    """A span of a segment that holds no intact record."""
+
+    offset: int
+    length: int
+    skipped: int | None
+    """Records lost in the span (known from the sequence numbers around it); None at the end of a file."""
+    torn_tail: bool = False
+    """The span is the file's incomplete last record: a crash mid-append, never acknowledged."""
+
+    def describe(self) -> str:
+        if self.torn_tail:
+            return (
+                f"offset {self.offset}: the file ends with {self.length} bytes of an incomplete "
+                "record (a crash mid-append: that write was never acknowledged)"
+            )
+        lost = "an unknown number of" if self.skipped is None else str(self.skipped)
+        return f"offset {self.offset}: {self.length} damaged bytes, {lost} record(s) skipped"
+
+
+@dataclass
+class Entry:
+    """A decoded set or delete record."""
+
+    offset: int
+    key: Any
+    value: Any  # MISSING for a delete
+    payload: bytes
+
+
+@dataclass
+class Problem:
+    """A record or file that cannot be replayed as it is."""
+
+    file: str
+    offset: int | None
+    reason: str
+    key: Any = MISSING
+
+    def describe(self) -> str:
+        where = self.file if self.offset is None else f"{self.file} at offset {self.offset}"
+        key = "" if self.key is MISSING else f" (key {self.key!r})"
+        return f"{where}{key}: {self.reason}"
+
+
+@dataclass
+class Segment:
+    """What one segment file holds: its intact records, its damaged spans, its undecodable records."""
+
+    name: str
+    size: int = 0
+    header: dict[str, Any] | None = None
+    entries: list[Entry] = field(default_factory=list)
+    damage: list[Damage] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def damaged(self) -> bool:
+        """Whether records were lost (a torn tail alone loses nothing acknowledged)."""
+        return any(not d.torn_tail for d in self.damage)
+
+
+def scan(data: bytes) -> tuple[list[Record], list[Damage]]:
+    """The intact records of a segment's bytes, and the spans between them that hold none.
+
+    After a record that fails its checks, the next valid record is found by searching
+    for the magic and checking length and CRC at each candidate.
+    """
+    records: list[Record] = []
+    damage: list[Damage] = []
+    size = len(data)
+    pos = 0
+    bad_from = -1  # start of the current damaged span, if any
+    while pos < size:
+        record = _record_at(data, pos)
+        if record is None:
+            if bad_from < 0:
+                bad_from = pos
+            pos = data.find(MAGIC, pos + 1)
+            if pos < 0:
+                pos = size
+            continue
+        if bad_from >= 0:
+            previous = records[-1].seq if records else -1
+            damage.append(Damage(bad_from, pos - bad_from, max(record.seq - previous - 1, 0)))
+            bad_from = -1
+        records.append(record)
+        pos += _FRAME.size + len(record.payload)
+    if bad_from >= 0:
+        # Incomplete rather than corrupt: a frame that starts right here and runs past the end.
+        torn = _is_torn(data, bad_from)
+        damage.append(Damage(bad_from, size - bad_from, None, torn_tail=torn))
+    return records, damage
+
+
+def _record_at(data: bytes, pos: int) -> Record | None:
+    if pos + _FRAME.size > len(data):
+        return None
+    magic, seq, length, crc = _FRAME.unpack_from(data, pos)
+    end = pos + _FRAME.size + length
+    if magic != MAGIC or length > _MAX_PAYLOAD or end > len(data):
+        return None
+    payload = data[pos + _FRAME.size : end]
+    if zlib.crc32(payload, zlib.crc32(data[pos + 4 : pos + 12])) != crc:
+        return None
+    return Record(pos, seq, payload)
+
+
+def _is_torn(data: bytes, pos: int) -> bool:
+    """Whether data[pos:] is the start of one frame cut short (what a crash mid-append leaves)."""
+    rest = data[pos:]
+    if len(rest) < _FRAME.size:
+        return MAGIC.startswith(rest[:4])
+    magic, _, length, _ = _FRAME.unpack_from(rest)
+    return magic == MAGIC and length <= _MAX_PAYLOAD and _FRAME.size + length > len(rest)
+
+
+def read_segment(name: str, data: bytes, serializer: Serializer) -> Segment:
+    """Decodes a segment's bytes with `serializer`; what cannot be decoded is a Problem."""
+    records, damage = scan(data)
+    segment = Segment(name, len(data), damage=damage)
+    for record in records:
+        payload = record.payload
+        kind = payload[:1]
+        if kind == b"H":
+            try:
+                header = json.loads(payload[1:].decode("utf-8"))
+            except ValueError as exc:
+                segment.problems.append(Problem(name, record.offset, f"unreadable header: {exc}"))
+                continue
+            segment.header = header if isinstance(header, dict) else {}
+            continue
+        written_with = (segment.header or {}).get("serializer", serializer.name)
+        key: Any = MISSING
+        try:
+            if kind == b"S":
+                (keylen,) = _KEYLEN.unpack_from(payload, 1)
+                start = 1 + _KEYLEN.size
+                key = decode_key(payload[start : start + keylen])
+                if written_with != serializer.name:
+                    raise ValueError(
+                        f"written with the {written_with!r} serializer, read with {serializer.name!r}"
+                    )
+                value = decode_value(serializer, payload[start + keylen :])
+            elif kind == b"D":
+                key = decode_key(payload[1:])
+                value = MISSING
+            else:
+                raise ValueError(f"unknown record kind {kind!r}")
+        except Exception as exc:
+            segment.problems.append(
+                Problem(name, record.offset, f"cannot decode the record: {exc!r}", key)
+            )
+            continue
+        segment.entries.append(Entry(record.offset, key, value, payload))
+    return segment
+
+
+def decode_value(serializer: Serializer, data: bytes) -> Any:
+    return serializer.loads(data if serializer.binary else data.decode("utf-8"))
+
+
+def segment_key(payload: bytes) -> Any:
+    """The key of a set or delete record's payload, without decoding its value (MISSING if none)."""
+    kind = payload[:1]
+    try:
+        if kind == b"S":
+            (keylen,) = _KEYLEN.unpack_from(payload, 1)
+            return decode_key(payload[1 + _KEYLEN.size : 1 + _KEYLEN.size + keylen])
+        if kind == b"D":
+            return decode_key(payload[1:])
+    except Exception:
+        pass
+    return MISSING
+
+
+def segments_of(path: str) -> list[str]:
+    """This journal's segment files, oldest first: exactly ``<path>.<20 digits>.<pid>``.
+
+    Not ``<path>.users.<...>`` (another journal's), nor quarantined files.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(os.path.basename(path)) + _SEGMENT)
+    names = [n for n in os.listdir(directory) if pattern.fullmatch(n)]
+    return [os.path.join(os.path.dirname(path), n) for n in sorted(names)]
+
+
+def quarantined_of(path: str) -> list[str]:
+    """This journal's quarantined files."""
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(os.path.basename(path)) + _SEGMENT + re.escape(QUARANTINE_SUFFIX))
+    names = [n for n in os.listdir(directory) if pattern.fullmatch(n)]
+    return [os.path.join(os.path.dirname(path), n) for n in sorted(names)]
+
+
+def unsafe_reason(st: os.stat_result, *, directory: bool = False) -> str | None:
+    """Why a file (or directory) another local user could have written must not be replayed, or None."""
+    if os.name == "nt":  # no POSIX owners or modes; NTFS ACLs are the user's to set
+        return None
+    if st.st_uid != os.geteuid() and not (directory and st.st_uid == 0):
+        return f"owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"writable by {'group' if st.st_mode & stat.S_IWGRP else 'others'} (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def read_file(name: str) -> tuple[bytes, str | None]:
+    """A segment's bytes, unless it is not safe to read: (b"", reason). Checks the opened file itself."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(name, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return b"", "a symbolic link"
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b"", "not a regular file"
+        reason = unsafe_reason(st)
+        if reason is not None:
+            return b"", reason
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks), None
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- locking
+
+
+def _lock(fd: int) -> bool:
+    """Takes an exclusive lock on fd without waiting; False if another holds it."""
+    if os.name == "nt":
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _holder(fd: int) -> int | None:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return int(os.read(fd, 32).decode("ascii").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def acquire_lock(path: str) -> int:
+    """Opens and exclusively locks ``<path>.lock``, recording this pid in it; returns its fd.
+
+    The lock is released when every descriptor of it is closed (a forked child keeps it).
+    """
+    name = path + ".lock"
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        reason = unsafe_reason(os.fstat(fd))
+        if reason is not None:
+            raise JournalError(f"journal lock file {name!r} is {reason}: refusing to use it")
+        if not _lock(fd):
+            raise JournalLockedError(path, _holder(fd))
+        # The pid sits past the locked byte on Windows; POSIX flock covers the whole file.
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_directory(path: str) -> str:
+    """The journal's directory, if it exists and no other local user can write into it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"journal directory {directory!r} does not exist")
+    reason = unsafe_reason(os.stat(directory), directory=True)
+    if reason is not None:
+        raise JournalError(
+            f"journal directory {directory!r} is {reason}: another user could plant records "
+            "in it; put the journal in a directory only you can write to"
+        )
+    return directory
+
+
+# ----------------------------------------------------------------------------- the journal
 
 
 class Journal:
-    """Append-only segments ``<path>.<creation ns>.<pid>`` of (key, value or MISSING) records."""
+    """Append-only segments ``<path>.<creation ns>.<pid>`` of (key, value or MISSING) records.
 
-    def __init__(self, path: str, fsync: str = "everysec") -> None:
+    Opening takes the journal's lock and reads the segments left behind (see `pending`);
+    `errors` says what happens to a record or file that cannot be replayed: "raise"
+    (JournalError, nothing replayed or moved) or "quarantine" (it is skipped, logged
+    and its file kept aside as ``*.quarantined``). Damaged spans are always skipped,
+    logged and their file quarantined: no setting makes them readable.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        fsync: str = "everysec",
+        serializer: Serializer = JSON,
+        errors: str = "raise",
+    ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(
                 f"journal_fsync must be one of {', '.join(map(repr, FSYNC_POLICIES))}, got {fsync!r}"
             )
+        if errors not in ERROR_POLICIES:
+            raise ValueError(
+                f"journal_errors must be one of {', '.join(map(repr, ERROR_POLICIES))}, got {errors!r}"
+            )
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"journal must be a file path, not {type(path).__name__}")
+        if not isinstance(serializer, Serializer):
+            raise TypeError(f"the journal's serializer must be a Serializer, not {serializer!r}")
         self.path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(directory):
-            raise ValueError(f"journal directory {directory!r} does not exist")
+        check_directory(self.path)
         self.fsync = fsync
+        self.serializer = serializer
+        self.errors = errors
         self.lock = threading.Lock()
         """Held around (change the cache, append the record), so the journal's order is the cache's."""
-        self.leftovers: list[str] = sorted(glob.glob(glob.escape(self.path) + ".*.*"))
+        self._lock_fd = acquire_lock(self.path)
+        try:
+            self.leftovers: list[Segment] = self._read_leftovers()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._header = b"H" + json.dumps({"format": FORMAT, "serializer": serializer.name}).encode()
         self._segments: list[str] = []  # this process's segments, oldest first; the last is current
         self._fd = -1
-        self._records = 0  # in the current segment
+        self._seq = 0  # of the next record in the current segment
+        self._size = 0  # of the current segment
         self._unsynced = False
         self._closed = False
         self._open_segment()
@@ -73,11 +507,49 @@ class Journal:
         if fsync == "everysec":
             self._start_syncer()
 
+    def _read_leftovers(self) -> list[Segment]:
+        segments = []
+        for name in segments_of(self.path):
+            data, unsafe = read_file(name)
+            if unsafe is not None:
+                segment = Segment(name)
+                segment.problems.append(Problem(name, None, f"not replayed: the file is {unsafe}"))
+            else:
+                segment = read_segment(name, data, self.serializer)
+            segments.append(segment)
+        problems = [p for s in segments for p in s.problems]
+        if problems and self.errors == "raise":
+            raise JournalError(
+                f"journal {self.path!r}: {len(problems)} record(s) or file(s) cannot be replayed "
+                "(nothing was replayed or moved; fix the cause, or open with "
+                'journal_errors="quarantine" to replay the rest and keep these aside): '
+                + "; ".join(p.describe() for p in problems[:10])
+            )
+        for segment in segments:
+            for damage in segment.damage:
+                (log.warning if damage.torn_tail else log.error)(
+                    "lazycache: journal %s: %s", segment.name, damage.describe()
+                )
+            for problem in segment.problems:
+                log.error("lazycache: journal: skipped %s", problem.describe())
+        return segments
+
+    @property
+    def pending(self) -> Iterator[Entry]:
+        """The decodable set/delete records of the segments found at open, in order."""
+        for segment in self.leftovers:
+            yield from segment.entries
+
     def _open_segment(self) -> None:
         name = f"{self.path}.{time.time_ns():020d}.{os.getpid()}"
-        self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+        self._fd = os.open(
+            name,
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL | getattr(os, "O_BINARY", 0),
+            0o600,
+        )
         self._segments.append(name)
-        self._records = 0
+        self._seq = 0
+        self._size = 0
 
     def _start_syncer(self) -> None:
         self._syncer = threading.Thread(
@@ -90,36 +562,88 @@ class Journal:
             time.sleep(1.0)
             with self.lock:
                 if self._unsynced and not self._closed:
-                    os.fsync(self._fd)
+                    try:
+                        os.fsync(self._fd)
+                    except OSError:
+                        # Logged, and tried again next second: the thread must not die.
+                        log.exception("lazycache: fsync of journal %s failed", self._segments[-1])
+                        continue
                     self._unsynced = False
 
     # ----------------------------------------------------------- writing
-    @staticmethod
-    def encode(key: Any, value: Any) -> bytes:
-        """One record; value is MISSING for a delete. Raises SerializationError naming the key."""
-        try:
-            payload = pickle.dumps((key, value), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            raise SerializationError(key, exc) from exc
-        return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    def encode(self, key: Any, value: Any) -> bytes:
+        """One record's payload; value is MISSING for a delete.
 
-    def append(self, record: bytes) -> None:
-        """Appends an encoded record; the caller holds `lock`."""
-        view = memoryview(record)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        self._records += 1
-        if self.fsync == "always":
-            os.fsync(self._fd)
-        else:
-            self._unsynced = True
+        Raises TypeError for a key the journal cannot record, SerializationError naming
+        the key for a value its serializer cannot encode.
+        """
+        encoded_key = encode_key(key)
+        if value is MISSING:
+            return b"D" + encoded_key
+        data = self.serializer.encode(key, value)
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        elif not isinstance(data, bytes):
+            raise SerializationError(
+                key, TypeError(f"the serializer returned {type(data).__name__}, not str or bytes")
+            )
+        return b"S" + _KEYLEN.pack(len(encoded_key)) + encoded_key + data
+
+    def _frame(self, payload: bytes) -> bytes:
+        head = struct.pack("<II", self._seq, len(payload))
+        self._seq += 1
+        return MAGIC + head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + payload
+
+    def append(self, *payloads: bytes) -> tuple[int, int]:
+        """Appends records in one write; returns the mark to `undo` them with. The caller holds `lock`.
+
+        All or nothing: if the write (or the "always" fsync) fails, the segment is cut
+        back to where it was and the error raised; the caller must then not apply its change.
+        """
+        mark = (self._size, self._seq)
+        try:
+            frames = [self._frame(self._header)] if self._size == 0 else []
+            frames.extend(self._frame(p) for p in payloads)
+            view = memoryview(b"".join(frames))
+            while view:
+                written = os.write(self._fd, view)
+                self._size += written
+                view = view[written:]
+            if self.fsync == "always":
+                os.fsync(self._fd)
+            else:
+                self._unsynced = True
+        except BaseException:
+            self.undo(mark)
+            raise
+        return mark
+
+    def undo(self, mark: tuple[int, int]) -> None:
+        """Removes the records appended since `mark` (their change did not happen). Caller holds `lock`."""
+        size, self._seq = mark
+        self._cut(size)
+
+    def _cut(self, mark: int) -> None:
+        if self._size == mark:
+            return
+        try:
+            os.ftruncate(self._fd, mark)
+            if self.fsync == "always":
+                os.fsync(self._fd)
+        except OSError:
+            # Replay skips what is left as a damaged span and reports it.
+            log.exception(
+                "lazycache: could not cut journal %s back to %d bytes", self._segments[-1], mark
+            )
+            return
+        self._size = mark
 
     def rotate(self) -> str | None:
         """Starts a new segment if the current one has records; returns the newest closed segment."""
         with self.lock:
             if self._closed:
                 return None
-            if self._records:
+            if self._size:
                 if self.fsync != "no":
                     os.fsync(self._fd)
                 os.close(self._fd)
@@ -137,9 +661,21 @@ class Journal:
                 _unlink(self._segments.pop(0))
 
     def release_leftovers(self) -> None:
-        """Deletes the segments found at start, once their writes are journaled again."""
-        for name in self.leftovers:
-            _unlink(name)
+        """Once their writes are journaled again: deletes the segments found at open, and keeps
+        aside (quarantines) those with damage or records that could not be replayed."""
+        for segment in self.leftovers:
+            if segment.damaged or segment.problems:
+                aside = segment.name + QUARANTINE_SUFFIX
+                os.replace(segment.name, aside)
+                log.error(
+                    "lazycache: journal %s was kept aside as %s (inspect it with "
+                    "`lazycache journal inspect %s`)",
+                    segment.name,
+                    aside,
+                    aside,
+                )
+            else:
+                _unlink(segment.name)
         self.leftovers = []
 
     def close(self, committed: bool) -> None:
@@ -148,16 +684,23 @@ class Journal:
             if self._closed:
                 return
             self._closed = True
-            if self.fsync != "no":
-                os.fsync(self._fd)
-            os.close(self._fd)
-            if committed:
-                for name in self._segments:
-                    _unlink(name)
-                self._segments = []
+            try:
+                if self.fsync != "no":
+                    os.fsync(self._fd)
+                os.close(self._fd)
+                if committed:
+                    for name in self._segments:
+                        _unlink(name)
+                    self._segments = []
+            finally:
+                os.close(self._lock_fd)  # releases the lock once no forked child holds it too
 
     def reopen_in_child(self) -> None:
-        """After fork: the child appends to segments of its own, never to the parent's."""
+        """After fork: the child appends to segments of its own, never to the parent's.
+
+        The child shares the parent's lock (one open file description): the journal stays
+        locked while either lives.
+        """
         self.lock = threading.Lock()
         os.close(self._fd)
         self._segments = []
@@ -166,27 +709,16 @@ class Journal:
         if self.fsync == "everysec":
             self._start_syncer()
 
-    # ----------------------------------------------------------- replay
-    def replay(self) -> Iterator[tuple[Any, Any]]:
-        """The (key, value or MISSING) records of the segments found at start, in order."""
-        for name in self.leftovers:
-            yield from _read_segment(name)
 
-
-def _read_segment(name: str) -> Iterator[tuple[Any, Any]]:
-    with open(name, "rb") as f:
-        data = f.read()
-    pos = 0
-    while pos + _HEADER.size <= len(data):
-        length, crc = _HEADER.unpack_from(data, pos)
-        payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
-        if len(payload) < length or zlib.crc32(payload) != crc:
-            log.warning(
-                "lazycache: journal %s ends with a torn record (a crash mid-write); ignored", name
-            )
-            return
-        pos += _HEADER.size + length
-        yield pickle.loads(payload)
+def records_of(path: str, serializer: Serializer = JSON) -> list[tuple[Any, Any]]:
+    """The (key, value or MISSING) records of a journal's segments, in order, without opening it."""
+    out = []
+    for name in segments_of(path):
+        data, unsafe = read_file(name)
+        if unsafe is not None:
+            raise JournalError(f"journal file {name!r} is {unsafe}: not read")
+        out.extend((e.key, e.value) for e in read_segment(name, data, serializer).entries)
+    return out
 
 
 def _unlink(name: str) -> None:
@@ -194,3 +726,4 @@ def _unlink(name: str) -> None:
         os.unlink(name)
     except FileNotFoundError:
         pass
+
