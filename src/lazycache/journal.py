@@ -170,6 +170,8 @@ class Damage:
                 "record (a crash mid-append: that write was never acknowledged)"
             )
         lost = "an unknown number of" if self.skipped is None else str(self.skipped)
+        if not self.length:
+            return f"offset {self.offset}: {lost} record(s) skipped (missing before this one)"
         return f"offset {self.offset}: {self.length} damaged bytes, {lost} record(s) skipped"
 
 
@@ -235,9 +237,11 @@ def scan(data: bytes) -> tuple[list[Record], list[Damage]]:
             if pos < 0:
                 pos = size
             continue
-        if bad_from >= 0:
-            previous = records[-1].seq if records else -1
-            damage.append(Damage(bad_from, pos - bad_from, max(record.seq - previous - 1, 0)))
+        previous = records[-1].seq if records else -1
+        if bad_from >= 0 or record.seq != previous + 1:
+            # A gap in the numbering is damage too, even between intact records (bytes cut out).
+            start = pos if bad_from < 0 else bad_from
+            damage.append(Damage(start, pos - start, max(record.seq - previous - 1, 0)))
             bad_from = -1
         records.append(record)
         pos += _FRAME.size + len(record.payload)
@@ -343,7 +347,9 @@ def segments_of(path: str) -> list[str]:
 def quarantined_of(path: str) -> list[str]:
     """This journal's quarantined files."""
     directory = os.path.dirname(os.path.abspath(path))
-    pattern = re.compile(re.escape(os.path.basename(path)) + _SEGMENT + re.escape(QUARANTINE_SUFFIX))
+    pattern = re.compile(
+        re.escape(os.path.basename(path)) + _SEGMENT + re.escape(QUARANTINE_SUFFIX)
+    )
     names = [n for n in os.listdir(directory) if pattern.fullmatch(n)]
     return [os.path.join(os.path.dirname(path), n) for n in sorted(names)]
 
@@ -726,4 +732,3 @@ def _unlink(name: str) -> None:
         os.unlink(name)
     except FileNotFoundError:
         pass
-
