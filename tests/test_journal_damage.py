@@ -160,8 +160,8 @@ def test_a_torn_record_in_the_middle_does_not_hide_the_later_ones(
     segment, records = journal_with_records(tmp_path, 30)
     data = Path(segment).read_bytes()
     spans = record_spans(data)
-    a, b = spans[15]
-    Path(segment).write_bytes(data[: b - 5] + data[b:])  # record 15 (index 14) lost its tail
+    _, end = spans[15]
+    Path(segment).write_bytes(data[: end - 5] + data[end:])  # record 15 (index 14) lost its tail
     store = FailingStore()
     cache = make_cache(store, journal=path)
     cache.close()

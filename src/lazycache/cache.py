@@ -303,7 +303,7 @@ class _CacheLayer:
         drain = bool(self.max_pending)
         replayed = 0
         for entry in journal.pending:
-            if drain and self.pending >= self.max_pending:  # type: ignore[attr-defined,operator]
+            if drain and self.pending >= self.max_pending:  # type: ignore[attr-defined]
                 drain = self._batch_writer.flush(self).ok
                 if not drain:
                     log.warning(

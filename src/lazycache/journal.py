@@ -271,7 +271,7 @@ def _is_torn(data: bytes, pos: int) -> bool:
     if len(rest) < _FRAME.size:
         return MAGIC.startswith(rest[:4])
     magic, _, length, _ = _FRAME.unpack_from(rest)
-    return magic == MAGIC and length <= _MAX_PAYLOAD and _FRAME.size + length > len(rest)
+    return bool(magic == MAGIC and length <= _MAX_PAYLOAD and _FRAME.size + length > len(rest))
 
 
 def read_segment(name: str, data: bytes, serializer: Serializer) -> Segment:
@@ -412,8 +412,9 @@ def _lock(fd: int) -> bool:
 
 
 def _holder(fd: int) -> int | None:
+    """The pid the lock file records (after its first byte, the one Windows locks)."""
     try:
-        os.lseek(fd, 0, os.SEEK_SET)
+        os.lseek(fd, 1, os.SEEK_SET)
         return int(os.read(fd, 32).decode("ascii").strip())
     except (OSError, ValueError):
         return None
@@ -432,10 +433,10 @@ def acquire_lock(path: str) -> int:
             raise JournalError(f"journal lock file {name!r} is {reason}: refusing to use it")
         if not _lock(fd):
             raise JournalLockedError(path, _holder(fd))
-        # The pid sits past the locked byte on Windows; POSIX flock covers the whole file.
+        # Byte 0 is the one msvcrt.locking locks (others cannot read it); the pid follows it.
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        os.write(fd, f"\n{os.getpid()}\n".encode("ascii"))
     except BaseException:
         os.close(fd)
         raise
@@ -718,7 +719,7 @@ class Journal:
 
 def records_of(path: str, serializer: Serializer = JSON) -> list[tuple[Any, Any]]:
     """The (key, value or MISSING) records of a journal's segments, in order, without opening it."""
-    out = []
+    out: list[tuple[Any, Any]] = []
     for name in segments_of(path):
         data, unsafe = read_file(name)
         if unsafe is not None:
