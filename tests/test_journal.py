@@ -9,12 +9,12 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import FailingStore, wait_until
+from services import database  # noqa: F401 (fixture)
 
 from lazycache import MISSING, SerializationError
 from lazycache.journal import Journal, records_of
@@ -57,6 +57,10 @@ CHILD = textwrap.dedent(
         from lazycache.stores.sqlalchemy import SQLAlchemyStore
         url, table = store_spec[4:].split("|")
         store = SQLAlchemyStore(url, table)
+    elif store_spec.startswith("redis:"):  # redis:URL|prefix
+        from lazycache.stores.redis import RedisStore
+        url, prefix = store_spec[6:].split("|")
+        store = RedisStore(url, prefix)
     else:
         store = FileStore(store_spec)
     cache = cls(store, journal=journal_path, journal_fsync=fsync, write_interval=float(write_interval))
@@ -170,29 +174,44 @@ def test_every_acknowledged_write_survives_kill_9(impl: str, tmp_path: Path, fsy
     )
 
 
-def test_every_acknowledged_write_reaches_a_postgresql_table_after_kill_9(
-    impl: str, tmp_path: Path
+def test_every_acknowledged_write_reaches_a_database_after_kill_9(
+    impl: str,
+    tmp_path: Path,
+    database: Any,  # noqa: F811
 ) -> None:
     import sqlalchemy as sa
-    from services import postgres_url
 
-    url = postgres_url()
-    table = f"journal_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(url)
+    table = database.table_name("journal")
 
     def read_table() -> dict[str, Any]:
-        with engine.connect() as conn:
-            return {
-                k: json.loads(v)
-                for k, v in conn.exec_driver_sql(f'SELECT key, value FROM "{table}"')
-            }
+        written = sa.Table(table, sa.MetaData(), autoload_with=database.engine)
+        with database.engine.connect() as conn:
+            rows = conn.execute(sa.select(written.c.key, written.c.value)).all()
+        return {k: json.loads(v) for k, v in rows}
+
+    kill_mid_stream_then_replay(
+        impl, tmp_path, "everysec", f"sql:{database.url}|{table}", read_table
+    )
+
+
+def test_every_acknowledged_write_reaches_redis_after_kill_9(impl: str, tmp_path: Path) -> None:
+    from services import delete_redis_keys, redis_client, redis_url, unique_name
+
+    prefix = unique_name("journal") + ":"
+    client = redis_client()
+
+    def read_redis() -> dict[str, Any]:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        values = client.mget(keys) if keys else []
+        return {k.decode()[len(prefix) :]: json.loads(v) for k, v in zip(keys, values)}
 
     try:
-        kill_mid_stream_then_replay(impl, tmp_path, "everysec", f"sql:{url}|{table}", read_table)
+        kill_mid_stream_then_replay(
+            impl, tmp_path, "everysec", f"redis:{redis_url()}|{prefix}", read_redis
+        )
     finally:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table}"')
-        engine.dispose()
+        delete_redis_keys(client, prefix)
+        client.close()
 
 
 def test_journal_segments_are_deleted_once_written(make_cache, tmp_path: Path) -> None:
