@@ -86,3 +86,56 @@ def test_a_write_whose_journal_append_fails_is_not_applied(
     from lazycache import MISSING
 
     assert replayed == [("a", 1), ("b", "x" * 10), ("a", MISSING)]
+
+
+def test_every_journaled_change_is_refused_whole_when_the_disk_is_full(
+    impl: str, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "j")
+
+    def child() -> dict[str, Any]:
+        cache = implementation_class(impl)(
+            MemoryStore(), journal=path, journal_fsync="always", write_interval=3600
+        )
+        cache.update({"a": 1, "b": 2, "c": 3})
+        before = (cache.copy(), cache.pending)
+        _fill_the_disk_after(path, 0)
+        changes = {
+            "set": lambda: cache.__setitem__("a", 10),
+            "del": lambda: cache.__delitem__("a"),
+            "pop": lambda: cache.pop("b"),
+            "popitem": cache.popitem,
+            "setdefault": lambda: cache.setdefault("new", 0),
+            "discard": lambda: cache.discard("c"),
+            "clear": cache.clear,
+            "update_entry": lambda: cache.update_entry("a", lambda v: v + 1),
+            "update": lambda: cache.update({"z": 26}),
+        }
+        errors = {}
+        for name, change in changes.items():
+            try:
+                change()
+            except OSError as exc:
+                errors[name] = exc.errno
+            assert (cache.copy(), cache.pending) == before, f"{name} changed the cache"
+        _kept.append(cache)
+        return errors
+
+    errors = run_in_forked_child(child)
+    assert errors == dict.fromkeys(
+        [
+            "set",
+            "del",
+            "pop",
+            "popitem",
+            "setdefault",
+            "discard",
+            "clear",
+            "update_entry",
+            "update",
+        ],
+        errno.EFBIG,
+    )
+    from lazycache.journal import records_of
+
+    assert records_of(path) == [("a", 1), ("b", 2), ("c", 3)]
