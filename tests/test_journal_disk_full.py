@@ -79,7 +79,7 @@ def test_a_write_whose_journal_append_fails_is_not_applied(
 
     journal = Journal(path)
     try:
-        replayed = [(e.key, e.value) for e in journal.pending]
+        replayed = [(e.key, e.value) for e in journal.recovered]
         assert not [d for s in journal.leftovers for d in s.damage]
     finally:
         journal.close(committed=False)

@@ -302,7 +302,7 @@ class _CacheLayer:
         core_set = self._core_set
         drain = bool(self.max_pending)
         replayed = 0
-        for entry in journal.pending:
+        for entry in journal.recovered:
             if drain and self.pending >= self.max_pending:  # type: ignore[attr-defined]
                 drain = self._batch_writer.flush(self).ok
                 if not drain:

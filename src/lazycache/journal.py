@@ -463,7 +463,7 @@ def check_directory(path: str) -> str:
 class Journal:
     """Append-only segments ``<path>.<creation ns>.<pid>`` of (key, value or MISSING) records.
 
-    Opening takes the journal's lock and reads the segments left behind (see `pending`);
+    Opening takes the journal's lock and reads the segments left behind (see `recovered`);
     `errors` says what happens to a record or file that cannot be replayed: "raise"
     (JournalError, nothing replayed or moved) or "quarantine" (it is skipped, logged
     and its file kept aside as ``*.quarantined``). Damaged spans are always skipped,
@@ -542,7 +542,7 @@ class Journal:
         return segments
 
     @property
-    def pending(self) -> Iterator[Entry]:
+    def recovered(self) -> Iterator[Entry]:
         """The decodable set/delete records of the segments found at open, in order."""
         for segment in self.leftovers:
             yield from segment.entries
