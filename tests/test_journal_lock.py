@@ -114,3 +114,12 @@ def test_a_second_cache_on_an_open_journal_is_refused_until_the_first_closes(
     second = make_cache(journal=path)
     second["b"] = 2
     second.close()
+
+
+def test_a_cache_refused_for_a_bad_option_leaves_the_journal_unlocked(
+    make_cache: Any, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "j")
+    with pytest.raises(ValueError):
+        make_cache(journal=path, maxsize=-1)
+    make_cache(journal=path).close()  # not JournalLockedError

@@ -208,17 +208,6 @@ class _CacheLayer:
             raise TypeError(
                 f"coherence must be a lazycache.coherence.Coherence, not {type(coherence).__name__}"
             )
-        self._journal = (
-            None
-            if journal is None
-            else Journal(
-                journal,
-                journal_fsync,
-                _journal_serializer(store, journal_serializer),
-                journal_errors,
-            )
-        )
-        self._batch_writer.journal = self._journal
         self._batch_writer.coherence = coherence
         self._coherence = coherence
         self._coherent = True  # False while the coherence channel is down: loads are not cached
@@ -232,6 +221,20 @@ class _CacheLayer:
             max_pending=None if journal is not None else max_pending,
         )
         self._set_clock(_now_ms())  # type: ignore[attr-defined]
+        # Opened once the other options are known good, and before _is_closed exists (a failed
+        # open leaves nothing for __del__ to close): it takes the journal's lock (released by
+        # close()) and reads what it must replay, refusing what it cannot.
+        self._journal = (
+            None
+            if journal is None
+            else Journal(
+                journal,
+                journal_fsync,
+                _journal_serializer(store, journal_serializer),
+                journal_errors,
+            )
+        )
+        self._batch_writer.journal = self._journal
         self.store = store
         self.maxsize = maxsize
         self.batch_size = batch_size

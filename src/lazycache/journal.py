@@ -496,12 +496,6 @@ class Journal:
         self.errors = errors
         self.lock = threading.Lock()
         """Held around (change the cache, append the record), so the journal's order is the cache's."""
-        self._lock_fd = acquire_lock(self.path)
-        try:
-            self.leftovers: list[Segment] = self._read_leftovers()
-        except BaseException:
-            os.close(self._lock_fd)
-            raise
         self._header = b"H" + json.dumps({"format": FORMAT, "serializer": serializer.name}).encode()
         self._segments: list[str] = []  # this process's segments, oldest first; the last is current
         self._fd = -1
@@ -509,7 +503,13 @@ class Journal:
         self._size = 0  # of the current segment
         self._unsynced = False
         self._closed = False
-        self._open_segment()
+        self._lock_fd = acquire_lock(self.path)
+        try:
+            self.leftovers: list[Segment] = self._read_leftovers()
+            self._open_segment()
+        except BaseException:
+            os.close(self._lock_fd)  # a journal that did not open holds nothing
+            raise
         self._syncer: threading.Thread | None = None
         if fsync == "everysec":
             self._start_syncer()
