@@ -292,20 +292,15 @@ def read_segment(name: str, data: bytes, serializer: Serializer) -> Segment:
         written_with = (segment.header or {}).get("serializer", serializer.name)
         key: Any = MISSING
         try:
-            if kind == b"S":
-                (keylen,) = _KEYLEN.unpack_from(payload, 1)
-                start = 1 + _KEYLEN.size
-                key = decode_key(payload[start : start + keylen])
-                if written_with != serializer.name:
-                    raise ValueError(
-                        f"written with the {written_with!r} serializer, read with {serializer.name!r}"
-                    )
-                value = decode_value(serializer, payload[start + keylen :])
-            elif kind == b"D":
-                key = decode_key(payload[1:])
+            key, encoded = _parse(payload)
+            if encoded is None:
                 value = MISSING
+            elif written_with != serializer.name:
+                raise ValueError(
+                    f"written with the {written_with!r} serializer, read with {serializer.name!r}"
+                )
             else:
-                raise ValueError(f"unknown record kind {kind!r}")
+                value = decode_value(serializer, encoded)
         except Exception as exc:
             segment.problems.append(
                 Problem(name, record.offset, f"cannot decode the record: {exc!r}", key)
@@ -319,18 +314,34 @@ def decode_value(serializer: Serializer, data: bytes) -> Any:
     return serializer.loads(data if serializer.binary else data.decode("utf-8"))
 
 
+def _parse(payload: bytes) -> tuple[Any, bytes | None]:
+    """(key, encoded value) of a set record, (key, None) of a delete; ValueError otherwise.
+
+    The key is decoded first so that a record whose value cannot be read can be named.
+    """
+    kind = payload[:1]
+    if kind == b"S":
+        (keylen,) = _KEYLEN.unpack_from(payload, 1)
+        start = 1 + _KEYLEN.size
+        return decode_key(payload[start : start + keylen]), payload[start + keylen :]
+    if kind == b"D":
+        return decode_key(payload[1:]), None
+    raise ValueError(f"unknown record kind {kind!r}")
+
+
 def segment_key(payload: bytes) -> Any:
     """The key of a set or delete record's payload, without decoding its value (MISSING if none)."""
-    kind = payload[:1]
     try:
-        if kind == b"S":
-            (keylen,) = _KEYLEN.unpack_from(payload, 1)
-            return decode_key(payload[1 + _KEYLEN.size : 1 + _KEYLEN.size + keylen])
-        if kind == b"D":
-            return decode_key(payload[1:])
+        return _parse(payload)[0]
     except Exception:
-        pass
-    return MISSING
+        return MISSING
+
+
+def _files_of(path: str, suffix: str) -> list[str]:
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(os.path.basename(path)) + _SEGMENT + re.escape(suffix))
+    names = [n for n in os.listdir(directory) if pattern.fullmatch(n)]
+    return [os.path.join(os.path.dirname(path), n) for n in sorted(names)]
 
 
 def segments_of(path: str) -> list[str]:
@@ -338,20 +349,12 @@ def segments_of(path: str) -> list[str]:
 
     Not ``<path>.users.<...>`` (another journal's), nor quarantined files.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    pattern = re.compile(re.escape(os.path.basename(path)) + _SEGMENT)
-    names = [n for n in os.listdir(directory) if pattern.fullmatch(n)]
-    return [os.path.join(os.path.dirname(path), n) for n in sorted(names)]
+    return _files_of(path, "")
 
 
 def quarantined_of(path: str) -> list[str]:
-    """This journal's quarantined files."""
-    directory = os.path.dirname(os.path.abspath(path))
-    pattern = re.compile(
-        re.escape(os.path.basename(path)) + _SEGMENT + re.escape(QUARANTINE_SUFFIX)
-    )
-    names = [n for n in os.listdir(directory) if pattern.fullmatch(n)]
-    return [os.path.join(os.path.dirname(path), n) for n in sorted(names)]
+    """This journal's quarantined files, oldest first."""
+    return _files_of(path, QUARANTINE_SUFFIX)
 
 
 def unsafe_reason(st: os.stat_result, *, directory: bool = False) -> str | None:
@@ -365,8 +368,11 @@ def unsafe_reason(st: os.stat_result, *, directory: bool = False) -> str | None:
     return None
 
 
-def read_file(name: str) -> tuple[bytes, str | None]:
-    """A segment's bytes, unless it is not safe to read: (b"", reason). Checks the opened file itself."""
+def read_file(name: str, check: bool = True) -> tuple[bytes, str | None]:
+    """A segment's bytes, unless it is not safe to read: (b"", reason). Checks the opened file itself.
+
+    `check=False` reads it anyway (to inspect it, never to decode its values).
+    """
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(name, flags)
@@ -379,7 +385,7 @@ def read_file(name: str) -> tuple[bytes, str | None]:
         if not stat.S_ISREG(st.st_mode):
             return b"", "not a regular file"
         reason = unsafe_reason(st)
-        if reason is not None:
+        if reason is not None and check:
             return b"", reason
         chunks = []
         while chunk := os.read(fd, 1 << 20):

@@ -43,22 +43,10 @@ def _files(path: str) -> list[str]:
     return segments_of(path) + quarantined_of(path)
 
 
-def _read_raw(name: str) -> bytes:
-    """A file's bytes for inspection only (nothing in them is decoded but keys)."""
-    fd = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
 def inspect_file(name: str, max_keys: int) -> dict[str, Any]:
     """What `inspect` reports of one file, as JSON-ready data."""
     st = os.lstat(name)
-    data = _read_raw(name)
+    data, _ = read_file(name, check=False)  # only keys are decoded: nothing in it runs
     records, damage = scan(data)
     header: Any = None
     sets = deletes = 0
