@@ -295,6 +295,11 @@ def test_bad_journal_settings_are_refused(cache_cls: type, tmp_path: Path) -> No
         cache_cls(MemoryStore(), journal=str(tmp_path / "j"), journal_fsync="sometimes")
     with pytest.raises(ValueError, match="does not exist"):
         cache_cls(MemoryStore(), journal=str(tmp_path / "missing-dir" / "j"))
+    with pytest.raises(ValueError, match="journal_errors"):
+        cache_cls(MemoryStore(), journal=str(tmp_path / "j"), journal_errors="ignore")
+    with pytest.raises(ValueError, match="unknown serializer"):
+        cache_cls(MemoryStore(), journal=str(tmp_path / "j"), journal_serializer="yaml")
+    cache_cls(MemoryStore(), journal=str(tmp_path / "j")).close()  # none of those kept it locked
 
 
 def test_journal_replays_in_the_order_written(make_cache, tmp_path: Path) -> None:
