@@ -18,6 +18,17 @@ What each ``journal_fsync`` policy guarantees (like Redis' appendfsync):
   acknowledged write survives a process crash; an OS crash or power loss can
   lose whatever the OS had not written yet.
 
+A change and its record succeed or fail together: the cache appends the record
+first (under `Journal.lock`) and changes memory after; an append that fails (a
+full disk) is cut back off the file and the change is not made; a change that
+turns out not to happen (a delete of an absent key) undoes its record.
+
+Opening a journal takes its lock, refuses files another local user could have
+written (not owned by this user, or writable by group or others, in a directory
+likewise), and reads every record left behind before the cache starts: what it
+cannot decode is refused (`JournalError`) or, with ``errors="quarantine"``,
+skipped and kept aside; damaged spans are always skipped, reported and kept aside.
+
 The files a journal owns are exactly ``<path>.<20-digit ns>.<pid>`` (segments),
 ``<path>.lock`` (held with an exclusive lock while a cache has the journal open)
 and ``<path>.<20-digit ns>.<pid>.quarantined`` (damaged segments kept aside).
