@@ -123,3 +123,32 @@ def test_a_cache_refused_for_a_bad_option_leaves_the_journal_unlocked(
     with pytest.raises(ValueError):
         make_cache(journal=path, maxsize=-1)
     make_cache(journal=path).close()  # not JournalLockedError
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_journals_into_files_of_its_own_and_keeps_the_lock(
+    make_cache: Any, tmp_path: Path
+) -> None:
+    from helpers import run_in_forked_child
+
+    from lazycache.journal import JournalLockedError
+
+    path = str(tmp_path / "j")
+    store = FailingStore()
+    parent = make_cache(store, journal=path, write_interval=3600)
+    parent["p"] = 1
+
+    def child() -> list[str]:
+        parent["c"] = 2  # the child's write, journaled by the child
+        kept.append(parent)  # not closed before the child's os._exit: it dies unflushed
+        return glob.glob(f"{path}.*.{os.getpid()}")
+
+    kept: list[Any] = []
+    child_segments = run_in_forked_child(child)
+    assert child_segments and all(os.path.getsize(n) for n in child_segments)
+    with pytest.raises(JournalLockedError):
+        make_cache(journal=path)  # the parent still holds it
+    parent.close()
+    assert store.data == {"p": 1}  # the parent wrote its own writes only
+    make_cache(store, journal=path).close()  # the dead child's acknowledged write is replayed
+    assert store.data == {"p": 1, "c": 2}
