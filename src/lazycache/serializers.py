@@ -98,6 +98,8 @@ class _Types:
     key_advice: str
     scalar_problem: Callable[[Any], str | None]
     """Why a value of one of the scalar types is not given back (a NaN in JSON), or None."""
+    key_read_back: Callable[[Any], Any]
+    """What a dict key of another type reads back as; raises if it does not."""
 
     def faithful(self, value: Any) -> bool:
         """Whether `value` is made only of these exact types (the encoder having taken it).
@@ -173,20 +175,26 @@ class _Types:
     def _key_problem(self, key: Any) -> str | None:
         if type(key) in self.keys and self.scalar_problem(key) is None:
             return None
-        if self.name == "JSON":
-            try:  # what the lenient encoder makes of it: '1' for 1, 'null' for None
-                became = next(iter(json.loads(json.dumps({key: 0}))))
-            except Exception:
-                became = None
-            if became is not None:
-                return (
-                    f"has the key {key!r} ({type(key).__name__}), which JSON reads back as "
-                    f"the str {became!r}; use {self.key_advice} keys, or the pickle serializer"
-                )
-        return (
-            f"has the key {key!r} ({type(key).__name__}), which {self.name} does not give back; "
-            f"use {self.key_advice} keys, or the pickle serializer"
-        )
+        try:
+            read = self.key_read_back(key)
+            became = f"the {type(read).__name__} {read!r}"
+        except Exception:  # not encodable, or not read back at all
+            became = None
+        what = f"has the key {key!r} ({type(key).__name__}), which {self.name}"
+        what += f" reads back as {became}" if became else " does not give back"
+        return f"{what}; use {self.key_advice} keys, or the pickle serializer"
+
+
+def _json_key_read_back(key: Any) -> Any:
+    """What the lenient encoder makes of a dict key: '1' for 1, 'null' for None."""
+    return next(iter(json.loads(json.dumps({key: 0}))))
+
+
+def _msgpack_key_read_back(key: Any) -> Any:
+    """What plain msgpack makes of a dict key: 1 for an IntEnum; a tuple's list raises."""
+    import msgpack
+
+    return next(iter(msgpack.unpackb(msgpack.packb({key: 0}), raw=False, strict_map_key=False)))
 
 
 def _json_scalar_problem(value: Any) -> str | None:
@@ -215,6 +223,7 @@ _JSON_TYPES = _Types(
     becomes=(_AS_LIST, _AS_DICT, ((str,), "a str"), ((int,), "an int"), ((float,), "a float")),
     key_advice="str",
     scalar_problem=_json_scalar_problem,
+    key_read_back=_json_key_read_back,
 )
 
 
@@ -273,6 +282,7 @@ _MSGPACK_TYPES = _Types(
     ),
     key_advice="str, bytes, int, float, bool or None",
     scalar_problem=_msgpack_scalar_problem,
+    key_read_back=_msgpack_key_read_back,
 )
 
 
