@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 import pytest
-from helpers import close_caches, recording
+from helpers import close_caches, recording, run_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from services import (  # noqa: F401  (fixtures)
@@ -269,6 +269,18 @@ def test_msgpack_keeps_int_keys_and_bytes_but_refuses_tuples_and_bytearrays() ->
         MSGPACK.encode("k", {"t": (1, 2)})
     with pytest.raises(SerializationError, match=r"value\[0\] is a bytearray"):
         MSGPACK.encode("k", [bytearray(b"x")])
+
+
+def test_msgpack_encodes_from_many_threads_at_once() -> None:
+    # Each thread packs with a Packer of its own: no thread sees another's buffer.
+    def encode(n: int) -> None:
+        for i in range(300):
+            value = {"n": n, "i": i, "blob": bytes([n]) * (i % 50), "list": [n] * (i % 7)}
+            assert same(MSGPACK.loads(MSGPACK.encode(n, value)), value)
+            with pytest.raises(SerializationError):
+                MSGPACK.encode(n, {"t": (n, i)})
+
+    run_threads(encode, [(n,) for n in range(4)])
 
 
 def test_a_custom_pair_is_used_as_given() -> None:
