@@ -309,3 +309,16 @@ def test_journal_replays_in_the_order_written(make_cache, tmp_path: Path) -> Non
     wait_until(lambda: cache.pending == 1)
     records = records_of(str(tmp_path / "j"))
     assert [v for _, v in records] == list(range(50))
+
+
+def test_a_journaled_value_json_would_change_is_refused_at_the_call(
+    make_cache: Any, tmp_path: Path
+) -> None:
+    """Replay decodes what was set: a tuple (JSON gives back a list) never enters the journal."""
+    cache = make_cache(journal=str(tmp_path / "j"))
+    cache["kept"] = [1, 2]
+    with pytest.raises(SerializationError, match="'bad'.*tuple"):
+        cache["bad"] = (1, 2)
+    assert "bad" not in cache
+    cache.flush()
+    assert cache.store.data == {"kept": [1, 2]}
