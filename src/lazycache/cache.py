@@ -634,7 +634,7 @@ class _CacheLayer:
     def _background_flush(self) -> Backoff | None:
         """One run of the writer thread; returns the backoff before the next run, if failing."""
         self._set_clock(_now_ms())  # type: ignore[attr-defined]
-        self._batch_writer.flush(self)  # failures are logged with their keys
+        self._batch_writer.flush(self, background=True)  # failures are logged with their keys
         if self.maxsize and len(self) > self.maxsize:  # type: ignore[arg-type]
             self._pruner.wake()  # what was just written can be evicted now
         backoff = self._batch_writer.backoff()

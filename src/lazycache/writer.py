@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._sentinels import MISSING
-from .serializers import SerializationError
+from .serializers import SerializationError, Serializer
 
 if TYPE_CHECKING:
     from ._core import _Pending as Pending
@@ -48,6 +48,9 @@ OnWriteError = Callable[[Any, Any, BaseException], None]
 """on_write_error(key, value, exception); value is lazycache.MISSING for a delete."""
 
 _KEYS_IN_LOG = 20
+
+_PROBE_AFTER = 4
+"""Failed rounds in a row after which a batch failing recoverably is probed by halves."""
 
 
 @dataclass(frozen=True)
@@ -89,9 +92,9 @@ class FlushError(Exception):
             parts.append(
                 f"{len(result.poisoned_keys)} rejected ({describe_keys(list(result.poisoned_keys))})"
             )
-        cause = f": {result.errors[-1]!r}" if result.errors else ""
+        cause = f": {safe_repr(result.errors[-1])}" if result.errors else ""
         if len(result.errors) > 1 and isinstance(result.errors[-1], TimeoutError):
-            cause += f", after {result.errors[-2]!r}"  # the deadline, and the store error behind it
+            cause += f", after {safe_repr(result.errors[-2])}"  # the deadline, and the store error behind it
         super().__init__("; ".join(parts) + cause)
 
 
@@ -99,8 +102,16 @@ class BackpressureError(RuntimeError):
     """A write was refused because `max_pending` entries are already waiting for the store."""
 
 
+def safe_repr(obj: Any) -> str:
+    """repr(obj), or a description of it if its __repr__ raises: a report must not fail on it."""
+    try:
+        return repr(obj)
+    except Exception as exc:
+        return f"<{type(obj).__qualname__} object at {id(obj):#x} (its repr raised {type(exc).__name__})>"
+
+
 def describe_keys(keys: list[Any]) -> str:
-    shown = ", ".join(map(repr, keys[:_KEYS_IN_LOG]))
+    shown = ", ".join(map(safe_repr, keys[:_KEYS_IN_LOG]))
     more = len(keys) - _KEYS_IN_LOG
     return f"{shown}, ... and {more} more" if more > 0 else shown
 
@@ -141,7 +152,10 @@ def log_write_error(key: Any, value: Any, exc: BaseException) -> None:
     """The default `on_write_error`: one ERROR line on the `lazycache` logger, naming the key."""
     what = "delete" if value is MISSING else "write"
     log.error(
-        "lazycache: the store rejected the %s of %r; it will not be retried: %r", what, key, exc
+        "lazycache: the store rejected the %s of %s; it will not be retried: %s",
+        what,
+        safe_repr(key),
+        safe_repr(exc),
     )
 
 
@@ -156,13 +170,51 @@ def _check_seconds(name: str, value: float) -> float:
 class _Accumulator:
     """What one flush has done so far."""
 
-    __slots__ = ("batches", "deleted", "errors", "incomplete", "poisoned", "written")
+    __slots__ = ("batches", "deferred", "deleted", "errors", "incomplete", "poisoned", "written")
 
     def __init__(self) -> None:
         self.written = self.deleted = self.batches = 0
         self.poisoned: list[Any] = []
         self.errors: list[BaseException] = []
         self.incomplete = False  # something pending at the call was neither written nor rejected
+        # Suspects put back in this flush: taken again (they are at the front of the queue),
+        # they go straight back, so that the flush moves on to the entries behind them.
+        self.deferred: set[Any] = set()
+
+
+class _Suspect:
+    """An entry whose write kept failing recoverably while the entries around it were written."""
+
+    __slots__ = ("failures", "not_before", "seq")
+
+    def __init__(self, seq: int, failures: int, not_before: float) -> None:
+        self.seq = seq  # the version that failed: a new value of the key is not suspect
+        self.failures = failures
+        self.not_before = not_before  # time.monotonic() before which the writer thread leaves it
+
+
+class _Round:
+    """The state of one attempt at writing a batch: what is settled, what is still held."""
+
+    __slots__ = ("back", "batch", "current", "failures", "lone", "successes", "work")
+
+    def __init__(
+        self, batch: list[Pending], work: list[list[Pending]], lone: list[Pending]
+    ) -> None:
+        self.batch = batch
+        self.work = work  # chunks still to try: a stack, the next one last
+        self.lone = lone  # suspects to try one by one after the rest, next one first
+        self.current: list[Pending] | None = None  # the chunk being tried
+        self.back: list[Pending] = []  # entries to put back in the queue
+        self.successes = 0  # chunks committed in this round: the store is up
+        self.failures = 0  # recoverable failures in this round
+
+    def held(self) -> list[Pending]:
+        """The entries to write together that are neither committed nor in `back` yet."""
+        held = list(self.current or ())
+        for chunk in self.work:
+            held += chunk
+        return _in_order(self.batch, held)
 
 
 class BatchWriter:
@@ -217,6 +269,9 @@ class BatchWriter:
         self.last_batch_size = 0
         self.inflight_since: int | None = None
         self.write_errors: dict[Any, BaseException] = {}
+        # Entries isolated by a recoverable failure that their neighbours did not share,
+        # by the core's handle of the entry (Pending[2]): tried alone, with their own backoff.
+        self.suspects: dict[Any, _Suspect] = {}
         self.journal: Journal | None = None
         self.coherence: Coherence | None = None
 
@@ -225,27 +280,55 @@ class BatchWriter:
         self.consecutive_failures = 0
         self.last_store_error = None
         self.inflight_since = None
+        self.suspects = {}
 
     # ----------------------------------------------------------- policy
     def backoff(self) -> float:
         """Seconds to wait before retrying after the current run of failures (with jitter)."""
-        if not self.consecutive_failures:
+        return self._backoff(self.consecutive_failures)
+
+    def _backoff(self, failures: int) -> float:
+        if not failures:
             return 0.0
-        exponent = min(self.consecutive_failures - 1, 62)
+        exponent = min(failures - 1, 62)
         delay = min(self.retry_max, self.retry_initial * 2.0**exponent)
         return delay * random.uniform(0.5, 1.0)
 
-    def _retries_exhausted(self) -> bool:
-        return self.max_retries is not None and self.consecutive_failures > self.max_retries
+    def _probe_from(self) -> int:
+        """After how many failed rounds in a row a batch is probed by halves (at least one).
+
+        Late enough that a store that is briefly down costs one call a round and takes the
+        batch whole when it is back; early enough that both halves are tried before
+        max_retries gives the batch up.
+        """
+        if self.max_retries is None:
+            return _PROBE_AFTER
+        return max(1, min(_PROBE_AFTER, self.max_retries - 1))
+
+    def _exhausted(self, failures: int) -> bool:
+        return self.max_retries is not None and failures > self.max_retries
+
+    def _is_recoverable(self, exc: BaseException) -> bool:
+        try:
+            return bool(self.store.is_recoverable(exc))
+        except Exception:
+            # A broken classifier must not send data to the error path: retry (max_retries bounds it).
+            log.exception("lazycache: %r.is_recoverable raised; the failure is retried", self.store)
+            return True
 
     # ----------------------------------------------------------- flushing
     def flush(
-        self, cache: Any, deadline: float | None = None, persist: bool = False
+        self,
+        cache: Any,
+        deadline: float | None = None,
+        persist: bool = False,
+        background: bool = False,
     ) -> FlushResult:
         """Writes every entry queued now, batch by batch.
 
         Stops at the first recoverable failure, unless `persist`, in which case it backs
         off and retries until `deadline` (time.monotonic()). Never raises for store errors.
+        `background` (the writer thread): suspects are tried only once their backoff is over.
         """
         started = time.monotonic()
         acc = _Accumulator()
@@ -260,29 +343,57 @@ class BatchWriter:
             while todo > 0:
                 if deadline is not None and time.monotonic() >= deadline:
                     return self._result(cache, acc, started, TimeoutError("flush deadline passed"))
-                batch = cache._take_batch(min(self.batch_size, todo))
+                # Suspects put back in this pass sit at the front of the queue: take them
+                # too, so that each batch still holds up to batch_size entries to write.
+                batch = cache._take_batch(min(self.batch_size, todo) + len(acc.deferred))
                 if not batch:
                     break
-                todo -= len(batch)
-                unwritten = self._write(cache, batch, acc)
-                if not unwritten:
+                unwritten, down, seen = self._write(cache, batch, acc, background)
+                todo -= len(batch) - seen
+                if unwritten:
+                    cache._requeue(unwritten)  # back to the front of the queue, in order
+                    acc.incomplete = True
+                if not down:
+                    if seen == len(batch):
+                        break  # only suspects already put back in this pass are left
                     continue
-                cache._requeue(unwritten)  # back to the front of the queue, in order
                 self.retries += 1
                 todo = cache._queued
                 if not persist:
-                    acc.incomplete = True
                     break
+                acc.deferred.clear()  # after the backoff, suspects get another try too
                 pause = self.backoff()
                 if deadline is not None:
                     pause = min(pause, deadline - time.monotonic())
                 if pause > 0:
                     time.sleep(pause)
+            if self._orphans(cache):
+                acc.incomplete = True
             if covered is not None and not acc.incomplete:
                 self.journal.release(covered)  # type: ignore[union-attr]
+            if self.suspects and not cache.pending:
+                self.suspects.clear()  # records of entries forgotten (clear_dirty) go too
         finally:
             self.lock.release()
         return self._result(cache, acc, started)
+
+    def _orphans(self, cache: Any) -> bool:
+        """Whether an entry is still in flight though no batch is (the writer's lock is held).
+
+        Such an entry was neither committed nor put back: a bug, or a core operation that
+        raised half way. The flush must not report success then. A setter may be between
+        counting an entry pending and queueing it, so only a difference that lasts counts.
+        """
+        for _ in range(3):
+            if cache.pending <= cache._queued:
+                return False
+            time.sleep(0)
+        log.error(
+            "lazycache: %d entries are in flight though no batch is being written; "
+            "they are reported as not written",
+            cache.pending - cache._queued,
+        )
+        return True
 
     def given_up(self, cache: Any, started: float, error: BaseException) -> FlushResult:
         """The result of a flush abandoned at its deadline: every pending key failed, and why."""
@@ -295,6 +406,9 @@ class BatchWriter:
             if not acc.errors and self.consecutive_failures and self.last_store_error is not None:
                 acc.errors.append(self.last_store_error)
             acc.errors.append(extra)
+            acc.incomplete = True
+        if not acc.incomplete and cache.closed and cache.pending:
+            # Nothing can change a closed cache: anything pending now was not written.
             acc.incomplete = True
         failed = tuple(cache._pending_keys()) if acc.incomplete else ()
         duration = time.monotonic() - started
@@ -310,100 +424,335 @@ class BatchWriter:
             duration,
         )
 
-    def _write(self, cache: Any, batch: list[Pending], acc: _Accumulator) -> list[Pending]:
-        """Writes one batch, isolating poison; returns the entries to retry later, in order."""
-        upserts = [(key, value) for key, value, _, _ in batch if value is not MISSING]
-        deletes = [key for key, value, _, _ in batch if value is MISSING]
-        self.inflight_since = cache._oldest_in(batch)
+    def _write(
+        self, cache: Any, batch: list[Pending], acc: _Accumulator, background: bool
+    ) -> tuple[list[Pending], bool, int]:
+        """Writes one batch, isolating poison and suspects.
+
+        Returns (the entries to put back, in queue order; whether the store looks down, so
+        that the flush should stop or back off; how many entries were suspects already put
+        back in this flush). Whatever raises, every entry taken is committed, reported or
+        put back: an unexpected exception is put back with its batch and reported as a
+        failure of the flush (a BaseException that is not an Exception is re-raised).
+        """
+        regular, lone, back = self._sort_out_suspects(batch, acc, background)
+        seen = len(back)
+        started_failing = self.consecutive_failures  # failed rounds before this one
+        work: list[list[Pending]] = []
+        probe_from = self._probe_from()
+        probing = started_failing >= probe_from and len(regular) > 1
+        if probing:
+            # The batch keeps failing: send a half instead of the whole, so that an entry
+            # the store chokes on cannot keep its neighbours out for ever (see the module
+            # docstring). Each round starts with the other half: one call a round still.
+            half = len(regular) // 2
+            first, second = regular[:half], regular[half:]
+            if started_failing % 2 == 0:
+                first, second = second, first
+            work = [second, first]
+        elif regular:
+            work = [regular]
+        # Failures with nothing committed yet that the round may take before it calls the
+        # store down: one, except at the last try before max_retries hands the batch to the
+        # error path, where both halves get their chance (unless the previous round, a
+        # probe too, tried the other half).
+        blind = 1
+        if (
+            len(regular) > 1
+            and self._exhausted(started_failing + 1)
+            and started_failing - 1 < probe_from
+        ):
+            blind = 2 if probing else 3
+        state = _Round(batch, work, lone)
+        state.back = back
+        try:
+            down = self._isolate(cache, state, acc, started_failing, blind)
+            if not down:
+                self._try_suspects(cache, state, acc, started_failing)
+        except BaseException as exc:
+            state.back += state.held() + state.lone
+            state.current = None
+            state.work = []
+            state.lone = []
+            if not isinstance(exc, Exception):
+                cache._requeue(_in_order(batch, state.back))
+                raise
+            log.exception(
+                "lazycache: unexpected error while writing %d entries; they stay pending",
+                len(batch),
+            )
+            acc.errors.append(exc)
+            self.consecutive_failures += 1
+            return _in_order(batch, state.back), True, seen
+        return _in_order(batch, state.back), down, seen
+
+    def _sort_out_suspects(
+        self, batch: list[Pending], acc: _Accumulator, background: bool
+    ) -> tuple[list[Pending], list[Pending], list[Pending]]:
+        """(entries to write together, suspects to try alone now, suspects to put back untried)."""
+        suspects = self.suspects
+        if not suspects:
+            return batch, [], []
+        regular: list[Pending] = []
+        lone: list[Pending] = []
+        back: list[Pending] = []
+        now = time.monotonic()
+        for item in batch:
+            handle = item[2]
+            record = suspects.get(handle)
+            if record is not None and record.seq != item[3]:
+                del suspects[handle]  # a newer value: not suspect
+                acc.deferred.discard(handle)
+                record = None
+            if record is None:
+                regular.append(item)
+            elif handle in acc.deferred or (background and now < record.not_before):
+                back.append(item)
+                acc.deferred.add(handle)
+            else:
+                lone.append(item)
+        return regular, lone, back
+
+    def _isolate(
+        self, cache: Any, state: _Round, acc: _Accumulator, started_failing: int, blind: int
+    ) -> bool:
+        """Writes the chunks of `state.work`, splitting failing ones; True if the store looks down."""
+        work = state.work
+        while work:
+            items = state.current = work.pop()
+            exc = self._attempt(cache, state, acc)
+            if exc is None:
+                state.successes += 1
+                continue
+            poison_key = exc.key if isinstance(exc, SerializationError) else MISSING
+            if poison_key is not MISSING or not self._is_recoverable(exc):
+                # The data's fault: isolate the entries the store rejects, write the rest.
+                if len(items) > 1 and poison_key is not MISSING:
+                    culprits = self._culprits(items, poison_key, exc)
+                    if culprits:
+                        rest = [item for item in items if id(item) not in culprits]
+                        if rest:
+                            work.append(rest)
+                        state.current = None
+                        bad = [(item, culprits[id(item)]) for item in items if id(item) in culprits]
+                        self._poison(cache, bad, acc)
+                        continue
+                if len(items) > 1:
+                    _split(work, items)
+                    state.current = None
+                    continue
+                state.current = None
+                self._poison(cache, [(items[0], exc)], acc)
+                continue
+            state.failures += 1
+            if state.successes:
+                # The store took other chunks of this round: the failure follows the data.
+                # A budget in proportion to what was written keeps an outage that starts
+                # now from splitting everything down to single entries.
+                if state.failures <= 2 * state.successes + 2:
+                    state.current = None
+                    if len(items) > 1:
+                        _split(work, items)
+                    else:
+                        self._suspect(cache, state, acc, items[0], started_failing + 1, exc)
+                    continue
+            elif state.failures < blind and work:
+                # The last try before the error path: try the other half before calling it an
+                # outage; if it succeeds, this chunk is split after it.
+                state.current = None
+                sibling = work.pop()
+                if len(items) > 1:
+                    _split(work, items)
+                else:
+                    work.append(items)
+                work.append(sibling)
+                continue
+            elif state.failures < blind:
+                state.current = None
+                _split(work, items)
+                continue
+            return self._outage(cache, state, acc, exc)
+        return False
+
+    def _outage(self, cache: Any, state: _Round, acc: _Accumulator, exc: BaseException) -> bool:
+        """A recoverable failure with no sign that the store is up: retry later, or give up."""
+        self.consecutive_failures += 1
+        held = state.held()
+        state.current = None
+        state.work.clear()
+        state.back += state.lone  # suspects are not tried while the store looks down
+        state.lone = []
+        if self._exhausted(self.consecutive_failures):
+            self._poison(cache, [(item, exc) for item in held], acc)
+            return False
+        self.failed_writes += len(held)
+        log.warning(
+            "lazycache: writing %d entries failed (attempt %d), retrying in the background: %s: %s",
+            len(held),
+            self.consecutive_failures,
+            describe_keys([key for key, _, _, _ in held]),
+            safe_repr(exc),
+        )
+        state.back += held
+        return True
+
+    def _try_suspects(
+        self, cache: Any, state: _Round, acc: _Accumulator, started_failing: int
+    ) -> None:
+        """Tries each suspect alone: written, rejected for good, or put back with its own backoff."""
+        while state.lone:
+            item = state.lone.pop(0)
+            state.current = [item]
+            exc = self._attempt(cache, state, acc)
+            if exc is None:
+                self.suspects.pop(item[2], None)
+                continue
+            state.current = None
+            if isinstance(exc, SerializationError) or not self._is_recoverable(exc):
+                self.suspects.pop(item[2], None)
+                self._poison(cache, [(item, exc)], acc)
+                continue
+            record = self.suspects.get(item[2])
+            failures = (record.failures if record is not None else started_failing) + 1
+            self._suspect(cache, state, acc, item, failures, exc)
+
+    def _suspect(
+        self,
+        cache: Any,
+        state: _Round,
+        acc: _Accumulator,
+        item: Pending,
+        failures: int,
+        exc: BaseException,
+    ) -> None:
+        """An entry that failed alone while others were written: error path, or back with a backoff."""
+        key = item[0]
+        if self._exhausted(failures):
+            self.suspects.pop(item[2], None)
+            self._poison(cache, [(item, exc)], acc)
+            return
+        self.failed_writes += 1
+        pause = self._backoff(failures)
+        self.suspects[item[2]] = _Suspect(item[3], failures, time.monotonic() + pause)
+        acc.deferred.add(item[2])
+        state.back.append(item)
+        log.warning(
+            "lazycache: the write of %s failed again while other entries were written "
+            "(attempt %d); it is retried alone in %.1fs: %s",
+            safe_repr(key),
+            failures,
+            pause,
+            safe_repr(exc),
+        )
+
+    def _attempt(self, cache: Any, state: _Round, acc: _Accumulator) -> BaseException | None:
+        """One call of Store.write with `state.current`; commits it and returns None, or returns the error."""
+        items = state.current
+        assert items is not None
+        upserts = [(key, value) for key, value, _, _ in items if value is not MISSING]
+        deletes = [key for key, value, _, _ in items if value is MISSING]
+        self.inflight_since = cache._oldest_in(items)
         try:
             generated = self.store.write(upserts, deletes)
         except Exception as exc:
             acc.errors.append(exc)
             self.last_store_error = exc
-            self.failed_writes += len(batch)
-            return self._handle_failure(cache, batch, acc, exc)
+            return exc
         finally:
             self.inflight_since = None
         if generated:
-            self._merge_generated(cache, batch, generated)
-        cache._commit(batch)
+            self._merge_generated(cache, items, generated)
+        state.current = None  # settled from here on: never put back, even if commit raises
+        cache._commit(items)
         self.consecutive_failures = 0
         self.last_store_error = None
-        self.writes += len(batch)
+        self.writes += len(items)
         self.flushes += 1
-        self.last_batch_size = len(batch)
+        self.last_batch_size = len(items)
         if self.write_errors:
-            for key, _, _, _ in batch:
-                self.write_errors.pop(key, None)
+            for key, _, _, _ in items:
+                try:
+                    self.write_errors.pop(key, None)
+                except Exception:  # a key whose hash or eq raises cannot be listed anyway
+                    pass
         if self.coherence is not None:
             try:
-                self.coherence.publish([key for key, _, _, _ in batch])
+                self.coherence.publish([key for key, _, _, _ in items])
             except Exception:
                 log.exception(
                     "lazycache: publishing %d written keys on the coherence channel failed",
-                    len(batch),
+                    len(items),
                 )
         acc.written += len(upserts)
         acc.deleted += len(deletes)
         acc.batches += 1
-        return []
+        return None
 
-    def _handle_failure(
-        self, cache: Any, batch: list[Pending], acc: _Accumulator, exc: Exception
-    ) -> list[Pending]:
-        poison_key = exc.key if isinstance(exc, SerializationError) else MISSING
-        recoverable = poison_key is MISSING and self.store.is_recoverable(exc)
-        if recoverable:
-            self.consecutive_failures += 1
-            if not self._retries_exhausted():
-                keys = [key for key, _, _, _ in batch]
-                log.warning(
-                    "lazycache: writing %d entries failed (attempt %d), retrying in the background: %s: %r",
-                    len(keys),
-                    self.consecutive_failures,
-                    describe_keys(keys),
-                    exc,
-                )
-                return batch
-            self._poison(cache, batch, acc, exc)  # retries exhausted: report every entry
-            return []
-        if len(batch) == 1:
-            self._poison(cache, batch, acc, exc)
-            return []
-        if poison_key is not MISSING:
-            culprits = [item for item in batch if item[0] == poison_key]
-            if culprits:
-                self._poison(cache, culprits, acc, exc)
-                rest = [item for item in batch if item[0] != poison_key]
-                return self._write(cache, rest, acc) if rest else []
-        half = len(batch) // 2
-        left, right = batch[:half], batch[half:]
-        unwritten = self._write(cache, left, acc)
-        if unwritten:
-            return unwritten + right  # the store went down: retry the rest later, in order
-        return self._write(cache, right, acc)
+    def _culprits(
+        self, items: list[Pending], key: Any, exc: BaseException
+    ) -> dict[int, BaseException]:
+        """The entries of `items` a SerializationError condemns, by id(): the one it names and,
+        if the store encodes with a lazycache Serializer, every other value that fails to encode,
+        so that a batch with many bad values costs two store calls, not one per bad value."""
+        named = [item for item in items if item[0] is key]
+        if not named:
+            named = [item for item in items if _same_key(item[0], key)]
+        if not named:
+            return {}
+        culprits: dict[int, BaseException] = {id(item): exc for item in named}
+        serializer = getattr(self.store, "serializer", None)
+        if isinstance(serializer, Serializer):
+            for item in items:
+                if item[1] is MISSING or id(item) in culprits:
+                    continue
+                try:
+                    serializer.encode(item[0], item[1])
+                except Exception as error:  # SerializationError, or the key's repr raising in it
+                    culprits[id(item)] = error
+        return culprits
 
     def _poison(
-        self, cache: Any, items: list[Pending], acc: _Accumulator, exc: BaseException
+        self, cache: Any, rejected: list[tuple[Pending, BaseException]], acc: _Accumulator
     ) -> None:
         """The error path: tell the user about each entry, then let it go (still readable)."""
-        for key, value, _, _ in items:
-            self.write_errors[key] = exc
-            acc.poisoned.append(key)
-            try:
-                self.on_write_error(key, value, exc)
-            except Exception:
-                log.exception(
-                    "lazycache: on_write_error raised for %r (the entry was not written)", key
-                )
-        cache._commit(items)  # unpins the entries: they are no longer pending
+        self.failed_writes += len(rejected)
+        try:
+            for (key, value, _, _), exc in rejected:
+                acc.poisoned.append(key)
+                try:
+                    self.write_errors[key] = exc
+                except Exception as error:
+                    log.error(
+                        "lazycache: the write of %s failed for good, and the key cannot be listed "
+                        "in write_errors (it raised %s): %s",
+                        safe_repr(key),
+                        safe_repr(error),
+                        safe_repr(exc),
+                    )
+                try:
+                    self.on_write_error(key, value, exc)
+                except Exception:
+                    log.exception(
+                        "lazycache: on_write_error raised for %s (the entry was not written)",
+                        safe_repr(key),
+                    )
+        finally:
+            # Unpins the entries: they are no longer pending. In a finally: whatever raised
+            # above, they must not stay in flight, neither written nor put back.
+            cache._commit([item for item, _ in rejected])
 
     def _merge_generated(
         self, cache: Any, batch: list[Pending], generated: Mapping[Any, Mapping[str, Any]]
     ) -> None:
         merge = self.merge_generated
         for key, _value, entry, seq in batch:
-            fields = generated.get(key)
+            try:
+                fields = generated.get(key)
+            except Exception:  # a key whose hash or eq raises: its value keeps what it has
+                log.exception(
+                    "lazycache: looking up the generated fields of %s failed", safe_repr(key)
+                )
+                continue
             if not fields:
                 continue
             current, changed = cache._current(entry, seq)
@@ -412,7 +761,32 @@ class BatchWriter:
             try:
                 merged = merge(current, fields, not changed)
             except Exception:
-                log.exception("lazycache: merging store-generated fields into %r failed", key)
+                log.exception(
+                    "lazycache: merging store-generated fields into %s failed", safe_repr(key)
+                )
                 continue
             if merged is not current:
                 cache._swap_value(entry, current, merged)
+
+
+def _split(work: list[list[Pending]], items: list[Pending]) -> None:
+    """Pushes the halves of `items` on the work stack, the first half on top."""
+    half = len(items) // 2
+    work.append(items[half:])
+    work.append(items[:half])
+
+
+def _in_order(batch: list[Pending], items: list[Pending]) -> list[Pending]:
+    """`items` (entries of `batch`) in their order in `batch`: the queue's order is kept."""
+    if len(items) < 2:
+        return items
+    position = {id(item): n for n, item in enumerate(batch)}
+    return sorted(items, key=lambda item: position[id(item)])
+
+
+def _same_key(a: Any, b: Any) -> bool:
+    """a == b, where an __eq__ that raises means not equal."""
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
