@@ -1,22 +1,47 @@
 """Writing: how pending entries travel from the core to the store, and what happens when that fails.
 
 One `BatchWriter` per cache. It takes batches from the core's dirty queue (oldest
-first) and hands each to `Store.write` as one transaction. On failure:
+first) and hands each to `Store.write` as one transaction. A batch is worked through
+as a list of chunks (never by recursion: a batch full of bad values costs work in
+proportion to the batch). On failure:
 
 * recoverable (`store.is_recoverable(exc)`: a lost connection, a deadlock): the
   batch goes back to the front of the queue, unless newer values replaced its
   entries, and the writer thread retries after an exponential backoff with
   jitter (`retry_initial` doubling up to `retry_max`). After `max_retries`
   consecutive failures (default: never) the entries take the error path.
+* recoverable, but only for one entry (a value larger than MariaDB's
+  max_allowed_packet makes the server drop the connection): after _PROBE_AFTER
+  failed rounds in a row (with max_retries, from the last two rounds before it
+  gives up) a round sends one half of the batch instead of the whole, the other
+  half first in the next round, so an outage still costs one call a round. Once a
+  chunk is committed the store is known to be up, and failing chunks are split
+  like poison (failures allowed only in proportion to the chunks committed: an
+  outage that starts mid-round is not split down to single entries) until the
+  entry that fails alone is isolated. That entry, a *suspect*, stays pending and
+  is tried alone, with its own backoff in the writer thread (once per explicit
+  flush), while everything else flows; after max_retries failures (counting the
+  failed rounds of its batch) it takes the error path, and with unlimited retries
+  it stays pending until the store takes it. A new value of the key is not suspect.
 * unrecoverable (a constraint violation, a value the store cannot encode): the
   batch is split in halves until the offending entries are isolated; everything
-  else is committed, and each offending entry takes the error path.
+  else is committed, and each offending entry takes the error path. A
+  SerializationError names its entry, isolated at once; if the store encodes with
+  a lazycache `Serializer` (its `serializer` attribute), every value of the chunk is
+  checked with it then, so that many bad values cost two calls, not one each.
 
 The error path: `on_write_error(key, value, exc)` is called (default: log at
 ERROR with the key), the entry is counted in `stats.failed_writes` and listed in
 `cache.write_errors` until a later write of the key succeeds. The value stays
 readable in the cache; it is not retried, and becomes evictable only after the
-callback has returned.
+callback has returned. A key whose hash or eq raises takes it too (it cannot be
+listed in write_errors: a line says so); a repr that raises is replaced by a
+placeholder in every report.
+
+Nothing taken from the queue is lost: whatever raises while a batch is written, its
+entries are committed, reported or put back, and an unexpected exception fails the
+flush (a BaseException that is no Exception is re-raised after). A flush reports
+success only if the core agrees: nothing left in flight, nothing pending in a closed cache.
 """
 
 from __future__ import annotations
