@@ -317,7 +317,7 @@ def test_a_journaled_value_json_would_change_is_refused_at_the_call(
     """Replay decodes what was set: a tuple (JSON gives back a list) never enters the journal."""
     cache = make_cache(journal=str(tmp_path / "j"))
     cache["kept"] = [1, 2]
-    with pytest.raises(SerializationError, match="'bad'.*tuple"):
+    with pytest.raises(SerializationError, match=r"'bad'.*tuple"):
         cache["bad"] = (1, 2)
     assert "bad" not in cache
     cache.flush()
