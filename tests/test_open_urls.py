@@ -8,6 +8,7 @@ opens a SQLite file; a Redis URL opens a cache over Redis. Errors say what to do
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -179,6 +180,20 @@ def test_a_redis_url_opens_a_cache_over_redis(impl) -> None:
 def test_a_redis_url_refuses_sql_options() -> None:
     with pytest.raises(ValueError, match="not Redis"):
         lazycache.open(redis_url(), "t", key_type=int)
+
+
+def test_bench_store_takes_a_redis_url_to_the_redis_bench() -> None:
+    # The CLI and the Redis bench share open()'s check of what a Redis URL is.
+    args = ["bench", "--store", redis_url(), "--quick", "--sizes", "200", "--json"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "lazycache", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["url"] == redis_url() and report["keys"] == 200
 
 
 # ----------------------------------------------------------------------------- missing packages

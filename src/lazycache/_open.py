@@ -1,4 +1,4 @@
-"""`lazycache.open()`: a persistent write-behind dict over a SQL key-value table, in one call."""
+"""`lazycache.open()`: a persistent write-behind dict over a SQL key-value table (or Redis), in one call."""
 
 from __future__ import annotations
 
