@@ -1,7 +1,9 @@
-"""`lazycache.open()`: a persistent write-behind dict over a SQL key-value table, in one call."""
+"""`lazycache.open()`: a persistent write-behind dict over a SQL key-value table (or Redis), in one call."""
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +16,36 @@ if TYPE_CHECKING:
 DEFAULT_URL = "sqlite:///lazycache.db"
 DEFAULT_TABLE = "lazycache"
 
+REDIS_URL_PREFIXES = ("redis://", "rediss://", "unix://")
+"""How the URLs redis-py takes begin (`redis.Redis.from_url`, lower case only): a cache over Redis."""
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]+:")
+"""What starts a URL with a mistake after its scheme (`sqlite:/app.db`): two letters or more, so that a
+Windows drive (`C:`) still reads as a path."""
+
+
+def is_redis_url(url: object) -> bool:
+    """Whether `url` is a Redis URL: one that redis-py takes (`redis://`, `rediss://`, `unix://`)."""
+    return isinstance(url, str) and url.startswith(REDIS_URL_PREFIXES)
+
+
+def _path_to_sqlite(path: str | os.PathLike[str]) -> URL:
+    """The URL of the SQLite file at `path` (what `sqlite:///` + `path` means), or ValueError for a
+    string that is neither a URL nor a path."""
+    from sqlalchemy.engine import URL
+
+    database = os.fspath(path)
+    if isinstance(path, str) and (not path or _SCHEME.match(path)):
+        raise ValueError(
+            f"lazycache.open(): {path!r} is not a URL (scheme://...) nor a file path; for example"
+            " 'sqlite:///app.db' (a SQLite file), 'postgresql://user@host/db', 'mysql://user@host/db',"
+            " 'redis://host:6379/0', or a path such as 'app.db' for a SQLite file"
+        )
+    return URL.create("sqlite", database=database)
+
 
 def open(
-    url: str | URL | Engine = DEFAULT_URL,
+    url: str | os.PathLike[str] | URL | Engine = DEFAULT_URL,
     table: str = DEFAULT_TABLE,
     *,
     serializer: SerializerSpec = "json",
@@ -32,7 +61,12 @@ def open(
     on (see `lazycache.stores.redis.open_redis`).
 
     `url` is any SQLAlchemy URL (default: `lazycache.db`, a SQLite file in the current
-    directory, in WAL mode) or an existing `Engine`; the table (columns `key`, `value`) is
+    directory, in WAL mode), an existing `Engine`, or a file path (a `str` without `://`, or
+    a `pathlib.Path`): `open("app.db")` is `open("sqlite:///app.db")`, a SQLite file
+    relative to the current directory. A URL that names no driver uses the one lazycache's
+    extra installs: `postgresql://` psycopg 3 (`[postgresql]`), `mysql://` and `mariadb://`
+    PyMySQL (`[mysql]`) unless mysqlclient is installed; a driver named in the URL
+    (`postgresql+psycopg2://`) is always the one used. The table (columns `key`, `value`) is
     created if missing. `serializer` and `key_type` are those of `SQLAlchemyStore` (JSON
     values and str keys by default); `engine_options` go to `create_engine`;
     `implementation` picks a core ("cython" or "python", default: the best available).
@@ -51,7 +85,7 @@ def open(
     interpreter's exit) flushes it and disposes of the engine the store made (an `Engine`
     passed in is left to its owner). Reading after `close()` still works.
     """
-    if isinstance(url, str) and url.split("://", 1)[0].lower() in ("redis", "rediss", "unix"):
+    if is_redis_url(url):
         if key_type is not str or engine_options:
             raise ValueError("key_type= and engine_options= are for SQL databases, not Redis")
         from .stores.redis import open_redis
@@ -63,13 +97,11 @@ def open(
             implementation=implementation,
             **cache_options,
         )
-    try:
-        from .stores.sqlalchemy import SQLAlchemyStore
-    except ImportError as exc:
-        raise ImportError(
-            f"lazycache.open() needs SQLAlchemy 2.x: pip install 'lazycache[sqlalchemy]' ({exc})"
-        ) from exc
+    # Without SQLAlchemy this raises the module's ImportError, which says what to install.
+    from .stores.sqlalchemy import SQLAlchemyStore
 
+    if isinstance(url, os.PathLike) or (isinstance(url, str) and "://" not in url):
+        url = _path_to_sqlite(url)
     cls = LazyWriterCache if implementation is None else implementation_class(implementation)
     store = SQLAlchemyStore(
         url, table, serializer=serializer, key_type=key_type, engine_options=engine_options

@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ._open import is_redis_url
+
 DEFAULT_KEYS = 20_000
 QUICK_KEYS = 2_000
 DEFAULT_REPEAT = 5
@@ -303,7 +305,7 @@ def run_store_bench(
     as_json: bool = False,
 ) -> int:
     """What `lazycache bench --store URL` runs: measures and prints; returns the exit status."""
-    if url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+    if not is_redis_url(url):
         print(
             f"lazycache bench --store: only Redis URLs (redis://, rediss://, unix://) are supported, not {url!r}",
             file=sys.stderr,

@@ -47,6 +47,7 @@ from typing import Any, Callable, TextIO, TypeVar
 
 import lazycache
 
+from ._open import is_redis_url
 from .cache import implementation_class
 from .journal_cli import add_journal_command
 from .stores import MemoryStore
@@ -1076,11 +1077,7 @@ def _positive_int(text: str) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    if args.store is not None and args.store.split("://", 1)[0].lower() in (
-        "redis",
-        "rediss",
-        "unix",
-    ):
+    if is_redis_url(args.store):
         from .bench_redis import run_store_bench  # get-hit vs a Redis GET, flush vs pipelined MSET
 
         return run_store_bench(

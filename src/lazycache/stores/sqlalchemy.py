@@ -42,7 +42,9 @@ import contextlib
 import datetime
 import decimal
 import hashlib
+import importlib.util
 import queue
+import sys
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -80,6 +82,7 @@ __all__ = [
     "configure_sqlite",
     "is_recoverable_error",
     "make_engine",
+    "with_installed_driver",
 ]
 
 DEFAULT_URL = "sqlite:///lazycache.db"
@@ -139,15 +142,52 @@ def configure_sqlite(engine: Engine, *, wal: bool = True) -> Engine:
     return engine
 
 
+_EXTRA_DRIVERS = {
+    "postgresql": ("psycopg", (), "postgresql"),
+    "mysql": ("pymysql", ("MySQLdb",), "mysql"),
+    "mariadb": ("pymysql", ("MySQLdb",), "mysql"),
+}
+"""Backend -> (the driver our extra installs, the modules that keep SQLAlchemy's own default when
+importable, the extra). SQLAlchemy's default PostgreSQL driver is psycopg2 before 2.1 (psycopg from
+2.1), its MySQL/MariaDB default mysqlclient (`MySQLdb`): neither is what our extras install."""
+
+
+def _installed(module: str) -> bool:
+    try:
+        return module in sys.modules or importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken parent package, or a module without __spec__
+        return False
+
+
+def with_installed_driver(url: str | sa.engine.URL) -> sa.engine.URL:
+    """`url` with the driver our extras install named, when it names none.
+
+    `postgresql://` becomes `postgresql+psycopg://` when psycopg 3 is installed; `mysql://`
+    and `mariadb://` become `...+pymysql://` when PyMySQL is installed and mysqlclient is
+    not. A URL that names its driver (`postgresql+psycopg2://`) is returned as it is.
+    """
+    url = sa.engine.make_url(url)
+    backend, _, driver = url.drivername.partition("+")
+    if driver or backend not in _EXTRA_DRIVERS:
+        return url
+    ours, preferred, _ = _EXTRA_DRIVERS[backend]
+    if _installed(ours) and not any(_installed(module) for module in preferred):
+        return url.set(drivername=f"{backend}+{ours}")
+    return url
+
+
 def make_engine(url: str | sa.engine.URL, **options: Any) -> Engine:
     """`sqlalchemy.create_engine(url, **options)`, set up for lazycache.
 
+    A URL that names no driver gets the one lazycache's extra installed (see
+    `with_installed_driver`): `postgresql://` uses psycopg 3, `mysql://` PyMySQL.
     SQLite: a file database runs in WAL mode (see `configure_sqlite`) with a busy timeout of
     `SQLITE_BUSY_TIMEOUT` seconds unless `connect_args={"timeout": ...}` says otherwise; an
     in-memory database gets one connection shared by all threads (otherwise the writer
     thread and a reader would each see their own empty database).
     """
-    url = sa.engine.make_url(url)
+    given = sa.engine.make_url(url)
+    url = with_installed_driver(given)
     if url.get_backend_name() == "sqlite":
         connect_args = dict(options.get("connect_args") or {})
         connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
@@ -156,7 +196,16 @@ def make_engine(url: str | sa.engine.URL, **options: Any) -> Engine:
             options.setdefault("poolclass", sa.pool.StaticPool)
         options["connect_args"] = connect_args
         return configure_sqlite(sa.create_engine(url, **options))
-    return sa.create_engine(url, **options)
+    try:
+        return sa.create_engine(url, **options)
+    except ImportError as exc:
+        if given.drivername not in _EXTRA_DRIVERS:  # a named driver: SQLAlchemy's error says it
+            raise
+        ours, _, extra = _EXTRA_DRIVERS[given.drivername]
+        raise ImportError(
+            f"{given.drivername}:// needs a driver ({exc}): pip install 'lazywritercache[{extra}]'"
+            f" for {ours}, or name an installed one in the URL ({given.drivername}+DRIVER://)"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- error classification
