@@ -408,15 +408,22 @@ def _is_redis(url: Any) -> bool:
 
 
 def _sync_redis_client(client: Any) -> Any:
-    """A redis-py client on the same server and database as a `redis.asyncio` client."""
+    """A redis-py client on the same server, database and credentials as a `redis.asyncio` client."""
+    import inspect
+
     import redis
 
     if isinstance(client, redis.asyncio.RedisCluster):
-        raise TypeError(
-            "pass a redis.asyncio.RedisCluster's URL to lazycache.aio.open, not the client"
-        )
+        raise TypeError("pass a Redis Cluster's URL to lazycache.aio.open, not its asyncio client")
     kwargs = dict(client.connection_pool.connection_kwargs)
-    return redis.Redis(**kwargs)
+    if "path" in kwargs:  # a unix socket
+        kwargs["unix_socket_path"] = kwargs.pop("path")
+    if issubclass(client.connection_pool.connection_class, redis.asyncio.SSLConnection):
+        kwargs["ssl"] = True
+    # The asyncio pool carries options of its own (handlers, registries) that the
+    # synchronous client does not take: only the ones it does are passed on.
+    accepted = inspect.signature(redis.Redis.__init__).parameters
+    return redis.Redis(**{name: value for name, value in kwargs.items() if name in accepted})
 
 
 async def open(
@@ -446,15 +453,16 @@ async def open(
         if not isinstance(url, str):
             import redis
 
-            if isinstance(url, redis.asyncio.Redis):
-                url = _sync_redis_client(url)
             from .stores.redis import open_redis
 
-            client = url
+            made_client = isinstance(url, redis.asyncio.Redis)
+            client = _sync_redis_client(url) if made_client else url
             prefix = options.pop("prefix", f"{table}:")
             made = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: open_redis(client, prefix=prefix, **options)
             )
+            # A client made here from the caller's is the store's: closed with the cache.
+            made.store.owns_client = made.store.owns_client or made_client  # type: ignore[attr-defined]
             return _upgrade(made)
     elif not (hasattr(url, "dialect") and hasattr(url, "connect")):  # not an Engine
         url = sync_url(url)
