@@ -48,7 +48,7 @@ lint: $(STAMP).lint
 	# cython-lint runs pycodestyle, which it looks up on PATH.
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/cython-lint src/lazycache/_core.pyx src/lazycache/_core.pxd
 	$(VENV)/bin/mypy --strict src/lazycache
-	$(VENV)/bin/mypy --strict examples/typed_usage.py
+	$(VENV)/bin/mypy --strict examples/typed_usage.py examples/async_profiles.py
 	$(VENV)/bin/pyright examples/typed_usage.py
 	$(PY) -m mypy.stubtest lazycache._core --allowlist stubtest_allowlist.txt
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import statistics
+import sys
 import time
 import uuid
 
@@ -60,7 +60,9 @@ async def main(url: str, entries: int, batch_size: int) -> None:
         idle_ms = [lag * 1000 for lag in idle]
         print(f"store: {cache.store!r}")
         print(f"flushed {pending} entries in {elapsed:.2f}s ({pending / elapsed:,.0f}/s)")
-        print(f"switch interval: {sys.getswitchinterval() * 1000:g} ms, load average: {os.getloadavg()}")
+        print(
+            f"switch interval: {sys.getswitchinterval() * 1000:g} ms, load average: {os.getloadavg()}"
+        )
         print(
             f"loop lag over {len(ms)} probes: p50 {statistics.median(ms):.2f} ms, "
             f"p99 {percentile(ms, 0.99):.2f} ms, max {max(ms):.2f} ms (target p99 <= 5 ms)"

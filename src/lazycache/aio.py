@@ -30,7 +30,7 @@ import contextvars
 import threading
 from collections.abc import Iterable
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
 from ._sentinels import MISSING
 from .cache import (
@@ -260,7 +260,7 @@ class _AsyncLayer(_CacheLayer):
                     pass
             if self.on_full == "write-through":
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, self.__setitem__, key, value)  # type: ignore[attr-defined]
+                await loop.run_in_executor(None, self.__setitem__, key, value)  # type: ignore[index]
                 return
             deadline = await self._wait_for_room(key, deadline)
 
@@ -287,7 +287,7 @@ class _AsyncLayer(_CacheLayer):
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self.block_timeout
-        while self.pending >= self.max_pending:  # type: ignore[attr-defined,operator]
+        while self.pending >= self.max_pending:  # type: ignore[attr-defined]
             if self._is_closed:
                 raise RuntimeError("the cache is closed: it accepts no more writes")
             if loop.time() >= deadline:
@@ -306,7 +306,7 @@ class _AsyncLayer(_CacheLayer):
         Cancelling the await does not stop the flush: its batches are transactions, each
         written whole or left pending, and the writer thread keeps retrying what is left.
         """
-        return await _in_thread(self.flush, timeout)  # type: ignore[attr-defined]
+        return await _in_thread(self.flush, timeout)
 
     async def aclose(
         self, flush: bool | None = None, timeout: float | None = None
@@ -346,7 +346,11 @@ for _name, _cls in _classes.items():
 if TYPE_CHECKING:
 
     class AsyncLazyWriterCache(LazyWriterCache[K, V]):
-        async def aget(self, key: K, default: T = ...) -> V | T: ...
+        @overload
+        async def aget(self, key: K, default: None = None) -> V | None: ...
+        @overload
+        async def aget(self, key: K, default: V | T) -> V | T: ...
+        async def aget(self, key: K, default: Any = None) -> Any: ...
         async def aget_many(self, keys: Iterable[K]) -> dict[K, V]: ...
         async def aset(self, key: K, value: V) -> None: ...
         async def aupdate_entry(self, key: K, fn: Callable[[V], V], default: V = ...) -> V: ...
@@ -363,7 +367,7 @@ else:
 
 def async_implementation_class(implementation: str) -> type[AsyncLazyWriterCache[Any, Any]]:
     """The AsyncLazyWriterCache class built on the given core: "cython" or "python"."""
-    return _async_classes[implementation_class(implementation).implementation]  # type: ignore[attr-defined,no-any-return]
+    return _async_classes[implementation_class(implementation).implementation]
 
 
 def _upgrade(cache: LazyWriterCache[Any, Any]) -> AsyncLazyWriterCache[Any, Any]:
@@ -471,4 +475,3 @@ async def open(
         None, lambda: open_sync(target, table, **options)
     )
     return _upgrade(made)
-
