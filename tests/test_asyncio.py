@@ -510,3 +510,36 @@ def test_sync_methods_stay_available_and_in_memory(target: Target) -> None:
         assert isinstance(cache, aio.async_implementation_class(target.impl))
 
     run(scenario)
+
+
+def test_a_cache_made_directly_over_a_store_of_ones_own_is_awaitable(
+    impl: str, tmp_path: Any
+) -> None:
+    from lazycache import MemoryStore
+
+    cls = aio.async_implementation_class(impl)
+
+    async def scenario() -> None:
+        store = MemoryStore()
+        store.data["k"] = 1
+        plain = cls(store, write_interval=3600.0)
+        journaled = cls(store, write_interval=3600.0, journal=str(tmp_path / "journal"))
+        for cache in (plain, journaled):
+            assert cache.implementation == impl
+            assert await cache.aget("k") == 1
+            await cache.aset("j", 2)
+        async with journaled, plain:
+            pass
+        assert store.data == {"k": 1, "j": 2}
+
+    run(scenario)
+
+
+def test_aupdate_entry_whose_fn_reads_another_missed_key_completes(target: Target) -> None:
+    async def scenario() -> None:
+        await stored_elsewhere(target, {"price": 5, "qty": 3})
+        cache = await target.open()
+        total = await cache.aupdate_entry("qty", lambda q: q * cache.get("price"))
+        assert total == 15 and cache.stats.loads == 2
+
+    run(scenario)

@@ -268,12 +268,22 @@ class _AsyncLayer(_CacheLayer):
         """`update_entry` (fn runs on the loop), with an awaited read-through on a miss."""
         deadline: float | None = None
         prefetched: dict[Any, Any] | None = None
+
+        def apply(value: Any) -> Any:
+            # fn is the caller's code: a read of its own that misses blocks as it would
+            # outside (it cannot be awaited from here), rather than pass for this key's load.
+            token = _on_loop.set(False)
+            try:
+                return fn(value)
+            finally:
+                _on_loop.reset(token)
+
         while True:
             with _memory_only(prefetched):
                 try:
                     if default is _UNSET:
-                        return self.update_entry(key, fn)
-                    return self.update_entry(key, fn, default)
+                        return self.update_entry(key, apply)
+                    return self.update_entry(key, apply, default)
                 except _WouldBlock as blocked:
                     reason = blocked.reason
             if reason == _LOAD:
