@@ -197,6 +197,24 @@ def test_cancelled_aget_leaves_the_load_whole_and_cached(target: Target) -> None
     run(scenario)
 
 
+def test_a_store_error_on_a_read_through_reaches_every_awaiting_task(sql_target: Target) -> None:
+    import sqlalchemy as sa
+
+    async def scenario() -> None:
+        cache = await sql_target.open()
+        engine = sa.create_engine(sync_url(sql_target.url))
+        with engine.begin() as conn:  # the store's table is gone: every load fails
+            conn.exec_driver_sql(f"DROP TABLE {sql_target.table}")
+        engine.dispose()
+        outcomes = await asyncio.gather(
+            cache.aget("k"), cache.aget("k"), cache.aget_many(["j"]), return_exceptions=True
+        )
+        assert all(isinstance(outcome, sa.exc.DBAPIError) for outcome in outcomes), outcomes
+        assert "k" not in cache._keys() and cache._aloads == {}
+
+    run(scenario)
+
+
 def test_aget_of_a_deleted_key_returns_the_default_without_loading(target: Target) -> None:
     async def scenario() -> None:
         await stored_elsewhere(target, {"k": 1})
@@ -254,7 +272,7 @@ def test_aset_under_a_full_backlog_waits_while_the_loop_runs(target: Target) -> 
         while ticks < 20:  # the loop keeps running other tasks while aset waits
             await asyncio.sleep(0)
             ticks += 1
-        assert not setter.done() and "c" not in cache
+        assert not setter.done() and "c" not in cache._keys()
         gate.release.set()
         await setter
         await flushing
