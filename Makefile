@@ -27,6 +27,12 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	$(VENV)/bin/lazycache bench $(BENCH_ARGS)
 
+# examples/service under wrk (its own process): direct async SQLAlchemy against lazycache.aio,
+# on the local PostgreSQL (benchmarks/service_bench.py; needs wrk: apt-get install wrk).
+.PHONY: bench-service
+bench-service: $(STAMP)
+	$(PY) benchmarks/service_bench.py $(BENCH_ARGS)
+
 # The tools of `make docs` and `make lint`: the extra of the same name, added to the
 # development install (one stamp per extra, e.g. $(STAMP).docs).
 $(STAMP).%: $(STAMP)
