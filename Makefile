@@ -27,6 +27,12 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	$(VENV)/bin/lazycache bench $(BENCH_ARGS)
 
+# examples/service under wrk (its own process): direct async SQLAlchemy against lazycache.aio,
+# on the local PostgreSQL (benchmarks/service_bench.py; needs wrk: apt-get install wrk).
+.PHONY: bench-service
+bench-service: $(STAMP)
+	$(PY) benchmarks/service_bench.py $(BENCH_ARGS)
+
 # The tools of `make docs` and `make lint`: the extra of the same name, added to the
 # development install (one stamp per extra, e.g. $(STAMP).docs).
 $(STAMP).%: $(STAMP)
@@ -48,7 +54,7 @@ lint: $(STAMP).lint
 	# cython-lint runs pycodestyle, which it looks up on PATH.
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/cython-lint src/lazycache/_core.pyx src/lazycache/_core.pxd
 	$(VENV)/bin/mypy --strict src/lazycache
-	$(VENV)/bin/mypy --strict examples/typed_usage.py
+	$(VENV)/bin/mypy --strict examples/typed_usage.py examples/async_profiles.py
 	$(VENV)/bin/pyright examples/typed_usage.py
 	$(PY) -m mypy.stubtest lazycache._core --allowlist stubtest_allowlist.txt
 
