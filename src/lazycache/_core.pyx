@@ -966,31 +966,52 @@ cdef class Core:
         return 0
 
     def _commit(self, list batch):
-        """The batch is in the store: its entries are clean unless changed meanwhile."""
+        """The batch is in the store: its entries are clean unless changed meanwhile.
+
+        Every entry is settled even if one raises (the first error is raised at the end):
+        none may stay in flight for ever.
+        """
+        error = None
         self._acquire()
         try:
             for item in batch:
-                self._finish(<uint32_t>item[2])
+                try:
+                    self._finish(<uint32_t>item[2])
+                except BaseException as exc:
+                    if error is None:
+                        error = exc
         finally:
             self._release()
             self._bury()
+        if error is not None:
+            raise error
 
     def _requeue(self, list batch):
-        """The batch failed: unchanged entries go back to the front of the queue, in order."""
+        """The batch failed: unchanged entries go back to the front of the queue, in order.
+
+        Like _commit, settles every entry even if one raises.
+        """
         cdef Py_ssize_t i
         cdef uint32_t r
+        error = None
         self._acquire()
         try:
             for i in range(len(batch) - 1, -1, -1):
                 item = batch[i]
                 r = item[2]
-                if self._seqs[r] == <uint32_t>item[3] and not self._flags[r] & DIRTY:
-                    _push_dirty(self, r, True)
-                    self._flags[r] |= DIRTY
-                self._finish(r)
+                try:
+                    if self._seqs[r] == <uint32_t>item[3] and not self._flags[r] & DIRTY:
+                        _push_dirty(self, r, True)
+                        self._flags[r] |= DIRTY
+                    self._finish(r)
+                except BaseException as exc:
+                    if error is None:
+                        error = exc
         finally:
             self._release()
             self._bury()
+        if error is not None:
+            raise error
 
     def _oldest_in(self, list batch):
         """The clock stamp of the batch entry that has been pending longest."""
@@ -1126,16 +1147,24 @@ cdef class Core:
     def _invalidate(self, keys):
         """Drops the given keys from memory unless a change of theirs is pending.
 
-        Returns how many.
+        Returns how many. A key whose lookup raises (it meets a held key of the same hash
+        whose eq raises) does not keep the others in memory: its error is raised once they
+        are dropped.
         """
         cdef Py_ssize_t ix, n = 0
         cdef uint32_t r
+        error = None
         self._acquire()
         try:
             # Even if none is in memory: a read-through load in flight must not cache what it read.
             self._epoch += 1
             for key in keys:
-                ix = _find(self, key)
+                try:
+                    ix = _find(self, key)
+                except Exception as exc:
+                    if error is None:
+                        error = exc
+                    continue
                 if ix >= 0:
                     r = _ring(&self._entries[ix])
                     if not self._flags[r] & PINNED:
@@ -1148,6 +1177,8 @@ cdef class Core:
         finally:
             self._release()
             self._bury()
+        if error is not None:
+            raise error
         return n
 
     def _drop_clean(self):

@@ -15,6 +15,13 @@ A delete leaves a *tombstone* (``DELETED``) in the map until the delete has been
 written, so that a read never falls through to the stale row in the store.
 Entries that are dirty, in flight or deleted are pinned: eviction skips them.
 
+An entry keeps its key's hash from when the key came in. The core needs a held key's
+``__hash__``/``__eq__`` only to find it by key (a caller's lookup, which raises at
+that call if they raise): walks over the map read the entries' keys, and an entry
+leaves the map even if its key raises or hashes differently now (``_unmap``). So a
+key that turns hostile cannot make a commit, an eviction or a delete fail half way,
+nor keep other entries in flight (the compiled core uses its stored hashes the same way).
+
 Every change holds one re-entrant lock, so compound operations are atomic even
 for keys whose ``__hash__``/``__eq__`` run Python code. Reads take no lock (see
 ``__getitem__``). The lock is never held while user code other than a key's
@@ -49,16 +56,45 @@ Pending = tuple[Any, Any, "Entry", int]
 
 
 class Entry:
-    __slots__ = ("flags", "key", "ref", "seq", "since", "slot", "value")
+    __slots__ = ("flags", "hash", "key", "ref", "seq", "since", "slot", "value")
 
-    def __init__(self, key: Any, value: Any, flags: int, seq: int, slot: int, since: int) -> None:
+    def __init__(
+        self, key: Any, value: Any, flags: int, seq: int, slot: int, since: int, hash_: int
+    ) -> None:
         self.key = key
+        self.hash = hash_  # the key's hash when it came in (see _unmap)
         self.value = value  # MISSING for a tombstone
         self.flags = flags
         self.ref = True  # CLOCK reference bit: accessed since the hand last passed
         self.seq = seq
         self.slot = slot
         self.since = since  # the core's clock when the entry last became pending
+
+
+class _Held:
+    """Stands in the map for the key of an entry that could not be re-inserted by its key
+    (its hash or eq raises now; see ``Core._unmap``).
+
+    It hashes as the key did when it came in and equals that key, so a lookup finds the
+    entry again once the key works again, as the compiled core's would.
+    """
+
+    __slots__ = ("entry", "hash")
+
+    def __init__(self, entry: Entry, hash_: int) -> None:
+        self.entry = entry
+        self.hash = hash_
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other: object) -> bool:
+        key = self.entry.key
+        if other is key or other is self:
+            return True
+        if type(other) is _Held:  # two stand-ins never compare their keys
+            return False
+        return bool(key == other)
 
 
 def _check_size(name: str, value: int | None) -> int:
@@ -130,13 +166,14 @@ class Core:
             raise RuntimeError("the cache is closed: it accepts no more writes")
 
     def _new_entry(self, key: Any, value: Any, flags: int) -> Entry:
+        hash_ = hash(key)  # before any change: a key that cannot be hashed raises here
         self._seq += 1
         if self._free:
             slot = self._free.pop()
-            entry = Entry(key, value, flags, self._seq, slot, self._clock)
+            entry = Entry(key, value, flags, self._seq, slot, self._clock, hash_)
             self._ring[slot] = entry
         else:
-            entry = Entry(key, value, flags, self._seq, len(self._ring), self._clock)
+            entry = Entry(key, value, flags, self._seq, len(self._ring), self._clock, hash_)
             self._ring.append(entry)
         try:
             self._map[key] = entry
@@ -152,12 +189,43 @@ class Core:
         return entry
 
     def _detach(self, entry: Entry) -> None:
-        del self._map[entry.key]
+        self._unmap(entry)
         self._ring[entry.slot] = None
         self._free.append(entry.slot)
         if entry.flags & DELETED:
             self._ntomb -= 1
         self._epoch += 1
+
+    def _unmap(self, entry: Entry) -> None:
+        """Removes entry from the map, whatever its key's hash and eq do now."""
+        key = entry.key
+        try:
+            if self._map.get(key) is entry:
+                del self._map[key]
+                return
+        except Exception:
+            pass  # the key's hash or eq raises now: the map is rebuilt without it
+        # The key cannot find its own entry any more (it raises, or hashes differently):
+        # rebuild the map in order without the entry. Each other key goes in as itself if
+        # it still hashes as it did, else through a stand-in with its stored hash. Rare
+        # (a key that turned hostile) and O(n), so the common path stays a plain dict.
+        rebuilt: dict[Any, Entry] = {}
+        for other in self._map.values():
+            if other is entry:
+                continue
+            try:
+                if hash(other.key) == other.hash:
+                    rebuilt[other.key] = other
+                    continue
+            except Exception:
+                pass
+            try:
+                rebuilt[_Held(other, other.hash)] = other
+            except Exception:
+                # Only if another key of the same hash has an eq that raises too: a
+                # stand-in no lookup by key reaches, but that leaves the map by identity.
+                rebuilt[_Held(other, id(other))] = other
+        self._map = rebuilt
 
     def _signal(self) -> int:
         """Raises the signals whose threshold has been crossed; returns the new ones."""
@@ -469,9 +537,9 @@ class Core:
         """Deletes and returns the most recently inserted live item."""
         with self._lock:
             self._check_writable()
-            for key in reversed(self._map):
-                entry = self._map[key]
+            for entry in reversed(self._map.values()):
                 if not entry.flags & DELETED:
+                    key = entry.key
                     value = self._tombstone(entry)
                     raised = self._signal()
                     break
@@ -496,7 +564,7 @@ class Core:
     # ----------------------------------------------------------- snapshots
     def _keys(self) -> list[Any]:
         with self._lock:
-            return [k for k, e in self._map.items() if not e.flags & DELETED]
+            return [e.key for e in self._map.values() if not e.flags & DELETED]
 
     def _values(self) -> list[Any]:
         with self._lock:
@@ -504,12 +572,12 @@ class Core:
 
     def _items(self) -> list[tuple[Any, Any]]:
         with self._lock:
-            return [(k, e.value) for k, e in self._map.items() if not e.flags & DELETED]
+            return [(e.key, e.value) for e in self._map.values() if not e.flags & DELETED]
 
     def _pending_keys(self) -> list[Any]:
         """Keys whose latest change has not been written (queued or in flight)."""
         with self._lock:
-            return [k for k, e in self._map.items() if e.flags & (DIRTY | INFLIGHT)]
+            return [e.key for e in self._map.values() if e.flags & (DIRTY | INFLIGHT)]
 
     # ----------------------------------------------------------- writer side
     def _take_batch(self, limit: int) -> list[Pending]:
@@ -539,24 +607,45 @@ class Core:
                 self._detach(entry)
 
     def _commit(self, batch: list[Pending]) -> None:
-        """The batch is in the store: its entries are clean unless changed meanwhile."""
+        """The batch is in the store: its entries are clean unless changed meanwhile.
+
+        Every entry is settled even if one raises (the first error is raised at the end):
+        none may stay in flight for ever.
+        """
+        error: BaseException | None = None
         for start in range(0, len(batch), SLICE):
             with self._lock:
                 for _key, _value, entry, _seq in batch[start : start + SLICE]:
-                    self._finish(entry)
+                    try:
+                        self._finish(entry)
+                    except BaseException as exc:
+                        if error is None:
+                            error = exc
+        if error is not None:
+            raise error
 
     def _requeue(self, batch: list[Pending]) -> None:
-        """The batch failed: unchanged entries go back to the front of the queue, in order."""
+        """The batch failed: unchanged entries go back to the front of the queue, in order.
+
+        Like _commit, settles every entry even if one raises.
+        """
+        error: BaseException | None = None
         end = len(batch)
         while end > 0:  # from the back, a slice at a time, so the front of the queue ends in order
             start = max(0, end - SLICE)
             with self._lock:
                 for _key, _value, entry, seq in reversed(batch[start:end]):
-                    if entry.seq == seq and not entry.flags & DIRTY:
-                        entry.flags |= DIRTY
-                        self._dirty.appendleft(entry)
-                    self._finish(entry)
+                    try:
+                        if entry.seq == seq and not entry.flags & DIRTY:
+                            entry.flags |= DIRTY
+                            self._dirty.appendleft(entry)
+                        self._finish(entry)
+                    except BaseException as exc:
+                        if error is None:
+                            error = exc
             end = start
+        if error is not None:
+            raise error
 
     def _oldest_in(self, batch: list[Pending]) -> int:
         """The clock stamp of the batch entry that has been pending longest."""
@@ -637,13 +726,23 @@ class Core:
         return victims
 
     def _invalidate(self, keys: Any) -> int:
-        """Drops the given keys from memory unless a change of theirs is pending; returns how many."""
+        """Drops the given keys from memory unless a change of theirs is pending; returns how many.
+
+        A key whose lookup raises (it meets a held key of the same hash whose eq raises)
+        does not keep the others in memory: its error is raised once they are dropped.
+        """
         dropped = []
+        error: Exception | None = None
         with self._lock:
             # Even if none is in memory: a read-through load in flight must not cache what it read.
             self._epoch += 1
             for key in keys:
-                entry = self._map.get(key)
+                try:
+                    entry = self._map.get(key)
+                except Exception as exc:
+                    if error is None:
+                        error = exc
+                    continue
                 if entry is None:
                     continue
                 if not entry.flags & PINNED:
@@ -653,6 +752,8 @@ class Core:
                     # Our write may commit before or after theirs: unless we change the key
                     # again meanwhile, forget it once our write is done and read the store.
                     entry.flags |= STALE
+        if error is not None:
+            raise error
         return len(dropped)
 
     def _drop_clean(self) -> int:
