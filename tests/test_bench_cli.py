@@ -178,7 +178,7 @@ def test_plot_without_matplotlib_is_a_clear_error(
         capsys, "--quick", "--sections", "ops", "--plot", str(tmp_path / "x.png")
     )
     assert status == 2
-    assert "--plot" in err and "matplotlib" in err and "lazycache[bench]" in err
+    assert "--plot" in err and "matplotlib" in err and "lazywritercache[bench]" in err
     assert out == ""  # refused before measuring anything
     assert not (tmp_path / "x.png").exists()
 

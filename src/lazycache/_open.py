@@ -62,7 +62,7 @@ def open(
         from .stores.sqlalchemy import SQLAlchemyStore
     except ImportError as exc:
         raise ImportError(
-            f"lazycache.open() needs SQLAlchemy 2.x: pip install 'lazycache[sqlalchemy]' ({exc})"
+            f"lazycache.open() needs SQLAlchemy 2.x: pip install 'lazywritercache[sqlalchemy]' ({exc})"
         ) from exc
 
     cls = LazyWriterCache if implementation is None else implementation_class(implementation)

@@ -628,7 +628,7 @@ def run(args: Any) -> int:
         import sqlalchemy  # noqa: F401
     except ImportError:
         print(
-            "lazycache bench --store needs SQLAlchemy: pip install 'lazycache[sqlalchemy]'",
+            "lazycache bench --store needs SQLAlchemy: pip install 'lazywritercache[sqlalchemy]'",
             file=sys.stderr,
         )
         return 2

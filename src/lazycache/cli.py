@@ -100,7 +100,7 @@ def _import(module: str, distribution: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise Unavailable(
-            f"{distribution} not installed (pip install 'lazycache[bench]')"
+            f"{distribution} not installed (pip install 'lazywritercache[bench]')"
         ) from None
 
 
@@ -1165,7 +1165,7 @@ def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     bench.add_argument(
         "--plot",
         metavar="FILE.png",
-        help="also draw the ratios to dict as grouped bars into FILE.png (needs matplotlib: pip install 'lazycache[bench]')",
+        help="also draw the ratios to dict as grouped bars into FILE.png (needs matplotlib: pip install 'lazywritercache[bench]')",
     )
     bench.add_argument(
         "--store",

@@ -61,7 +61,7 @@ def _msgpack() -> Serializer:
         import msgpack
     except ImportError:
         raise ImportError(
-            "the msgpack serializer needs msgpack: pip install 'lazycache[msgpack]'"
+            "the msgpack serializer needs msgpack: pip install 'lazywritercache[msgpack]'"
         ) from None
     return Serializer(
         msgpack.packb, lambda data: msgpack.unpackb(data, raw=False), binary=True, name="msgpack"
