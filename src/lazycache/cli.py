@@ -48,6 +48,7 @@ from typing import Any, Callable, TextIO, TypeVar
 import lazycache
 
 from .cache import implementation_class
+from .info import add_info_command
 from .stores import MemoryStore
 
 T = TypeVar("T")
@@ -1184,6 +1185,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lazycache {lazycache.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
     _add_bench_command(commands)
+    add_info_command(commands)
     return parser
 
 
