@@ -114,6 +114,12 @@ class optional_build_ext(build_ext):
                 raise
             sys.stderr.write(NOTICE.format(reason=short_reason(exc)))
             sys.stderr.flush()
+            # A core compiled by an earlier build in this build directory must not ship in
+            # the pure-Python package (whose wheel says it has no compiled core).
+            for ext in self.extensions:
+                stale = self.get_ext_fullpath(ext.name)
+                if os.path.exists(stale):
+                    os.remove(stale)
             # Nothing is left to build, copy in place or list as an output: the package is pure Python.
             self.extensions[:] = []
 
