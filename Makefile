@@ -82,7 +82,8 @@ dist: $(RELEASE_STAMP)
 
 # The pure-Python fallbacks: LAZYCACHE_NO_EXTENSIONS=1 builds a py3-none-any wheel, checked and
 # tested in a fresh venv (the compiled-core tests skip there); and a build whose C compiler
-# fails must still succeed, with the pure-Python package and a notice saying why.
+# fails must still succeed, with the pure-Python package (a py3-none-any wheel too, never a
+# binary one) and a notice saying why.
 .PHONY: dist-fallback
 dist-fallback: $(RELEASE_STAMP)
 	rm -rf dist/pure dist/no-compiler
@@ -93,9 +94,7 @@ dist-fallback: $(RELEASE_STAMP)
 		$(PY) -m build --wheel --outdir dist/no-compiler . > dist/no-compiler.log 2>&1 \
 		|| { cat dist/no-compiler.log; exit 1; }
 	grep -q "the compiled core was not built" dist/no-compiler.log
-	$(PY) -c "import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist(); \
-		assert not [n for n in names if '/_core.' in n and not n.endswith(('.pyi', '.pxd', '.pyx'))], names" \
-		dist/no-compiler/*.whl
+	$(PY) tools/check_dist.py --pure dist/*.tar.gz dist/no-compiler/*.whl
 
 # The GitHub workflows against their schema (bundled with check-jsonschema: no network).
 .PHONY: check-workflows

@@ -13,7 +13,10 @@ LAZYCACHE_CYTHON_TRACE        compile with Cython line tracing, for coverage of 
 
 Without LAZYCACHE_REQUIRE_EXTENSIONS, a build of the compiled core that fails (no C
 compiler, no Python headers, no Cython) prints a short notice and installs the
-pure-Python package instead, which behaves the same, only slower.
+pure-Python package instead, which behaves the same, only slower; its wheel is tagged
+py3-none-any like a LAZYCACHE_NO_EXTENSIONS build, never as a binary wheel for this
+interpreter. The compiled core is built without debug information (GCC and Clang: -g0,
+and the linker strips the symbols the extension does not export): a sixth of the size.
 """
 
 import os
@@ -22,6 +25,7 @@ import re
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import CCompilerError, ExecError, PlatformError
 
@@ -43,12 +47,13 @@ NOTICE = """
 lazycache: the compiled core was not built ({reason}).
 Installing the pure-Python core instead: it behaves the same, only slower
 (lazycache.IMPLEMENTATION == "python").
-To get the compiled core, install a binary wheel (pip install --only-binary=lazycache
-lazycache), or make a C compiler and the Python headers available (Debian/Ubuntu:
-apt install gcc python3-dev; macOS: xcode-select --install; Windows: Microsoft C++
-Build Tools) and reinstall past pip's wheel cache (pip install --no-cache-dir
---force-reinstall lazycache). LAZYCACHE_REQUIRE_EXTENSIONS=1 makes this an error,
-LAZYCACHE_NO_EXTENSIONS=1 skips the attempt.
+To get the compiled core, install a binary wheel (pip install
+--only-binary=lazywritercache lazywritercache), or make a C compiler and the Python
+headers available (Debian/Ubuntu: apt install gcc python3-dev; macOS: xcode-select
+--install; Windows: Microsoft C++ Build Tools) and reinstall past pip's wheel cache (pip
+install --no-cache-dir --force-reinstall lazywritercache). `lazycache info` says which
+core is active. LAZYCACHE_REQUIRE_EXTENSIONS=1 makes this an error,
+LAZYCACHE_NO_EXTENSIONS=1 skips the attempt (and silences the warning at import).
 ********************************************************************************
 """
 
@@ -98,12 +103,23 @@ class optional_build_ext(build_ext):
     def build_extensions(self):
         try:
             self.cythonize()
+            if self.compiler.compiler_type == "unix":  # GCC or Clang (MSVC adds no debug info)
+                for ext in self.extensions:
+                    ext.extra_compile_args.append("-g0")  # after CFLAGS' -g: it wins
+                    if sys.platform.startswith("linux"):
+                        ext.extra_link_args.append("-Wl,--strip-all")
             super().build_extensions()
         except BUILD_ERRORS as exc:
             if REQUIRE_EXTENSIONS:
                 raise
             sys.stderr.write(NOTICE.format(reason=short_reason(exc)))
             sys.stderr.flush()
+            # A core compiled by an earlier build in this build directory must not ship in
+            # the pure-Python package (whose wheel says it has no compiled core).
+            for ext in self.extensions:
+                stale = self.get_ext_fullpath(ext.name)
+                if os.path.exists(stale):
+                    os.remove(stale)
             # Nothing is left to build, copy in place or list as an output: the package is pure Python.
             self.extensions[:] = []
 
@@ -131,6 +147,24 @@ class optional_build_ext(build_ext):
             ext.sources = done.sources
 
 
+class wheel_tagged_by_content(bdist_wheel):
+    """Tags the wheel by what the build produced, not by what setup() declared.
+
+    bdist_wheel decides "pure or not" from the declared extensions before building; when
+    the compiled core falls back (optional_build_ext), nothing compiled is left and the
+    wheel must be py3-none-any, not a binary wheel for this interpreter (which would claim a
+    compiled core it lacks, and install under the data directory's purelib).
+    """
+
+    def run(self):
+        if not self.skip_build:
+            self.run_command("build")  # may fall back, emptying the distribution's ext_modules
+            self.skip_build = True  # built: the install step must not build again
+        if not self.distribution.has_ext_modules():
+            self.root_is_pure = True
+        super().run()
+
+
 def extensions():
     if NO_EXTENSIONS or not CPYTHON:  # PyPy, GraalPy: the pure-Python core is the fast one there
         return []
@@ -139,4 +173,7 @@ def extensions():
 
 
 # With no extension modules the wheel is pure: py3-none-any.
-setup(ext_modules=extensions(), cmdclass={"build_ext": optional_build_ext})
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": optional_build_ext, "bdist_wheel": wheel_tagged_by_content},
+)

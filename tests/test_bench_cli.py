@@ -178,7 +178,7 @@ def test_plot_without_matplotlib_is_a_clear_error(
         capsys, "--quick", "--sections", "ops", "--plot", str(tmp_path / "x.png")
     )
     assert status == 2
-    assert "--plot" in err and "matplotlib" in err and "lazycache[bench]" in err
+    assert "--plot" in err and "matplotlib" in err and "lazywritercache[bench]" in err
     assert out == ""  # refused before measuring anything
     assert not (tmp_path / "x.png").exists()
 
@@ -234,3 +234,126 @@ def test_zipf_ranks_favour_the_first_ranks() -> None:
     work = cli.Workload.build(1_000)
     sets = sum(is_set for _, is_set in work.mixed)
     assert len(work.mixed) == 1_000 and 50 < sets < 150
+
+
+# ----------------------------------------------------------------------------- newcomer's view
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lazycache", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_one_clear_line(done: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr  # no traceback
+    assert lines[0].startswith("lazycache bench: --store "), lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_store_with_an_unknown_scheme_says_so_in_one_line() -> None:
+    assert_one_clear_line(run_cli("bench", "--quick", "--store", "foo://bar"), "foo", "URL")
+
+
+def test_store_whose_driver_is_not_installed_says_which_in_one_line() -> None:
+    try:
+        import MySQLdb  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("mysqlclient is installed: mysql:// has its driver here")
+    done = run_cli("bench", "--quick", "--store", "mysql://root@127.0.0.1/test")
+    assert_one_clear_line(done, "MySQLdb", "mysql+pymysql://", "lazywritercache[mysql]")
+
+
+def test_store_whose_server_is_unreachable_says_so_in_one_line_hiding_the_password() -> None:
+    # Port 1 on the loopback: nothing listens there.
+    done = run_cli(
+        "bench", "--quick", "--store", "postgresql+psycopg://postgres:s3cret@127.0.0.1:1/test"
+    )
+    assert_one_clear_line(done, "cannot use the database", "127.0.0.1")
+    assert "s3cret" not in done.stderr
+
+
+def test_store_whose_redis_is_unreachable_says_so_in_one_line() -> None:
+    pytest.importorskip("redis")
+    done = run_cli("bench", "--quick", "--store", "redis://:s3cret@127.0.0.1:1/0")
+    assert_one_clear_line(done, "cannot use Redis")
+    assert "s3cret" not in done.stderr
+
+
+def test_store_run_removes_the_sqlite_file_it_created(tmp_path: Path) -> None:
+    pytest.importorskip("sqlalchemy")
+    done = run_cli(
+        "bench", "--quick", "--sizes", "200", "--store", f"sqlite:///{tmp_path / 'new.db'}"
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_store_run_keeps_an_existing_sqlite_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    database = tmp_path / "mine.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE mine (x)")
+    conn.close()
+    done = run_cli("bench", "--quick", "--sizes", "200", "--store", f"sqlite:///{database}")
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(database) as conn:
+        tables = [
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+    conn.close()
+    assert tables == ["mine"]  # the benchmark's table is dropped, the user's file and table kept
+
+
+def test_store_table_fits_120_columns_and_says_what_the_origin_is() -> None:
+    pytest.importorskip("sqlalchemy")
+    done = run_cli("bench", "--quick", "--sizes", "200", "--store")
+    assert done.returncode == 0, done.stderr
+    assert max(map(len, done.stdout.splitlines())) <= 120, done.stdout
+    assert "origin: the Go library pilotso11/lazywritercache" in done.stdout
+    assert "origin: per row SELECT" in done.stdout
+
+
+def test_quick_tables_fit_120_columns_and_the_writer_rate_is_never_0k() -> None:
+    done = run_cli("bench", "--quick")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(map(len, lines)) <= 120, [line for line in lines if len(line) > 120]
+    for name in available_contenders():  # wrapped, not cut: every contender still has its columns
+        assert name in done.stdout
+    import re
+
+    assert not re.search(r"(?<![\d.])0k/s", done.stdout), done.stdout  # 480 sets/s is not "0k/s"
+
+
+def test_format_table_wraps_columns_into_blocks_that_fit() -> None:
+    header = ["name", *(f"column {i}" for i in range(8))]
+    rows = [["row", *(f"{i * 1111.1:.1f} ({i}.00x) +-{i}%".rjust(30) for i in range(8))]]
+    lines = cli.format_table(header, rows, width=120)
+    assert max(map(len, lines)) <= 120
+    assert (
+        sum(line.startswith("row ") for line in lines) == 3
+    )  # 8 columns of 30: 3 per block at most
+    text = "\n".join(lines)
+    for cell in [*header[1:], *rows[0][1:]]:
+        assert cell.strip() in text
+
+
+def test_writer_rates_below_a_thousand_are_shown_as_they_are() -> None:
+    from lazycache.bench_threads import _rate
+
+    assert _rate(480.0) == "480/s"
+    assert _rate(2_500.0) == "2.5k/s"
+    assert _rate(25_000.0) == "25k/s"
+    assert _rate(0.0) == "0/s"
+    assert _rate(float("nan")) == "-"

@@ -160,4 +160,4 @@ def test_without_psycopg_the_import_error_names_the_extra() -> None:
         f"PostgresNotifyCoherence({LIBPQ_URL!r})"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert run.returncode != 0 and "lazycache[postgresql]" in run.stderr, run.stderr
+    assert run.returncode != 0 and "lazywritercache[postgresql]" in run.stderr, run.stderr

@@ -513,7 +513,7 @@ def test_without_redis_py_the_import_error_names_the_extra() -> None:
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
         )
         assert run.returncode != 0
-        assert "ImportError" in run.stderr and "lazycache[redis]" in run.stderr, run.stderr
+        assert "ImportError" in run.stderr and "lazywritercache[redis]" in run.stderr, run.stderr
 
 
 def test_reading_after_close_still_works(make_store, redis_cache) -> None:

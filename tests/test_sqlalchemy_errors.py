@@ -127,7 +127,7 @@ def test_missing_sqlalchemy_raises_import_error_naming_the_extra() -> None:
     code = "import sys; sys.modules['sqlalchemy'] = None\nimport lazycache.stores.sqlalchemy"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
-    assert "ImportError" in proc.stderr and "lazycache[sqlalchemy]" in proc.stderr
+    assert "ImportError" in proc.stderr and "lazywritercache[sqlalchemy]" in proc.stderr
 
 
 # ----------------------------------------------------------------------------- recoverable

@@ -1,4 +1,4 @@
-"""Prints the requirements of one extra of the installed lazycache, one a line, for pip -r.
+"""Prints the requirements of one extra of the installed lazywritercache (lazycache), one a line, for pip -r.
 
     python tools/extra_requirements.py release > requirements.txt
 
@@ -15,7 +15,7 @@ from importlib.metadata import requires
 from packaging.requirements import Requirement
 
 
-def extra_requirements(extra: str, distribution: str = "lazycache") -> list[str]:
+def extra_requirements(extra: str, distribution: str = "lazywritercache") -> list[str]:
     lines = []
     for line in requires(distribution) or []:
         req = Requirement(line)
@@ -33,7 +33,7 @@ def main() -> int:
         return 2
     lines = extra_requirements(sys.argv[1])
     if not lines:
-        print(f"lazycache has no extra {sys.argv[1]!r} (or it is not installed)", file=sys.stderr)
+        print(f"lazywritercache has no extra {sys.argv[1]!r} (or it is not installed)", file=sys.stderr)
         return 1
     print("\n".join(lines))
     return 0

@@ -9,7 +9,7 @@ asserts lazycache is imported from the interpreter's site-packages (not from a s
 tree, nor an editable install), and that the expected core is active.
 
 --wheel WHEEL   make a fresh virtual environment in a temporary directory, install the
-                wheel there on its own (an `import lazycache` with no extras installed must
+                wheel (lazywritercache, imported as lazycache) there on its own (an `import lazycache` with no extras installed must
                 work: no undeclared dependency), then with its `dev` extra (the test
                 dependencies), and test it there; removed afterwards.
                 Without --wheel: the running interpreter's installed lazycache is tested
@@ -42,10 +42,13 @@ IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypo
 
 CHECK = """
 import os, sys, sysconfig
+from importlib import metadata
 import lazycache
 
 path = os.path.realpath(lazycache.__file__)
 print(f"lazycache {lazycache.__version__} from {path}")
+# The distribution is lazywritercache (`lazycache` on the index is another project).
+assert metadata.version("lazywritercache") == lazycache.__version__, "not installed as lazywritercache"
 print(f"IMPLEMENTATION = {lazycache.IMPLEMENTATION!r}, Python {sys.version.split()[0]} at {sys.executable}")
 site = {os.path.realpath(sysconfig.get_path(name)) for name in ("purelib", "platlib")}
 assert any(os.path.commonpath([path, d]) == d for d in site), (
@@ -117,6 +120,8 @@ def main() -> int:
                 shutil.copy2(source, suite / name)
 
         run([str(python), "-c", CHECK, args.expect], env=env, cwd=suite)
+        # What a user sees: the core, the interpreter, the GIL and the extras (in the build log).
+        run([str(python), "-m", "lazycache", "info"], env=env, cwd=suite)
         cmd = [
             str(python),
             "-m",

@@ -298,7 +298,9 @@ def measure(
         import sqlalchemy  # noqa: F401
     except ImportError:
         scenarios.remove(FLUSH_SQLITE)
-        skipped[FLUSH_SQLITE] = "SQLAlchemy not installed (pip install 'lazycache[sqlalchemy]')"
+        skipped[FLUSH_SQLITE] = (
+            "SQLAlchemy not installed (pip install 'lazywritercache[sqlalchemy]')"
+        )
     report = LatencyReport(
         pending, sets, repeat, BATCH_SIZE, ["dict", *classes], scenarios, skipped
     )

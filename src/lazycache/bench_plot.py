@@ -27,7 +27,7 @@ def check_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise MissingMatplotlib(
-            "matplotlib is not installed; it comes with the bench extra: pip install 'lazycache[bench]' "
+            "matplotlib is not installed; it comes with the bench extra: pip install 'lazywritercache[bench]' "
             "(or pip install matplotlib)"
         ) from None
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import re
 import sys
 import time
 import uuid
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ._open import is_redis_url
+from .cli import fit_width
 
 DEFAULT_KEYS = 20_000
 QUICK_KEYS = 2_000
@@ -269,7 +271,7 @@ def render_table(report: RedisBench) -> str:
         f"one round trip per key (first {min(report.keys, GET_SAMPLE):,} keys). flush: JSON encoding included "
         "on both sides; lazycache writes batches of batch_size keys, one MULTI/EXEC each (per hash slot on a cluster)."
     )
-    return "\n".join(lines)
+    return fit_width("\n".join(lines))
 
 
 def render_json(report: RedisBench) -> str:
@@ -319,12 +321,26 @@ def run_store_bench(
         if interactive:
             print(f"\rmeasuring {message}...\033[K", end="", file=sys.stderr, flush=True)
 
+    try:
+        import redis
+    except ImportError:
+        print(
+            "lazycache bench --store: a Redis URL needs redis-py: pip install 'lazywritercache[redis]'",
+            file=sys.stderr,
+        )
+        return 2
     outputs = []
-    for keys in keys_list:
-        report = measure(url, keys, runs, progress=progress)
-        outputs.append(render_json(report) if as_json else render_table(report))
-    if interactive:
-        print("\r\033[K", end="", file=sys.stderr, flush=True)
+    try:
+        for keys in keys_list:
+            report = measure(url, keys, runs, progress=progress)
+            outputs.append(render_json(report) if as_json else render_table(report))
+    except (redis.exceptions.ConnectionError, redis.exceptions.AuthenticationError) as exc:
+        shown = re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", url)  # the password hidden
+        print(f"lazycache bench: --store {shown}: cannot use Redis: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if interactive:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
     print("\n\n".join(outputs))
     return 0
 

@@ -44,6 +44,7 @@ from typing import Any, Callable
 import lazycache
 
 from .cache import LazyWriterCache
+from .cli import fit_width
 from .serializers import _json_dumps
 
 Batch = list[tuple[str, Any]]
@@ -60,8 +61,36 @@ EMBEDDED = "sqlite"
 LAZYCACHE, ORIGIN, RAW, OTHER = "lazycache", "origin", "raw driver", "other"
 
 
+ORIGIN_DESCRIPTION = (
+    "origin: the Go library pilotso11/lazywritercache, which lazycache grows from; it saves a batch "
+    "row by row in one transaction (GORM: SELECT by key, then INSERT or UPDATE). Its rows here do the "
+    "same in Python, with SQLAlchemy Core statements, and with the raw driver for reference."
+)
+
+
 class Unavailable(Exception):
     """A contender cannot run against this database or driver."""
+
+
+class StoreSetupError(Exception):
+    """The database at --store cannot be used (bad URL, driver not installed, no server): one line."""
+
+
+def _setup_error(exc: BaseException) -> StoreSetupError:
+    """What stopped the set-up, in one line: the driver's own message, not SQLAlchemy's wrapping."""
+    import sqlalchemy as sa
+
+    if isinstance(exc, ImportError):
+        return StoreSetupError(
+            f"its driver is not installed ({exc}); name one that is in the URL, e.g. "
+            "postgresql+psycopg://, mysql+pymysql:// (pip install 'lazywritercache[postgresql]' "
+            "or 'lazywritercache[mysql]')"
+        )
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        detail = str(exc.orig).strip() or type(exc.orig).__name__
+        return StoreSetupError(f"cannot use the database: {detail.splitlines()[0]}")
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return StoreSetupError(f"not a usable SQLAlchemy URL: {first}")
 
 
 @dataclass
@@ -433,9 +462,17 @@ def measure(
 
     from .stores.sqlalchemy import SQLAlchemyStore, make_engine
 
-    engine = make_engine(url)
+    try:
+        engine = make_engine(url)
+    except (ImportError, sa.exc.ArgumentError) as exc:  # NoSuchModuleError: an unknown dialect
+        raise _setup_error(exc) from exc
     table = f"lazycache_bench_{os.getpid()}"
-    store = SQLAlchemyStore(engine, table)
+    filled = False
+    try:
+        store = SQLAlchemyStore(engine, table)
+    except (ImportError, sa.exc.DBAPIError) as exc:
+        engine.dispose()
+        raise _setup_error(exc) from exc
     try:
         version = ".".join(str(part) for part in (engine.dialect.server_version_info or ())[:3])
         database = {"postgresql": "PostgreSQL", "sqlite": "SQLite", "mysql": "MySQL"}.get(
@@ -453,11 +490,21 @@ def measure(
             value_bytes=len(_json_dumps(make_value(rows // 2, 1)).encode()),
         )
         progress(f"filling a table of {rows} rows")
-        for start in range(0, rows, 10_000):
-            store.write(
-                [(f"key:{i}", make_value(i, 0)) for i in range(start, min(rows, start + 10_000))],
-                [],
-            )
+        try:
+            for start in range(0, rows, 10_000):
+                store.write(
+                    [
+                        (f"key:{i}", make_value(i, 0))
+                        for i in range(start, min(rows, start + 10_000))
+                    ],
+                    [],
+                )
+        except (
+            ImportError,
+            sa.exc.DBAPIError,
+        ) as exc:  # the first connection: no server, no access
+            raise _setup_error(exc) from exc
+        filled = True
         with engine.begin() as conn:
             if engine.dialect.name == "postgresql":
                 conn.exec_driver_sql(f"ANALYZE {engine.dialect.identifier_preparer.quote(table)}")
@@ -500,7 +547,13 @@ def measure(
         return report
     finally:
         try:
-            store.table.drop(engine, checkfirst=True)
+            if filled:
+                store.table.drop(engine, checkfirst=True)
+            else:  # the database may be unreachable: the set-up error is what to report
+                try:
+                    store.table.drop(engine, checkfirst=True)
+                except sa.exc.SQLAlchemyError:
+                    pass
         finally:
             engine.dispose()
 
@@ -533,6 +586,7 @@ def render_table(report: StoreReport) -> str:
         f"{report.rows:,} rows; JSON values of ~{report.value_bytes} bytes, serialised inside the timed region; "
         f"best of {report.repeat} run{'s' if report.repeat > 1 else ''}",
     ]
+    lines.append(ORIGIN_DESCRIPTION)
     lines += [f"skipped {name}: {why}" for name, why in report.skipped.items()]
     lines += [f"FAILED {name}: {why}" for name, why in report.failed.items()]
     header = ["batch", "method", "rows/s", "vs raw best", "vs origin", "spread"]
@@ -571,7 +625,7 @@ def render_table(report: StoreReport) -> str:
         "vs raw best: rows/s / the best raw-driver method's rows/s for the same batch size; vs origin: / the "
         "origin's per-row approach (SQLAlchemy Core statements, one transaction). spread: (best - worst) / best.",
     ]
-    return "\n".join(lines)
+    return fit_width("\n".join(lines))
 
 
 def render_json(report: StoreReport) -> str:
@@ -597,6 +651,7 @@ def render_json(report: StoreReport) -> str:
         "python": sys.version.split()[0],
         "lazycache_version": lazycache.__version__,
         "lazycache_implementation": lazycache.IMPLEMENTATION,
+        "origin": ORIGIN_DESCRIPTION,
         "table_rows": report.rows,
         "value_bytes": report.value_bytes,
         "repeat": report.repeat,
@@ -622,13 +677,43 @@ def _no_nan(item: Any) -> Any:
 # ----------------------------------------------------------------------------- command line
 
 
+def _shown(url: str) -> str:
+    """The URL as printed: its password hidden when it parses."""
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
+def _new_sqlite_files(url: str) -> list[str]:
+    """A SQLite database file that does not exist yet, with its journals: the run will make them."""
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return []
+    database = parsed.database or ""
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or database in ("", ":memory:")
+        or database.startswith("file:")
+    ):
+        return []
+    if os.path.exists(database):
+        return []  # the user's database: only the benchmark's table is dropped from it
+    return [database + suffix for suffix in ("", "-wal", "-shm", "-journal")]
+
+
 def run(args: Any) -> int:
     """`lazycache bench --store [URL]`, from the parsed arguments of the bench command."""
     try:
         import sqlalchemy  # noqa: F401
     except ImportError:
         print(
-            "lazycache bench --store needs SQLAlchemy: pip install 'lazycache[sqlalchemy]'",
+            "lazycache bench --store needs SQLAlchemy: pip install 'lazywritercache[sqlalchemy]'",
             file=sys.stderr,
         )
         return 2
@@ -646,12 +731,19 @@ def run(args: Any) -> int:
     if url == EMBEDDED:
         temporary = tempfile.mkdtemp(prefix="lazycache-bench-")
         url = f"sqlite:///{os.path.join(temporary, 'bench.db')}"
+    created = _new_sqlite_files(url)
     try:
         report = measure(url, batches, rows, repeat, progress)
+    except StoreSetupError as exc:
+        print(f"lazycache bench: --store {_shown(url)}: {exc}", file=sys.stderr)
+        return 2
     finally:
         if interactive:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
+        for path in created:  # the run made this database file: it leaves none behind
+            if os.path.exists(path):
+                os.remove(path)
     print(render_json(report) if args.json else render_table(report))
     return 1 if report.failed else 0

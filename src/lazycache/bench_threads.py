@@ -266,7 +266,13 @@ def _rate(ops_per_second: float) -> str:
         return "-"
     if ops_per_second >= 1e6:
         return f"{ops_per_second / 1e6:.1f}M/s"
-    return f"{ops_per_second / 1e3:.0f}k/s"
+    if ops_per_second >= 1e4:
+        return f"{ops_per_second / 1e3:.0f}k/s"
+    if ops_per_second >= 1e3:
+        return f"{ops_per_second / 1e3:.1f}k/s"
+    if ops_per_second >= 1 or ops_per_second == 0:
+        return f"{ops_per_second:.0f}/s"  # a quick run's writer may set a few hundred keys a second
+    return f"{ops_per_second:.2g}/s"
 
 
 def render_table(report: ThreadReport) -> str:
@@ -321,6 +327,11 @@ def render_table(report: ThreadReport) -> str:
         rows.append(row)
     lines += ["", "the writer thread's sets/s meanwhile:"]
     lines += format_table(["threads", *names], rows)
+    if any(row[1:].count("0/s") for row in rows):
+        lines.append(
+            "0/s: the writer thread got no turn before the window closed (it made no set), "
+            "as can happen when a window is short next to the interpreter's thread hand-offs."
+        )
 
     lines += [
         "",

@@ -60,11 +60,15 @@ NO_EXTENSIONS = (
 )
 
 _cores: dict[str, type] = {"python": _core_py.Core}
+_core_import_error: ImportError | None = None
 if not NO_EXTENSIONS:
     try:
         from . import _core as _core_c
-    except ImportError:  # no compiled wheel for this platform: the twin behaves the same
-        pass
+    except ImportError as exc:  # the twin behaves the same, only slower: say so, once
+        _core_import_error = exc
+        from .info import warn_pure_fallback
+
+        warn_pure_fallback(exc)
     else:
         _cores["cython"] = _core_c.Core
 

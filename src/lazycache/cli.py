@@ -38,6 +38,7 @@ import os
 import platform
 import random
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Sequence
@@ -50,6 +51,7 @@ import lazycache
 from ._open import is_redis_url
 from .cache import implementation_class
 from .journal_cli import add_journal_command
+from .info import add_info_command
 from .stores import MemoryStore
 
 T = TypeVar("T")
@@ -102,7 +104,7 @@ def _import(module: str, distribution: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise Unavailable(
-            f"{distribution} not installed (pip install 'lazycache[bench]')"
+            f"{distribution} not installed (pip install 'lazywritercache[bench]')"
         ) from None
 
 
@@ -766,17 +768,59 @@ def micro() -> str:
     return "µ" if _symbols()[0] == "×" else "u"
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
-    """Lines of a plain-text table: the first `left` columns left-aligned, the others right-aligned."""
+TABLE_WIDTH = 120
+"""Columns the text output fits in: tables wrap their columns, notes their words (--json has it all)."""
+
+
+def format_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    left: int = 1,
+    width: int = TABLE_WIDTH,
+) -> list[str]:
+    """Lines of a plain-text table: the first `left` columns left-aligned, the others right-aligned.
+
+    A table wider than `width` is wrapped: its right-hand columns are split into blocks that
+    fit, one after the other (separated by a blank line), each repeating the `left` columns.
+    """
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+    fixed = sum(widths[:left]) + 2 * max(left - 1, 0)
+    blocks: list[list[int]] = [[]]
+    used = fixed
+    for i in range(left, len(header)):
+        if blocks[-1] and used + 2 + widths[i] > width:
+            blocks.append([])
+            used = fixed
+        blocks[-1].append(i)
+        used += 2 + widths[i]
 
-    def fmt(line: Sequence[str]) -> str:
-        return "  ".join(
-            text.ljust(width) if i < left else text.rjust(width)
-            for i, (text, width) in enumerate(zip(line, widths))
-        ).rstrip()
+    lines: list[str] = []
+    for block in blocks:
+        columns = [*range(left), *block]
 
-    return [fmt(header), fmt(["-" * w for w in widths])] + [fmt(row) for row in rows]
+        def fmt(line: Sequence[str], columns: list[int] = columns) -> str:
+            return "  ".join(
+                line[i].ljust(widths[i]) if i < left else line[i].rjust(widths[i]) for i in columns
+            ).rstrip()
+
+        if lines:
+            lines.append("")
+        lines += [fmt(header), fmt(["-" * w for w in widths])] + [fmt(row) for row in rows]
+    return lines
+
+
+def fit_width(text: str, width: int = TABLE_WIDTH) -> str:
+    """`text` with every line longer than `width` word-wrapped (tables are wrapped by format_table)."""
+    out: list[str] = []
+    for line in text.splitlines():
+        if len(line) <= width:
+            out.append(line)
+        else:
+            indent = " " * (len(line) - len(line.lstrip()))
+            out += textwrap.wrap(
+                line, width, subsequent_indent=indent + "  ", break_on_hyphens=False
+            ) or [line]
+    return "\n".join(out)
 
 
 def render_header() -> str:
@@ -955,7 +999,7 @@ class BenchRun:
         if self.memory is not None:
             parts.append(bench_memory.render_table(self.memory))
         parts.append(f"({self.seconds:.0f} s)")
-        return "\n\n".join(parts)
+        return fit_width("\n\n".join(parts))
 
 
 def run_sections(args: argparse.Namespace, progress: Progress = NO_PROGRESS) -> BenchRun:
@@ -1163,7 +1207,7 @@ def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     bench.add_argument(
         "--plot",
         metavar="FILE.png",
-        help="also draw the ratios to dict as grouped bars into FILE.png (needs matplotlib: pip install 'lazycache[bench]')",
+        help="also draw the ratios to dict as grouped bars into FILE.png (needs matplotlib: pip install 'lazywritercache[bench]')",
     )
     bench.add_argument(
         "--store",
@@ -1183,6 +1227,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
     _add_bench_command(commands)
     add_journal_command(commands)
+    add_info_command(commands)
     return parser
 
 

@@ -296,7 +296,7 @@ def _msgpack() -> Serializer:
         import msgpack
     except ImportError:
         raise ImportError(
-            "the msgpack serializer needs msgpack: pip install 'lazycache[msgpack]'"
+            "the msgpack serializer needs msgpack: pip install 'lazywritercache[msgpack]'"
         ) from None
 
     # strict_types: tuples and subclasses go to `default` (there is none: TypeError), in C.

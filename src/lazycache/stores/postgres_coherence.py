@@ -6,7 +6,7 @@ server to carry the messages):
     >>> store = SQLAlchemyStore("postgresql+psycopg://app@db/app", "users")
     >>> cache = LazyWriterCache(store, coherence=PostgresNotifyCoherence(store, "users_invalidate"))
 
-Needs psycopg 3.2 or later (`pip install 'lazycache[postgresql]'`). The channel holds two
+Needs psycopg 3.2 or later (`pip install 'lazywritercache[postgresql]'`). The channel holds two
 connections of its own, outside the store's pool: one in autocommit mode that
 `LISTEN`s, watched by a thread that waits for notifications (and runs `SELECT 1`
 every `ping_interval` seconds, so that a dead connection is noticed; TCP keepalives
@@ -98,7 +98,7 @@ class PostgresNotifyCoherence(ChannelCoherence):
             import psycopg
         except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
             raise ImportError(
-                "PostgresNotifyCoherence needs psycopg 3.2 or later: pip install 'lazycache[postgresql]'"
+                "PostgresNotifyCoherence needs psycopg 3.2 or later: pip install 'lazywritercache[postgresql]'"
             ) from exc
         if tuple(int(part) for part in psycopg.__version__.split(".")[:2] if part.isdigit()) < (
             3,

@@ -10,7 +10,7 @@ switched on:
     >>> users = open_redis("redis://127.0.0.1:6379/0", prefix="users:")
     >>> users["alice"] = {"age": 30}      # in memory now; SET users:alice by the writer thread
 
-Needs redis-py 5 or later: `pip install 'lazycache[redis]'`.
+Needs redis-py 5 or later: `pip install 'lazywritercache[redis]'`.
 
 Keys
 ----
@@ -99,7 +99,7 @@ try:
     from redis.cluster import RedisCluster
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "lazycache.stores.redis needs redis-py (5 or later), which is not installed: pip install 'lazycache[redis]'"
+        "lazycache.stores.redis needs redis-py (5 or later), which is not installed: pip install 'lazywritercache[redis]'"
     ) from exc
 
 from ..serializers import SerializationError, Serializer, SerializerSpec, get_serializer

@@ -623,7 +623,7 @@ class RedisCoherence(ChannelCoherence):
             from redis.cluster import RedisCluster
         except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
             raise ImportError(
-                "RedisCoherence needs redis-py (5 or later): pip install 'lazycache[redis]'"
+                "RedisCoherence needs redis-py (5 or later): pip install 'lazywritercache[redis]'"
             ) from exc
         super().__init__(
             keys=keys,

@@ -62,12 +62,12 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
         "lazycache.stores.sqlalchemy needs SQLAlchemy 2.x, which is not installed: "
-        "pip install 'lazycache[sqlalchemy]' (or 'lazycache[postgresql]' / 'lazycache[mysql]' for a driver too)"
+        "pip install 'lazywritercache[sqlalchemy]' (or 'lazywritercache[postgresql]' / 'lazywritercache[mysql]' for a driver too)"
     ) from exc
 
 if int(sa.__version__.split(".")[0]) < 2:  # pragma: no cover
     raise ImportError(
-        f"lazycache.stores.sqlalchemy needs SQLAlchemy 2.x, found {sa.__version__}: pip install 'lazycache[sqlalchemy]'"
+        f"lazycache.stores.sqlalchemy needs SQLAlchemy 2.x, found {sa.__version__}: pip install 'lazywritercache[sqlalchemy]'"
     )
 
 from ..serializers import SerializationError, Serializer, SerializerSpec, get_serializer
