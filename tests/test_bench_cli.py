@@ -268,8 +268,9 @@ def test_store_whose_driver_is_not_installed_says_which_in_one_line() -> None:
     except ImportError:
         pass
     else:
-        pytest.skip("mysqlclient is installed: mysql:// has its driver here")
-    done = run_cli("bench", "--quick", "--store", "mysql://root@127.0.0.1/test")
+        pytest.skip("mysqlclient is installed: mysql+mysqldb:// has its driver here")
+    # A named driver is used as written (a plain mysql:// would pick PyMySQL, which is here).
+    done = run_cli("bench", "--quick", "--store", "mysql+mysqldb://root@127.0.0.1/test")
     assert_one_clear_line(done, "MySQLdb", "mysql+pymysql://", "lazywritercache[mysql]")
 
 
