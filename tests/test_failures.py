@@ -134,7 +134,7 @@ def test_each_failed_attempt_is_logged_with_its_keys(make_cache, caplog) -> None
     messages = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "lazycache" and r.levelno == logging.WARNING
+        if r.name == "lazycache.writer" and r.levelno == logging.WARNING
     ]
     for attempt in (1, 2, 3):
         assert any("'the-key'" in m and f"attempt {attempt}" in m for m in messages), messages
