@@ -18,7 +18,6 @@ import time
 import weakref
 from typing import Callable, NewType, Optional
 
-
 Backoff = NewType("Backoff", float)
 """Seconds a failing background job asks to wait before its next run."""
 

@@ -197,8 +197,10 @@ class _CacheLayer:
             raise TypeError(f"batch_size must be an int, not {type(batch_size).__name__}")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty str, not {name!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        if not name:
+            raise ValueError("name must not be empty (it labels the cache's metrics)")
         for hook_name, hook in (("on_flush", on_flush), ("on_evict", on_evict)):
             if hook is not None and not callable(hook):
                 raise TypeError(f"{hook_name} must be callable or None, not {type(hook).__name__}")

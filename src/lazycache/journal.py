@@ -656,9 +656,7 @@ class Journal:
                 os.fsync(self._fd)
         except OSError:
             # Replay skips what is left as a damaged span and reports it.
-            log.exception(
-                "could not cut journal %s back to %d bytes", self._segments[-1], mark
-            )
+            log.exception("could not cut journal %s back to %d bytes", self._segments[-1], mark)
             return
         self._size = mark
 

@@ -818,9 +818,7 @@ class BatchWriter:
             try:
                 fields = generated.get(key)
             except Exception:  # a key whose hash or eq raises: its value keeps what it has
-                log.exception(
-                    "looking up the generated fields of %s failed", safe_repr(key)
-                )
+                log.exception("looking up the generated fields of %s failed", safe_repr(key))
                 continue
             if not fields:
                 continue
@@ -830,9 +828,7 @@ class BatchWriter:
             try:
                 merged = merge(current, fields, not changed)
             except Exception:
-                log.exception(
-                    "merging store-generated fields into %s failed", safe_repr(key)
-                )
+                log.exception("merging store-generated fields into %s failed", safe_repr(key))
                 continue
             if merged is not current:
                 cache._swap_value(entry, current, merged)
