@@ -74,6 +74,7 @@ def test_the_sdk_reads_every_counter_and_gauge_of_each_cache(make_cache, reader)
     assert value("lazycache.pending") == 1
     assert value("lazycache.write_errors") == 0
     assert value("lazycache.coherent") == 1
+    assert value("lazycache.write_interval") == orders._write_interval
     age = value("lazycache.oldest_pending_age")
     assert before.oldest_pending_age <= age <= after.oldest_pending_age
     assert value("lazycache.pending", "users") == 1

@@ -108,6 +108,7 @@ def test_a_scrape_reports_every_counter_and_gauge_of_each_cache(make_cache, endp
     assert orders_sample("lazycache_pending") == 1
     assert orders_sample("lazycache_write_errors") == 0
     assert orders_sample("lazycache_coherent") == 0
+    assert orders_sample("lazycache_write_interval_seconds") == orders._write_interval
     assert orders_sample("lazycache_size") == before.size == after.size
     age = orders_sample("lazycache_oldest_pending_age_seconds")
     assert before.oldest_pending_age <= age <= after.oldest_pending_age

@@ -88,6 +88,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("size", "gauge", "", "Live entries in memory.", lambda c, s: s.size),
     Metric("pending", "gauge", "", "Entries whose latest change has not reached the store yet.", lambda c, s: s.pending),
     Metric("oldest_pending_age_seconds", "gauge", "s", "Seconds since the oldest pending change was made (0 if none).", lambda c, s: s.oldest_pending_age),
+    Metric("write_interval_seconds", "gauge", "s", "The cache's write_interval: for alert rules in multiples of it.", lambda c, s: c._write_interval),
     Metric("write_errors", "gauge", "", "Keys the store rejected for good, not rewritten since.", lambda c, s: s.write_errors),
     Metric("coherent", "gauge", "", "1 while the coherence channel is up (or there is none), 0 while reads bypass memory.", lambda c, s: int(c.coherent)),
     Metric("hits", "counter", "", "Reads answered from memory.", lambda c, s: s.hits),
