@@ -303,6 +303,7 @@ class BatchWriter:
         self.flushes = 0
         self.retries = 0
         self.consecutive_failures = 0
+        self.outage_since: float | None = None  # time.monotonic() of the first failed attempt
         # The store's error behind the current run of failures: a flush that times out
         # before its own attempt (another thread holds the writer) still reports the cause.
         self.last_store_error: BaseException | None = None
@@ -323,6 +324,7 @@ class BatchWriter:
     def reset_after_fork(self) -> None:
         self.lock = threading.RLock()
         self.consecutive_failures = 0
+        self.outage_since = None
         self.last_store_error = None
         self.inflight_since = None
         self.suspects = {}
@@ -649,10 +651,19 @@ class BatchWriter:
             self._poison(cache, [(item, exc) for item in held], acc)
             return False
         self.failed_writes += len(held)
-        log.warning(
-            "writing %d entries failed (attempt %d), retrying in the background: %s: %s",
+        now = time.monotonic()
+        if self.outage_since is None:
+            self.outage_since = now
+        attempt = self.consecutive_failures
+        # A store that stays down is not one WARNING per attempt: the first failure, then a
+        # summary each time the count of attempts doubles (the rest at DEBUG).
+        log.log(
+            logging.WARNING if attempt & (attempt - 1) == 0 else logging.DEBUG,
+            "writing %d entries failed (attempt %d, failing for %.1fs), retrying in the "
+            "background: %s: %s",
             len(held),
-            self.consecutive_failures,
+            attempt,
+            now - self.outage_since,
             describe_keys([key for key, _, _, _ in held]),
             safe_repr(exc),
             extra=log_extra([key for key, _, _, _ in held]),
@@ -729,6 +740,15 @@ class BatchWriter:
             self._merge_generated(cache, items, generated)
         state.current = None  # settled from here on: never put back, even if commit raises
         cache._commit(items)
+        if self.outage_since is not None:
+            log.warning(
+                "the store is back after %.1fs and %d failed attempts; wrote %d entries",
+                time.monotonic() - self.outage_since,
+                self.consecutive_failures,
+                len(items),
+                extra=log_extra([key for key, _, _, _ in items]),
+            )
+            self.outage_since = None
         self.consecutive_failures = 0
         self.last_store_error = None
         self.writes += len(items)
