@@ -107,7 +107,9 @@ def test_writer_survives_a_non_recoverable_store_error_and_logs_the_key(make_cac
     assert cache.stats.failed_writes == 1 and cache.stats.write_errors == 1
     record = next(r for r in caplog.records if "'poison-key'" in r.getMessage())
     assert record.levelno == logging.ERROR
-    assert record.name == "lazycache"
+    assert record.name == "lazycache.writer"
+    assert record.lazycache_keys == ["poison-key"] and record.lazycache_count == 1
+    assert not record.getMessage().startswith("lazycache")
     assert "cannot encode" in record.getMessage()
     assert {t.name for t in lazycache_threads()} >= {"lazycache-writer", "lazycache-pruner"}
     store.fail = False  # the store is fixed: later writes go through
@@ -162,7 +164,7 @@ def test_pruner_survives_an_exception(cache_cls, caplog) -> None:
         record = next(
             r for r in caplog.records if r.exc_info and "prune exploded" in str(r.exc_info[1])
         )
-        assert record.levelno == logging.ERROR and record.name == "lazycache"
+        assert record.levelno == logging.ERROR and record.name == "lazycache.pruner"
         assert "lazycache-pruner" in {t.name for t in lazycache_threads()}
     finally:
         cache.close()

@@ -8,7 +8,7 @@ complain about"), and the tests that show lazycache's answer:
 | 1  | writes lost on shutdown                                | test_shutdown.py: test_close_of_a_healthy_cache_with_a_deadline_writes_everything, test_close_with_the_store_down_names_exactly_the_unwritten_keys_within_its_deadline, test_close_with_a_hung_store_returns_within_its_deadline, test_close_retries_until_the_store_comes_back_before_its_deadline, test_cache_left_open_with_the_store_down_names_the_lost_keys_at_exit, test_cache_left_open_with_a_hung_store_does_not_hang_interpreter_exit, test_close_with_an_invalid_timeout_raises_and_leaves_the_cache_open; test_lifecycle.py: test_open_cache_is_flushed_at_interpreter_exit, test_cache_dropped_without_close_is_flushed_when_garbage_collected |
 | 2  | writes lost when a node crashes                        | needs the journal and PostgreSQL: see test_journal.py / test_postgres_faults.py. A forked child never writes (or loses) the parent's entries: test_fork.py |
 | 3  | one bad record blocks the queue; flush() hangs         | here: test_poison_keys_are_isolated_and_everything_else_is_committed, test_one_bad_record_does_not_block_the_background_writer, test_unserializable_value_is_isolated_without_bisection, test_two_unserializable_values_are_isolated_one_call_each, test_poisoned_delete_reaches_on_write_error_as_missing |
-| 4  | retries infinite, silent, not configurable; or stop    | here: test_recoverable_failure_is_retried_in_the_background_and_the_newest_value_wins, test_backoff_grows_between_attempts, test_wake_ups_during_a_backoff_cause_no_extra_attempts, test_retry_max_caps_the_backoff, test_each_failed_attempt_is_logged_with_its_keys, test_max_retries_hands_the_entries_to_on_write_error_after_the_last_attempt, test_max_retries_in_the_background_reports_each_key_once, test_max_retries_zero_reports_at_the_first_failure, test_on_write_error_that_raises_is_logged_and_the_writer_carries_on, test_on_write_error_that_flushes_does_not_deadlock_the_writer, the validation tests |
+| 4  | retries infinite, silent, not configurable; or stop    | here: test_recoverable_failure_is_retried_in_the_background_and_the_newest_value_wins, test_backoff_grows_between_attempts, test_wake_ups_during_a_backoff_cause_no_extra_attempts, test_retry_max_caps_the_backoff, test_a_store_that_stays_down_is_logged_at_doubling_attempts_then_once_back, test_max_retries_hands_the_entries_to_on_write_error_after_the_last_attempt, test_max_retries_in_the_background_reports_each_key_once, test_max_retries_zero_reports_at_the_first_failure, test_on_write_error_that_raises_is_logged_and_the_writer_carries_on, test_on_write_error_that_flushes_does_not_deadlock_the_writer, the validation tests |
 | 5  | the queue grows without bound                          | test_backpressure.py: test_pending_stays_bounded_while_many_threads_write_to_a_down_store and the policy tests |
 | 6  | a delete overtakes an earlier put                      | test_deletes.py: test_put_then_delete_ends_deleted, test_delete_then_put_ends_present; test_flush.py: test_delete_during_flush_is_not_lost, test_put_during_flush_of_a_delete_ends_present; here: test_a_change_made_while_a_put_is_retried_is_not_overtaken, test_order_is_kept_when_the_store_goes_down_while_a_poisoned_batch_is_split |
 | 7  | cache and database disagree after a failed write       | here: test_poison_keys_are_isolated_and_everything_else_is_committed (value readable, listed in write_errors, user told), test_rewriting_a_poisoned_key_with_an_accepted_value_clears_its_error, test_a_newer_value_survives_the_failure_of_the_batch_it_replaced, test_on_write_error_may_write_a_corrected_value; test_backpressure.py: test_write_through_failure_raises_to_the_setter_and_caches_nothing; test_flush.py: test_newer_value_wins_over_a_failed_batch |
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections import Counter
@@ -124,21 +125,38 @@ def test_retry_max_caps_the_backoff(make_cache) -> None:
     assert cache.stats.retries >= 19
 
 
-def test_each_failed_attempt_is_logged_with_its_keys(make_cache, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="lazycache")
+def test_a_store_that_stays_down_is_logged_at_doubling_attempts_then_once_back(
+    make_cache, caplog
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="lazycache")
     store = FailingStore()
     store.fail = True
     cache = make_cache(store, close_may_fail=True, **FAST_RETRY)
     cache["the-key"] = 1
-    wait_until(lambda: cache.stats.retries >= 3)
-    messages = [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == "lazycache" and r.levelno == logging.WARNING
-    ]
-    for attempt in (1, 2, 3):
-        assert any("'the-key'" in m and f"attempt {attempt}" in m for m in messages), messages
-    assert any("store is down" in m for m in messages)
+    wait_until(lambda: cache.stats.retries >= 9)
+    writer = [r for r in caplog.records if r.name == "lazycache.writer"]
+    attempts = {}
+    for record in writer:
+        match = re.search(r"attempt (\d+)", record.getMessage())
+        if match:
+            attempts.setdefault(int(match.group(1)), record)
+    # Every attempt is logged, naming the key; only the 1st, 2nd, 4th, 8th... at WARNING.
+    for attempt in range(1, 10):
+        record = attempts[attempt]
+        assert "'the-key'" in record.getMessage() and "store is down" in record.getMessage()
+        assert record.lazycache_keys == ["the-key"]
+        summary = attempt in (1, 2, 4, 8)
+        assert record.levelno == (logging.WARNING if summary else logging.DEBUG), attempt
+    store.fail = False
+    wait_until(lambda: cache.pending == 0)
+    back = [r for r in caplog.records if "store is back" in r.getMessage()]
+    assert len(back) == 1 and back[0].levelno == logging.WARNING
+    assert re.search(
+        r"back after \d+\.\ds and \d+ failed attempts; wrote 1 entries", back[0].getMessage()
+    )
+    cache["later"] = 2
+    cache.flush()
+    assert len([r for r in caplog.records if "store is back" in r.getMessage()]) == 1
 
 
 def test_max_retries_hands_the_entries_to_on_write_error_after_the_last_attempt(make_cache) -> None:

@@ -18,8 +18,6 @@ import time
 import weakref
 from typing import Callable, NewType, Optional
 
-log = logging.getLogger("lazycache")
-
 Backoff = NewType("Backoff", float)
 """Seconds a failing background job asks to wait before its next run."""
 
@@ -43,6 +41,8 @@ class Worker:
         self._stopping = False
         self._complained = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        # "lazycache-writer" logs as lazycache.writer: each part's logger can be tuned alone.
+        self._log = logging.getLogger(name.replace("-", ".", 1))
 
     def start(self) -> None:
         self._thread.start()
@@ -87,7 +87,7 @@ class Worker:
             try:
                 backoff = run()
             except BaseException:  # the thread must carry on; the method logs its own keys
-                log.exception("lazycache %s: unexpected error", self._thread.name)
+                self._log.exception("%s: unexpected error", self._thread.name)
             finally:
                 del run
             pause = self._checked(backoff)
@@ -103,8 +103,8 @@ class Worker:
             return backoff
         if not self._complained:
             self._complained = True
-            log.error(
-                "lazycache %s: its job returned %r, not a backoff in seconds or None; ignored",
+            self._log.error(
+                "%s: its job returned %r, not a backoff in seconds or None; ignored",
                 self._thread.name,
                 backoff,
             )

@@ -38,11 +38,14 @@ from .writer import (
     FlushError,
     FlushResult,
     MergeGenerated,
+    OnFlush,
     OnWriteError,
     _check_seconds,
     describe_keys,
+    log_extra,
     log_write_error,
     merge_fields,
+    safe_repr,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +57,12 @@ V = TypeVar("V")
 T = TypeVar("T")
 
 log = logging.getLogger("lazycache")
+coherence_log = logging.getLogger("lazycache.coherence")
+journal_log = logging.getLogger("lazycache.journal")
+pruner_log = logging.getLogger("lazycache.pruner")
+
+OnEvict = Callable[[Any, Any], None]
+"""on_evict(key, value): called for each entry the pruner (or `prune()`) evicted."""
 
 NO_EXTENSIONS = (
     bool(os.environ.get("LAZYCACHE_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
@@ -182,6 +191,9 @@ class _CacheLayer:
         coherence: Coherence | None = None,
         exit_timeout: float = 3.0,
         owns_store: bool = False,
+        name: str = "default",
+        on_flush: OnFlush | None = None,
+        on_evict: OnEvict | None = None,
     ) -> None:
         if not isinstance(store, Store):
             raise TypeError(f"store must be a lazycache.Store, not {type(store).__name__}")
@@ -189,6 +201,13 @@ class _CacheLayer:
             raise TypeError(f"batch_size must be an int, not {type(batch_size).__name__}")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        if not name:
+            raise ValueError("name must not be empty (it labels the cache's metrics)")
+        for hook_name, hook in (("on_flush", on_flush), ("on_evict", on_evict)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{hook_name} must be callable or None, not {type(hook).__name__}")
         if on_full not in ON_FULL_POLICIES:
             raise ValueError(
                 f"on_full must be one of {', '.join(map(repr, ON_FULL_POLICIES))}, got {on_full!r}"
@@ -213,6 +232,9 @@ class _CacheLayer:
                 f"coherence must be a lazycache.coherence.Coherence, not {type(coherence).__name__}"
             )
         self._batch_writer.coherence = coherence
+        self._batch_writer.on_flush = on_flush
+        self.on_evict = on_evict
+        self.name = name
         self._coherence = coherence
         self._coherent = True  # False while the coherence channel is down: loads are not cached
         self._loading: dict[Any, _Load] = {}  # read-through loads in progress, one per key
@@ -283,15 +305,16 @@ class _CacheLayer:
         # Writes by other processes may go unannounced: forget what we read, and read through.
         self._coherent = False
         dropped = self._drop_clean()  # type: ignore[attr-defined]
-        log.warning(
-            "lazycache: the coherence channel is down; dropped %d clean entries, reads go to the store",
+        coherence_log.warning(
+            "the coherence channel is down; dropped %d clean entries, reads go to the store",
             dropped,
+            extra=log_extra(count=dropped),
         )
 
     def _coherence_restored(self) -> None:
         self._drop_clean()  # type: ignore[attr-defined]
         self._coherent = True
-        log.warning("lazycache: the coherence channel is back; caching reads again")
+        coherence_log.warning("the coherence channel is back; caching reads again")
 
     @property
     def coherent(self) -> bool:
@@ -313,8 +336,8 @@ class _CacheLayer:
             if drain and self.pending >= self.max_pending:  # type: ignore[attr-defined]
                 drain = self._batch_writer.flush(self).ok
                 if not drain:
-                    log.warning(
-                        "lazycache: the store refused the replayed writes of %s: replaying the "
+                    journal_log.warning(
+                        "the store refused the replayed writes of %s: replaying the "
                         "rest beyond max_pending=%d (they are journaled)",
                         journal.path,
                         self.max_pending,
@@ -327,7 +350,12 @@ class _CacheLayer:
                     core_set(entry.key, entry.value)
             replayed += 1
         if replayed:
-            log.info("lazycache: replayed %d journaled writes from %s", replayed, journal.path)
+            journal_log.info(
+                "replayed %d journaled writes from %s",
+                replayed,
+                journal.path,
+                extra=log_extra(count=replayed),
+            )
         journal.release_leftovers()
 
     def _core_set(self, key: Any, value: Any) -> None:
@@ -662,6 +690,17 @@ class _CacheLayer:
             if not victims:
                 break  # the rest is pending: the writer must catch up first
             evicted += len(victims)
+            on_evict = self.on_evict
+            if on_evict is not None:  # outside the core's lock: the hook may use the cache
+                for key, value in victims:
+                    try:
+                        on_evict(key, value)
+                    except Exception:
+                        pruner_log.exception(
+                            "on_evict raised for %s (the entry is evicted all the same)",
+                            safe_repr(key),
+                            extra=log_extra([key]),
+                        )
             del victims  # evicted values are released here, outside the core's lock
         return evicted
 
@@ -801,11 +840,12 @@ class _CacheLayer:
             self.close(timeout=self.exit_timeout)
         except FlushError as exc:
             log.error(
-                "lazycache: a cache was garbage-collected and its last flush failed; lost: %s",
+                "a cache was garbage-collected and its last flush failed; lost: %s",
                 describe_keys(list(exc.result.failed_keys)),
+                extra=log_extra(list(exc.result.failed_keys)),
             )
         except Exception:
-            log.exception("lazycache: closing a garbage-collected cache failed")
+            log.exception("closing a garbage-collected cache failed")
 
     def __repr__(self) -> str:
         return (
@@ -980,11 +1020,12 @@ def _close_open_caches() -> None:
             cache.close(timeout=cache.exit_timeout)
         except FlushError as exc:
             log.error(
-                "lazycache: flush at exit failed; not written: %s",
+                "flush at exit failed; not written: %s",
                 describe_keys(list(exc.result.failed_keys)),
+                extra=log_extra(list(exc.result.failed_keys)),
             )
         except Exception:
-            log.exception("lazycache: closing a cache at exit failed")
+            log.exception("closing a cache at exit failed")
 
 
 def _before_fork() -> None:
@@ -1007,14 +1048,14 @@ def _after_fork_in_child() -> None:
         try:
             cache._after_fork_in_child()
         except Exception:
-            log.exception("lazycache: could not restart a cache in the forked child")
+            log.exception("could not restart a cache in the forked child")
         else:
             restarted.append(cache)
     for cache in restarted:
         try:
             cache._start_threads()
         except Exception:
-            log.exception("lazycache: could not start a cache's threads in the forked child")
+            log.exception("could not start a cache's threads in the forked child")
 
 
 if hasattr(os, "register_at_fork"):

@@ -68,7 +68,7 @@ from typing import Any
 from ._sentinels import MISSING
 from .serializers import JSON, SerializationError, Serializer
 
-log = logging.getLogger("lazycache")
+log = logging.getLogger("lazycache.journal")
 
 FSYNC_POLICIES = ("always", "everysec", "no")
 ERROR_POLICIES = ("raise", "quarantine")
@@ -552,10 +552,10 @@ class Journal:
         for segment in segments:
             for damage in segment.damage:
                 (log.warning if damage.torn_tail else log.error)(
-                    "lazycache: journal %s: %s", segment.name, damage.describe()
+                    "journal %s: %s", segment.name, damage.describe()
                 )
             for problem in segment.problems:
-                log.error("lazycache: journal: skipped %s", problem.describe())
+                log.error("journal: skipped %s", problem.describe())
         return segments
 
     @property
@@ -590,7 +590,7 @@ class Journal:
                         os.fsync(self._fd)
                     except OSError:
                         # Logged, and tried again next second: the thread must not die.
-                        log.exception("lazycache: fsync of journal %s failed", self._segments[-1])
+                        log.exception("fsync of journal %s failed", self._segments[-1])
                         continue
                     self._unsynced = False
 
@@ -656,9 +656,7 @@ class Journal:
                 os.fsync(self._fd)
         except OSError:
             # Replay skips what is left as a damaged span and reports it.
-            log.exception(
-                "lazycache: could not cut journal %s back to %d bytes", self._segments[-1], mark
-            )
+            log.exception("could not cut journal %s back to %d bytes", self._segments[-1], mark)
             return
         self._size = mark
 
@@ -692,7 +690,7 @@ class Journal:
                 aside = segment.name + QUARANTINE_SUFFIX
                 os.replace(segment.name, aside)
                 log.error(
-                    "lazycache: journal %s was kept aside as %s (inspect it with "
+                    "journal %s was kept aside as %s (inspect it with "
                     "`lazycache journal inspect %s`)",
                     segment.name,
                     aside,

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._sentinels import MISSING
+from .metrics import BATCH_SIZE_BUCKETS, FLUSH_DURATION_BUCKETS, Histogram
 from .serializers import SerializationError, Serializer
 
 if TYPE_CHECKING:
@@ -64,13 +65,16 @@ if TYPE_CHECKING:
     from .journal import Journal
     from .stores.base import Store
 
-log = logging.getLogger("lazycache")
+log = logging.getLogger("lazycache.writer")
 
 MergeGenerated = Callable[[Any, Mapping[str, Any], bool], Any]
 """merge(current_value, generated_fields, overwrite) -> value to keep in the cache."""
 
 OnWriteError = Callable[[Any, Any, BaseException], None]
 """on_write_error(key, value, exception); value is lazycache.MISSING for a delete."""
+
+OnFlush = Callable[["FlushResult"], None]
+"""on_flush(result): called after each flush that wrote, failed or rejected something."""
 
 _KEYS_IN_LOG = 20
 
@@ -173,14 +177,26 @@ def merge_fields(value: Any, generated: Mapping[str, Any], overwrite: bool) -> A
     return value
 
 
+def log_extra(keys: list[Any] | None = None, count: int | None = None) -> dict[str, Any]:
+    """The `extra` of a log record about entries: their keys and how many, for structured logging."""
+    extra: dict[str, Any] = {}
+    if keys is not None:
+        extra["lazycache_keys"] = keys
+        extra["lazycache_count"] = len(keys) if count is None else count
+    elif count is not None:
+        extra["lazycache_count"] = count
+    return extra
+
+
 def log_write_error(key: Any, value: Any, exc: BaseException) -> None:
-    """The default `on_write_error`: one ERROR line on the `lazycache` logger, naming the key."""
+    """The default `on_write_error`: one ERROR line on the `lazycache.writer` logger, naming the key."""
     what = "delete" if value is MISSING else "write"
     log.error(
-        "lazycache: the store rejected the %s of %s; it will not be retried: %s",
+        "the store rejected the %s of %s; it will not be retried: %s",
         what,
         safe_repr(key),
         safe_repr(exc),
+        extra=log_extra([key]),
     )
 
 
@@ -287,11 +303,16 @@ class BatchWriter:
         self.flushes = 0
         self.retries = 0
         self.consecutive_failures = 0
+        self.outage_since: float | None = None  # time.monotonic() of the first failed attempt
         # The store's error behind the current run of failures: a flush that times out
         # before its own attempt (another thread holds the writer) still reports the cause.
         self.last_store_error: BaseException | None = None
         self.last_flush_duration = 0.0
         self.last_batch_size = 0
+        # For the metrics exporters: every flush that wrote something, every batch committed.
+        self.flush_durations = Histogram(FLUSH_DURATION_BUCKETS)
+        self.batch_sizes = Histogram(BATCH_SIZE_BUCKETS)
+        self.on_flush: OnFlush | None = None
         self.inflight_since: int | None = None
         self.write_errors: dict[Any, BaseException] = {}
         # Entries isolated by a recoverable failure that their neighbours did not share,
@@ -303,6 +324,7 @@ class BatchWriter:
     def reset_after_fork(self) -> None:
         self.lock = threading.RLock()
         self.consecutive_failures = 0
+        self.outage_since = None
         self.last_store_error = None
         self.inflight_since = None
         self.suspects = {}
@@ -338,7 +360,7 @@ class BatchWriter:
             return bool(self.store.is_recoverable(exc))
         except Exception:
             # A broken classifier must not send data to the error path: retry (max_retries bounds it).
-            log.exception("lazycache: %r.is_recoverable raised; the failure is retried", self.store)
+            log.exception("%r.is_recoverable raised; the failure is retried", self.store)
             return True
 
     # ----------------------------------------------------------- flushing
@@ -354,7 +376,22 @@ class BatchWriter:
         Stops at the first recoverable failure, unless `persist`, in which case it backs
         off and retries until `deadline` (time.monotonic()). Never raises for store errors.
         `background` (the writer thread): suspects are tried only once their backoff is over.
+        Then calls `on_flush` (with the writer's lock released) unless the flush did nothing.
         """
+        result = self._flush(cache, deadline, persist, background)
+        on_flush = self.on_flush
+        if on_flush is not None and (
+            result.batches or result.failed_keys or result.poisoned_keys or result.errors
+        ):
+            try:
+                on_flush(result)
+            except Exception:
+                log.exception("on_flush raised (the flush itself is done)")
+        return result
+
+    def _flush(
+        self, cache: Any, deadline: float | None, persist: bool, background: bool
+    ) -> FlushResult:
         started = time.monotonic()
         acc = _Accumulator()
         timeout = -1 if deadline is None else max(0.0, deadline - started)
@@ -414,9 +451,10 @@ class BatchWriter:
                 return False
             time.sleep(0)
         log.error(
-            "lazycache: %d entries are in flight though no batch is being written; "
+            "%d entries are in flight though no batch is being written; "
             "they are reported as not written",
             cache.pending - cache._queued,
+            extra=log_extra(count=cache.pending - cache._queued),
         )
         return True
 
@@ -439,6 +477,7 @@ class BatchWriter:
         duration = time.monotonic() - started
         if acc.batches:
             self.last_flush_duration = duration
+            self.flush_durations.observe(duration)
         return FlushResult(
             acc.written,
             acc.deleted,
@@ -503,8 +542,9 @@ class BatchWriter:
                 cache._requeue(_in_order(batch, state.back))
                 raise
             log.exception(
-                "lazycache: unexpected error while writing %d entries; they stay pending",
+                "unexpected error while writing %d entries; they stay pending",
                 len(batch),
+                extra=log_extra([key for key, _, _, _ in batch]),
             )
             acc.errors.append(exc)
             self.consecutive_failures += 1
@@ -611,12 +651,22 @@ class BatchWriter:
             self._poison(cache, [(item, exc) for item in held], acc)
             return False
         self.failed_writes += len(held)
-        log.warning(
-            "lazycache: writing %d entries failed (attempt %d), retrying in the background: %s: %s",
+        now = time.monotonic()
+        if self.outage_since is None:
+            self.outage_since = now
+        attempt = self.consecutive_failures
+        # A store that stays down is not one WARNING per attempt: the first failure, then a
+        # summary each time the count of attempts doubles (the rest at DEBUG).
+        log.log(
+            logging.WARNING if attempt & (attempt - 1) == 0 else logging.DEBUG,
+            "writing %d entries failed (attempt %d, failing for %.1fs), retrying in the "
+            "background: %s: %s",
             len(held),
-            self.consecutive_failures,
+            attempt,
+            now - self.outage_since,
             describe_keys([key for key, _, _, _ in held]),
             safe_repr(exc),
+            extra=log_extra([key for key, _, _, _ in held]),
         )
         state.back += held
         return True
@@ -662,12 +712,13 @@ class BatchWriter:
         acc.deferred.add(item[2])
         state.back.append(item)
         log.warning(
-            "lazycache: the write of %s failed again while other entries were written "
+            "the write of %s failed again while other entries were written "
             "(attempt %d); it is retried alone in %.1fs: %s",
             safe_repr(key),
             failures,
             pause,
             safe_repr(exc),
+            extra=log_extra([key]),
         )
 
     def _attempt(self, cache: Any, state: _Round, acc: _Accumulator) -> BaseException | None:
@@ -689,11 +740,21 @@ class BatchWriter:
             self._merge_generated(cache, items, generated)
         state.current = None  # settled from here on: never put back, even if commit raises
         cache._commit(items)
+        if self.outage_since is not None:
+            log.warning(
+                "the store is back after %.1fs and %d failed attempts; wrote %d entries",
+                time.monotonic() - self.outage_since,
+                self.consecutive_failures,
+                len(items),
+                extra=log_extra([key for key, _, _, _ in items]),
+            )
+            self.outage_since = None
         self.consecutive_failures = 0
         self.last_store_error = None
         self.writes += len(items)
         self.flushes += 1
         self.last_batch_size = len(items)
+        self.batch_sizes.observe(len(items))
         if self.write_errors:
             for key, _, _, _ in items:
                 try:
@@ -705,8 +766,9 @@ class BatchWriter:
                 self.coherence.publish([key for key, _, _, _ in items])
             except Exception:
                 log.exception(
-                    "lazycache: publishing %d written keys on the coherence channel failed",
+                    "publishing %d written keys on the coherence channel failed",
                     len(items),
+                    extra=log_extra([key for key, _, _, _ in items]),
                 )
         acc.written += len(upserts)
         acc.deleted += len(deletes)
@@ -748,18 +810,20 @@ class BatchWriter:
                     self.write_errors[key] = exc
                 except Exception as error:
                     log.error(
-                        "lazycache: the write of %s failed for good, and the key cannot be listed "
+                        "the write of %s failed for good, and the key cannot be listed "
                         "in write_errors (it raised %s): %s",
                         safe_repr(key),
                         safe_repr(error),
                         safe_repr(exc),
+                        extra=log_extra([key]),
                     )
                 try:
                     self.on_write_error(key, value, exc)
                 except Exception:
                     log.exception(
-                        "lazycache: on_write_error raised for %s (the entry was not written)",
+                        "on_write_error raised for %s (the entry was not written)",
                         safe_repr(key),
+                        extra=log_extra([key]),
                     )
         finally:
             # Unpins the entries: they are no longer pending. In a finally: whatever raised
@@ -774,9 +838,7 @@ class BatchWriter:
             try:
                 fields = generated.get(key)
             except Exception:  # a key whose hash or eq raises: its value keeps what it has
-                log.exception(
-                    "lazycache: looking up the generated fields of %s failed", safe_repr(key)
-                )
+                log.exception("looking up the generated fields of %s failed", safe_repr(key))
                 continue
             if not fields:
                 continue
@@ -786,9 +848,7 @@ class BatchWriter:
             try:
                 merged = merge(current, fields, not changed)
             except Exception:
-                log.exception(
-                    "lazycache: merging store-generated fields into %s failed", safe_repr(key)
-                )
+                log.exception("merging store-generated fields into %s failed", safe_repr(key))
                 continue
             if merged is not current:
                 cache._swap_value(entry, current, merged)

@@ -120,7 +120,7 @@ __all__ = [
     "reset_after_fork",
 ]
 
-log = logging.getLogger("lazycache")
+log = logging.getLogger("lazycache.store.redis")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "lazycache:"
@@ -601,7 +601,7 @@ class RedisStore(Store[Any, Any]):
         try:
             self.client.nodes_manager.initialize()
         except Exception as exc:  # no node answers: the next attempt tries again
-            log.debug("lazycache: refreshing the Redis Cluster's slot map failed: %r", exc)
+            log.debug("refreshing the Redis Cluster's slot map failed: %r", exc)
 
     def is_recoverable(self, exc: BaseException) -> bool:
         return is_recoverable_error(exc)

@@ -91,7 +91,7 @@ from ..coherence import Coherence
 
 __all__ = ["ChannelCoherence", "RedisCoherence", "decode_message", "encode_keys", "encode_message"]
 
-log = logging.getLogger("lazycache")
+log = logging.getLogger("lazycache.coherence")
 
 KEY_FORMATS = ("json", "pickle")
 
@@ -319,7 +319,7 @@ class ChannelCoherence(Coherence):
                 self._close_publisher()
             if first:
                 log.warning(
-                    "lazycache: publishing on the %s coherence channel failed (%r); the keys are kept and "
+                    "publishing on the %s coherence channel failed (%r); the keys are kept and "
                     "published once it works again",
                     self.kind,
                     exc,
@@ -342,7 +342,7 @@ class ChannelCoherence(Coherence):
             failing = self._publish_failing
         if failing:
             log.warning(
-                "lazycache: the %s coherence channel closed with invalidations never published (%s keys)",
+                "the %s coherence channel closed with invalidations never published (%s keys)",
                 self.kind,
                 held,
             )
@@ -371,7 +371,7 @@ class ChannelCoherence(Coherence):
             if not self._warned_json:
                 self._warned_json = True
                 log.error(
-                    "lazycache: %s coherence cannot name these keys (%r); telling the other caches to drop "
+                    "%s coherence cannot name these keys (%r); telling the other caches to drop "
                     "everything clean instead. Use keys='pickle' for such keys",
                     self.kind,
                     exc,
@@ -428,7 +428,7 @@ class ChannelCoherence(Coherence):
                 done = False  # more arrived meanwhile: sent at the next tick
         if done:
             log.warning(
-                "lazycache: the %s coherence channel publishes again (held invalidations sent)",
+                "the %s coherence channel publishes again (held invalidations sent)",
                 self.kind,
             )
 
@@ -436,11 +436,11 @@ class ChannelCoherence(Coherence):
     def _lose(self, exc: BaseException) -> None:
         self.connected = False
         self.losses += 1
-        log.warning("lazycache: the %s coherence subscription is down: %r", self.kind, exc)
+        log.warning("the %s coherence subscription is down: %r", self.kind, exc)
         try:
             self._on_lost()
         except Exception:
-            log.exception("lazycache: handling the loss of the coherence channel failed")
+            log.exception("handling the loss of the coherence channel failed")
 
     def _run(self) -> None:
         delay = self.reconnect_initial
@@ -450,7 +450,7 @@ class ChannelCoherence(Coherence):
                     self._connect()
                 except Exception as exc:
                     log.debug(
-                        "lazycache: reconnecting the %s coherence channel failed: %r",
+                        "reconnecting the %s coherence channel failed: %r",
                         self.kind,
                         exc,
                     )
@@ -460,11 +460,11 @@ class ChannelCoherence(Coherence):
                     continue
                 delay = self.reconnect_initial
                 self.connected = True
-                log.warning("lazycache: the %s coherence subscription is back", self.kind)
+                log.warning("the %s coherence subscription is back", self.kind)
                 try:
                     self._on_restored()
                 except Exception:
-                    log.exception("lazycache: handling the return of the coherence channel failed")
+                    log.exception("handling the return of the coherence channel failed")
             try:
                 self._listen()
             except Exception as exc:
@@ -503,7 +503,7 @@ class ChannelCoherence(Coherence):
             if not self._warned_decode:
                 self._warned_decode = True
                 log.warning(
-                    "lazycache: an unreadable message on the %s coherence channel (%r): dropping every clean entry",
+                    "an unreadable message on the %s coherence channel (%r): dropping every clean entry",
                     self.kind,
                     exc,
                 )
@@ -517,7 +517,7 @@ class ChannelCoherence(Coherence):
             elif keys:
                 self._on_keys(keys)
         except Exception:
-            log.exception("lazycache: applying an invalidation from the coherence channel failed")
+            log.exception("applying an invalidation from the coherence channel failed")
         # Counted once applied, so whoever waits for the count sees its effect.
         self.received += 1
 
