@@ -90,11 +90,20 @@ def over_sqlite(path: str) -> None:
     with lazycache.open(f"sqlite:///{path}", "scores") as again:
         assert again["alice"] == {"score": 3} and again["bob"] == [1, 2]
         again.update_entry("alice", lambda value: {"score": value["score"] + 1})
-    third = lazycache.open(f"sqlite:///{path}", "scores", implementation=lazycache.IMPLEMENTATION)
+    # open()'s options are typed (a misspelt one is a type error); its keys follow key_type
+    # (str by default), and the variable's annotation gives the value type.
+    third: LazyWriterCache[str, dict[str, int]] = lazycache.open(
+        f"sqlite:///{path}", "scores", implementation=lazycache.IMPLEMENTATION, maxsize=100
+    )
     try:
         assert third["alice"] == {"score": 4}
     finally:
         third.close()
+    by_id = lazycache.open(f"sqlite:///{path}", "by_id", key_type=int, write_interval=3600)
+    with by_id:
+        by_id[7] = "seven"
+        ids: list[int] = list(by_id)
+        assert ids == [7]
 
 
 def over_own_store() -> None:

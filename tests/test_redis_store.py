@@ -482,7 +482,8 @@ def test_open_redis_makes_a_coherent_cache(raw, prefix, impl) -> None:
     assert json.loads(raw.get(prefix + "k")) == {"v": 1}
     assert cache.store._closed and not cache._coherence.connected  # closing the cache closed both
     cache.invalidate()
-    assert cache["k"] == {"v": 1}  # reading after close still works (read through)
+    with pytest.raises(RuntimeError, match="closed"):  # no read-through to the closed store
+        cache["k"]
     plain = open_redis(redis_url(), prefix=prefix, coherence=False, implementation=impl)
     try:
         assert plain._coherence is None and plain["k"] == {"v": 1}
@@ -516,12 +517,13 @@ def test_without_redis_py_the_import_error_names_the_extra() -> None:
         assert "ImportError" in run.stderr and "lazywritercache[redis]" in run.stderr, run.stderr
 
 
-def test_reading_after_close_still_works(make_store, redis_cache) -> None:
+def test_reading_after_close_answers_from_memory(make_store, redis_cache) -> None:
     store = make_store()
     cache = redis_cache(store, quiet=True)
     cache["a"] = 1
     cache.close()
     assert cache["a"] == 1
     assert store.load_many(["a"]) == {"a": 1}
-    assert cache.get("missing", MISSING) is MISSING
+    with pytest.raises(RuntimeError, match="closed"):  # a miss would need the store
+        cache.get("missing", MISSING)
     time.sleep(0)

@@ -5,13 +5,41 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .cache import LazyWriterCache, implementation_class
+from .cache import CacheOptions, LazyWriterCache, check_options, implementation_class
+from .coherence import Coherence
 from .serializers import SerializerSpec
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Engine
+    from sqlalchemy.types import TypeEngine
+    from typing_extensions import Unpack  # typing's from 3.11 on; only the type checker needs it
+
+    from .stores.redis import KeyEncoder, TTLSpec
+
+K = TypeVar("K")
+
+
+class OpenOptions(CacheOptions, total=False):
+    """The keywords `lazycache.open()` passes on: the cache's options, and those of a Redis store.
+
+    `ttl`, `key_encoder`, `cluster`, `channel` and `client_options` are for a Redis URL
+    only (see `lazycache.stores.redis.open_redis`); `coherence` takes a bool there.
+    """
+
+    coherence: Coherence | bool | None
+    ttl: TTLSpec
+    key_encoder: KeyEncoder | None
+    cluster: bool | None
+    channel: str | None
+    client_options: Mapping[str, Any] | None
+
+
+_OPEN_PARAMETERS = frozenset(
+    {"url", "table", "serializer", "key_type", "engine_options", "implementation"}
+)
+_REDIS_ONLY = frozenset({"ttl", "key_encoder", "cluster", "channel", "client_options"})
 
 DEFAULT_URL = "sqlite:///lazycache.db"
 DEFAULT_TABLE = "lazycache"
@@ -44,6 +72,41 @@ def _path_to_sqlite(path: str | os.PathLike[str]) -> URL:
     return URL.create("sqlite", database=database)
 
 
+# The key type of the cache follows `key_type` (str by default); its value type is the
+# serializer's business, so Any: annotate the variable to say it
+# (`users: LazyWriterCache[str, dict[str, int]] = lazycache.open(...)`).
+@overload
+def open(
+    url: str | os.PathLike[str] | URL | Engine = ...,
+    table: str = ...,
+    *,
+    serializer: SerializerSpec = ...,
+    engine_options: Mapping[str, Any] | None = ...,
+    implementation: str | None = ...,
+    **cache_options: Unpack[OpenOptions],
+) -> LazyWriterCache[str, Any]: ...
+@overload
+def open(
+    url: str | os.PathLike[str] | URL | Engine = ...,
+    table: str = ...,
+    *,
+    serializer: SerializerSpec = ...,
+    key_type: TypeEngine[Any] | type[TypeEngine[Any]],
+    engine_options: Mapping[str, Any] | None = ...,
+    implementation: str | None = ...,
+    **cache_options: Unpack[OpenOptions],
+) -> LazyWriterCache[Any, Any]: ...
+@overload
+def open(
+    url: str | os.PathLike[str] | URL | Engine = ...,
+    table: str = ...,
+    *,
+    serializer: SerializerSpec = ...,
+    key_type: type[K],
+    engine_options: Mapping[str, Any] | None = ...,
+    implementation: str | None = ...,
+    **cache_options: Unpack[OpenOptions],
+) -> LazyWriterCache[K, Any]: ...
 def open(
     url: str | os.PathLike[str] | URL | Engine = DEFAULT_URL,
     table: str = DEFAULT_TABLE,
@@ -83,9 +146,17 @@ def open(
 
     The cache owns the store: closing the cache (or its being garbage-collected, or the
     interpreter's exit) flushes it and disposes of the engine the store made (an `Engine`
-    passed in is left to its owner). Reading after `close()` still works.
+    passed in is left to its owner). After `close()`, reads are answered from memory only
+    (a miss raises RuntimeError rather than reconnect to a store the cache has closed).
+
+    A misspelt keyword raises TypeError here, before any connection, suggesting the
+    closest name; type checkers catch it too (the options are typed: `OpenOptions`).
     """
-    if is_redis_url(url):
+    redis = is_redis_url(url)
+    # Checked before anything connects; over SQL, the Redis store's options are not taken.
+    accepted = _OPEN_PARAMETERS | OpenOptions.__optional_keys__
+    check_options("lazycache.open()", cache_options, accepted if redis else accepted - _REDIS_ONLY)
+    if redis:
         if key_type is not str or engine_options:
             raise ValueError("key_type= and engine_options= are for SQL databases, not Redis")
         from .stores.redis import open_redis

@@ -227,7 +227,7 @@ class _AsyncLayer(_CacheLayer):
 
     def _load_batch(self, keys: list[Any]) -> dict[Any, Any]:
         """Loads keys in one store call and caches what it found (in a worker thread)."""
-        if not self.read_through:  # type: ignore[attr-defined]
+        if not self._reads_through():  # raises once the cache is closed
             return {}
         epoch = self._memory_epoch  # type: ignore[attr-defined]
         stored = self.store.load_many(keys)
@@ -325,7 +325,7 @@ class _AsyncLayer(_CacheLayer):
         return await _in_thread(self.close, flush, timeout)
 
     async def __aenter__(self) -> Self:
-        return self
+        return self.__enter__()  # which refuses a closed cache
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()

@@ -9,17 +9,28 @@ needs Python: the store, the threads, read-through, flushing and closing.
 from __future__ import annotations
 
 import atexit
+import difflib
+import inspect
 import logging
 import os
 import sys
 import threading
 import time
 import weakref
-from collections.abc import ItemsView, Iterator, KeysView, MutableMapping, ValuesView
+from collections.abc import (
+    Collection,
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    MutableMapping,
+    ValuesView,
+)
 from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
+    TypedDict,
     TypeVar,
     overload,
 )
@@ -93,6 +104,24 @@ def _now_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
+def check_options(where: str, given: Iterable[str], accepted: Collection[str]) -> None:
+    """Raises TypeError naming `where` (the public call) for the first name of `given` not in
+    `accepted`, with the closest accepted name as a suggestion.
+
+    Python's own message names the function that takes the options (`_CacheLayer.__init__()`)
+    and suggests a name only from 3.13 on: this one is the same on every version.
+    """
+    for name in given:
+        if name not in accepted:
+            close = difflib.get_close_matches(name, sorted(accepted), n=1)
+            hint = (
+                f"; did you mean {close[0]!r}?"
+                if close
+                else f" (it takes: {', '.join(sorted(accepted))})"
+            )
+            raise TypeError(f"{where} got an unexpected keyword argument {name!r}{hint}")
+
+
 def _journal_serializer(store: Store[Any, Any], spec: SerializerSpec | None) -> Serializer:
     """What encodes journaled values: `spec` if given, else the store's serializer, else JSON.
 
@@ -162,6 +191,13 @@ class _CacheLayer:
     _journaled: type[Self]
 
     def __new__(cls, *args: Any, journal: str | None = None, **kwargs: Any) -> Self:
+        # Checked here, before __init__ binds them: its TypeError would name _CacheLayer.
+        if len(args) + ("store" in kwargs) != 1:
+            raise TypeError(
+                f"{cls.__name__}() takes the store as its one positional argument "
+                f"({len(args)} given); its options are keywords"
+            )
+        check_options(f"{cls.__name__}()", kwargs, _OPTIONS)
         if journal is not None and not issubclass(cls, _JournaledLayer):
             cls = cls._journaled
         return super().__new__(cls)
@@ -385,9 +421,24 @@ class _CacheLayer:
         return self._batch_writer.on_write_error
 
     # ----------------------------------------------------------- hooks called by the core
+    def _reads_through(self) -> bool:
+        """Whether a miss goes to the store: False with read_through off; raises once closed.
+
+        A closed cache answers from memory only: its store may be closed (`owns_store`), or
+        belong to someone else by now. Raising, rather than reporting a miss as absent, never
+        passes a key the store holds for a missing one.
+        """
+        if not self.read_through:  # type: ignore[attr-defined]
+            return False
+        if self._is_closed:
+            raise RuntimeError(
+                "the cache is closed: it answers from memory only, and this read needs the store"
+            )
+        return True
+
     def _fetch(self, key: Any) -> Any:
         """Reads key from the store without caching it; MISSING if absent or read-through is off."""
-        if not self.read_through:  # type: ignore[attr-defined]
+        if not self._reads_through():
             return MISSING
         found = self.store.load_many([key])
         if key not in found:
@@ -772,8 +823,13 @@ class _CacheLayer:
         """Refuses further writes, stops the threads and, unless told otherwise, flushes. Idempotent.
 
         With a timeout, returns or raises within it even if the store is down or hangs.
-        After close the cache still answers reads. Raises FlushError naming the keys not
-        written; they stay in memory, and `flush()` may be called again.
+        Raises FlushError naming the keys not written; they stay in memory, and `flush()`
+        may be called again.
+
+        After close, reads are answered from memory only: a key memory holds is read as
+        before, but a read that would go to the store (a miss with `read_through`) raises
+        RuntimeError, as does every write and entering `with` again. `len`, iteration,
+        `copy`, `stats`, `flush()` and `invalidate()` still work.
         """
         deadline = (
             None if timeout is None else time.monotonic() + _check_seconds("timeout", timeout)
@@ -828,6 +884,8 @@ class _CacheLayer:
         self._close_lock = threading.Lock()
 
     def __enter__(self) -> Self:
+        if self._is_closed:
+            raise RuntimeError("the cache is closed: it cannot be used in a with block again")
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -852,6 +910,40 @@ class _CacheLayer:
             f"<LazyWriterCache ({self.implementation} core) size={len(self)} "  # type: ignore[arg-type]
             f"pending={self.pending} store={self.store!r}>"  # type: ignore[attr-defined]
         )
+
+
+_OPTIONS = frozenset(
+    name for name in inspect.signature(_CacheLayer.__init__).parameters if name != "self"
+)
+"""The keywords LazyWriterCache (and AsyncLazyWriterCache) takes: `store` and the options."""
+
+
+class CacheOptions(TypedDict, total=False):
+    """The options of `LazyWriterCache` that `lazycache.open()` passes on (typed, for `**options`).
+
+    All of `LazyWriterCache.__init__`'s keywords but `owns_store` (open's cache owns its
+    store) and `coherence` (typed by each opener: `open()` over Redis also takes a bool).
+    """
+
+    maxsize: int | None
+    write_interval: float
+    prune_interval: float
+    read_through: bool
+    batch_size: int
+    flush_on_close: bool
+    merge_generated: MergeGenerated
+    on_write_error: OnWriteError
+    retry_initial: float
+    retry_max: float
+    max_retries: int | None
+    max_pending: int | None
+    on_full: str
+    block_timeout: float
+    journal: str | None
+    journal_fsync: str
+    journal_serializer: SerializerSpec | None
+    journal_errors: str
+    exit_timeout: float
 
 
 class _Load:

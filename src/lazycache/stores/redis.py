@@ -700,7 +700,7 @@ def open_redis(
     The cache owns the store and the channel: closing the cache (or its being garbage-
     collected, or the interpreter's exit) flushes it, then closes the channel and the
     store (and so the client the store made from a URL; a client passed in is left to its
-    owner). Reading after `close()` still works (redis-py reconnects on demand).
+    owner). After `close()`, reads are answered from memory only (a miss raises RuntimeError).
     """
     from ..cache import LazyWriterCache, implementation_class
     from ..coherence import Coherence
