@@ -50,8 +50,8 @@ import lazycache
 
 from ._open import is_redis_url
 from .cache import implementation_class
-from .journal_cli import add_journal_command
 from .info import add_info_command
+from .journal_cli import add_journal_command
 from .stores import MemoryStore
 
 T = TypeVar("T")
