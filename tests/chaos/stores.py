@@ -64,7 +64,9 @@ def same_kv(observed: Any, expected: Any) -> bool:
 
 def same_row(observed: Any, expected: Any) -> bool:
     """A row matches if it holds every field the model's value set (it may hold generated ones too)."""
-    if not isinstance(observed, dict) or not isinstance(expected, dict):
+    if not isinstance(expected, dict):  # a value that is no row (rejected): only itself matches
+        return bool(observed == expected)
+    if not isinstance(observed, dict):
         return False
     return all(name in observed and observed[name] == value for name, value in expected.items())
 
