@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import logging
 import random
 import sys
 import tempfile
@@ -57,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--journal", action="store_true")
     parser.add_argument("--crash", action="store_true")
     parser.add_argument("--ops", type=int, default=300)
+    parser.add_argument("--heal-timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
+    # SQLAlchemy logs every connection the nemesis broke ("Exception during reset"): not ours to check.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
 
     totals: collections.Counter = collections.Counter()
     failures: list[Outcome] = []
@@ -84,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         unknown = set(faults) - set(ALL_FAULTS)
         if unknown:
             parser.error(f"unknown faults {sorted(unknown)}; known: {', '.join(ALL_FAULTS)}")
-        scenario = Scenario(args.store, args.impl, args.mode, faults, args.journal, args.crash, args.ops)
+        scenario = Scenario(
+            args.store, args.impl, args.mode, faults, args.journal, args.crash, args.ops, args.heal_timeout
+        )
         with tempfile.TemporaryDirectory(prefix="chaos-") as tmpdir:
             record(run_scenario(scenario, args.seed, tmpdir))
     else:
