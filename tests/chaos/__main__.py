@@ -23,6 +23,7 @@ from lazycache.cache import implementation_class
 from .runner import ALL_FAULTS, DEFAULT_FAULTS, KNOWN_DEFECTS, Outcome, Scenario, run_scenario
 from .stores import STORES, wait_reachable
 
+
 def known_defect(outcome: Outcome) -> str:
     """Which known defects of issue 12 the run hit, and whether anything else is left unexplained."""
     defects = ", ".join(f"{n} ({KNOWN_DEFECTS[n]})" for n in sorted(outcome.defects))
@@ -44,13 +45,21 @@ def random_scenario(rng: random.Random, impls: list[str], stores: list[str]) -> 
     mode = "rows" if store != "redis" and not crash and rng.random() < 0.3 else "kv"
     journal = rng.random() < (0.5 if crash else 0.2)
     faults = ALL_FAULTS if rng.random() < 0.5 else DEFAULT_FAULTS
-    return Scenario(store, impl, mode, faults, journal=journal, crash=crash, ops=rng.choice([200, 400, 800]))
+    return Scenario(
+        store, impl, mode, faults, journal=journal, crash=crash, ops=rng.choice([200, 400, 800])
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m chaos",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--minutes", type=float, default=None, help="run fresh seeds for this long")
-    parser.add_argument("--seed", type=int, default=None, help="replay one run (with the options below)")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="replay one run (with the options below)"
+    )
     parser.add_argument("--store", choices=STORES, default="sqlite")
     parser.add_argument("--mode", choices=("kv", "rows"), default="kv")
     parser.add_argument("--impl", choices=("python", "cython"), default="python")
@@ -58,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--journal", action="store_true")
     parser.add_argument("--crash", action="store_true")
     parser.add_argument("--ops", type=int, default=300)
-    parser.add_argument("--heal-timeout", type=float, default=30.0)
+    parser.add_argument("--heal-timeout", type=float, default=15.0)
     args = parser.parse_args(argv)
     # SQLAlchemy logs every connection the nemesis broke ("Exception during reset"): not ours to check.
     logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
@@ -81,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  known defects: {known}")
             print(f"  replay: {replay_command(outcome.scenario, outcome.seed)}", flush=True)
         else:
-            print(f"ok   {outcome.scenario.name} seed={outcome.seed} ({outcome.duration:.1f}s)", flush=True)
+            print(
+                f"ok   {outcome.scenario.name} seed={outcome.seed} ({outcome.duration:.1f}s)",
+                flush=True,
+            )
 
     if args.seed is not None:
         faults = tuple(kind for kind in args.faults.split(",") if kind)
@@ -89,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown faults {sorted(unknown)}; known: {', '.join(ALL_FAULTS)}")
         scenario = Scenario(
-            args.store, args.impl, args.mode, faults, args.journal, args.crash, args.ops, args.heal_timeout
+            args.store,
+            args.impl,
+            args.mode,
+            faults,
+            args.journal,
+            args.crash,
+            args.ops,
+            args.heal_timeout,
         )
         with tempfile.TemporaryDirectory(prefix="chaos-") as tmpdir:
             record(run_scenario(scenario, args.seed, tmpdir))
@@ -118,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
 
     operations = sum(n for what, n in totals.items() if what.startswith("ops:"))
     faults = {what[7:]: n for what, n in sorted(totals.items()) if what.startswith("faults:")}
-    violations = {what[11:]: n for what, n in sorted(totals.items()) if what.startswith("violations:")}
+    violations = {
+        what[11:]: n for what, n in sorted(totals.items()) if what.startswith("violations:")
+    }
     print()
     print(f"runs: {runs}, failed: {len(failures)}")
     print(f"operations: {operations}")
@@ -134,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         known = known_defect(outcome)
         first = (outcome.unexplained or outcome.violations)[0]
         print(f"  {outcome.scenario.name} seed={outcome.seed}: {first!s:.200}")
-        print(f"    known defects: {known}; replay: {replay_command(outcome.scenario, outcome.seed)}")
+        print(
+            f"    known defects: {known}; replay: {replay_command(outcome.scenario, outcome.seed)}"
+        )
     return 1 if failures else 0
 
 

@@ -75,7 +75,8 @@ def child_main(argv: list[str]) -> None:
             else:
                 out.write(f"K {i}\n")
                 out.flush()
-        if rng.random() < 0.05:  # a pause now and then, so that the nemesis's faults meet pending writes
+        # A pause now and then, so that the nemesis's faults meet pending writes.
+        if rng.random() < 0.05:
             time.sleep(0.005)
         key = f"k{rng.randrange(KEYS)}"
         if rng.random() < 0.8:
@@ -120,7 +121,9 @@ def run_crash(scenario: Scenario, seed: int, tmpdir: str) -> Outcome:
             env.proxy.heal()
         if died:
             stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
-            outcome.violations.append(Violation("crash", f"the writing child died on its own: {stderr[-1500:]}"))
+            outcome.violations.append(
+                Violation("crash", f"the writing child died on its own: {stderr[-1500:]}")
+            )
             return outcome
         counts["faults:kill-9"] += 1
         # Reopen: with the journal, a new cache replays what the dead one acknowledged.
@@ -128,11 +131,15 @@ def run_crash(scenario: Scenario, seed: int, tmpdir: str) -> Outcome:
             from lazycache import FlushError
             from lazycache.cache import implementation_class
 
-            cache = implementation_class(scenario.impl)(env.make_store(), journal=journal, owns_store=True)
+            cache = implementation_class(scenario.impl)(
+                env.make_store(), journal=journal, owns_store=True
+            )
             try:
                 cache.close(timeout=30)
             except FlushError as exc:
-                outcome.violations.append(Violation("crash", f"closing the reopened journaled cache failed: {exc}"))
+                outcome.violations.append(
+                    Violation("crash", f"closing the reopened journaled cache failed: {exc}")
+                )
         _check(env, lines, journal is not None, outcome)
     finally:
         env.close()
@@ -140,7 +147,9 @@ def run_crash(scenario: Scenario, seed: int, tmpdir: str) -> Outcome:
     return outcome
 
 
-def _read_until(child: subprocess.Popen, acks: int, nemesis: threading.Thread) -> tuple[list[str], bool]:
+def _read_until(
+    child: subprocess.Popen, acks: int, nemesis: threading.Thread
+) -> tuple[list[str], bool]:
     """The child's complete lines until `acks` acknowledgements; then SIGKILL. (lines, died on its own)."""
     assert child.stdout is not None
     fd = child.stdout.fileno()
@@ -241,12 +250,19 @@ def _check(env: Any, lines: list[str], journaled: bool, outcome: Outcome) -> Non
         if in_progress and ops[-1][0] == key:
             allowed.append(ops[-1][1])
         observed = stored.get(key, ABSENT)
-        if not any(observed is value if value is ABSENT else observed == value for value in allowed):
-            what = "the journal's model: the last acknowledged write" if journaled else (
-                f"the values from the last successful flush (op {cut}) on"
+        if not any(
+            observed is value if value is ABSENT else observed == value for value in allowed
+        ):
+            what = (
+                "the journal's model: the last acknowledged write"
+                if journaled
+                else (f"the values from the last successful flush (op {cut}) on")
             )
             outcome.violations.append(
-                Violation("crash", f"after kill -9, {key!r} is {observed!r}; allowed ({what}): {allowed[-5:]!r}")
+                Violation(
+                    "crash",
+                    f"after kill -9, {key!r} is {observed!r}; allowed ({what}): {allowed[-5:]!r}",
+                )
             )
 
 

@@ -139,7 +139,9 @@ class SlowStore(Store[Any, Any]):
     def load_many(self, keys: Sequence[Any]) -> Any:
         return self.inner.load_many(keys)
 
-    def write(self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]) -> GeneratedFields | None:
+    def write(
+        self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]
+    ) -> GeneratedFields | None:
         delay = self.delay
         if delay:
             time.sleep(delay)

@@ -137,7 +137,9 @@ class Model:
             state = self.keys.get(key)
             if state is None:
                 return KeyState()
-            return KeyState(state.original, state.value, list(state.maybe), state.reported, state.at)
+            return KeyState(
+                state.original, state.value, list(state.maybe), state.reported, state.at
+            )
 
     def check(self, key: Any, observed: Any) -> str | None:
         """None if `observed` (ABSENT if not there) is allowed for key, else what is wrong."""

@@ -29,6 +29,7 @@ samples the cache every few milliseconds) and at the end:
 from __future__ import annotations
 
 import collections
+import faulthandler
 import json
 import logging
 import os
@@ -39,9 +40,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from lazycache import MISSING, FlushError, FlushResult
 from lazycache.cache import implementation_class
@@ -57,6 +59,9 @@ PRUNE_GRACE = 5.0
 CLOSE_SLACK = 10.0
 """Seconds close(timeout=T) may take beyond T (scheduling on a loaded machine), before it is a hang."""
 HANG_TIMEOUT = 120.0
+FORK_TIMEOUT = 45.0
+"""Seconds a forked child may take (its close() has FORK_CLOSE_TIMEOUT) before it counts as hung."""
+FORK_CLOSE_TIMEOUT = 15.0
 """Seconds a worker, the nemesis or a forked child may take to finish before it counts as hung."""
 
 NEMESIS_FAULTS = ("cut", "delay", "reset", "slow", "lock", "reopen", "fork")
@@ -82,7 +87,7 @@ class Scenario:
     """The kill -9 scenario (crash.py) instead of threads in this process."""
     ops: int = 300
     """Operations per worker thread."""
-    heal_timeout: float = 30.0
+    heal_timeout: float = 15.0
     """Seconds a flush after the faults healed may retry before pending keys count as stuck."""
 
     def applicable_faults(self) -> tuple[str, ...]:
@@ -136,7 +141,9 @@ class Violation:
     """The known defect of issue 12 this violation is a symptom of, if the runner can tell."""
 
     def __str__(self) -> str:
-        known = f" (issue 12 defect {self.defect}: {KNOWN_DEFECTS[self.defect]})" if self.defect else ""
+        known = (
+            f" (issue 12 defect {self.defect}: {KNOWN_DEFECTS[self.defect]})" if self.defect else ""
+        )
         return f"[{self.kind}] {self.message}{known}"
 
 
@@ -166,8 +173,12 @@ class Outcome:
 
     def summary(self) -> str:
         kinds = collections.Counter(v.kind for v in self.violations)
-        lines = [f"{self.scenario.name} seed={self.seed} config={self.config} ({self.duration:.1f}s)"]
-        lines.append(f"  violations: {dict(kinds)}; known defects hit: {sorted(self.defects) or 'none'}")
+        lines = [
+            f"{self.scenario.name} seed={self.seed} config={self.config} ({self.duration:.1f}s)"
+        ]
+        lines.append(
+            f"  violations: {dict(kinds)}; known defects hit: {sorted(self.defects) or 'none'}"
+        )
         shown: collections.Counter = collections.Counter()
         for violation in sorted(self.violations, key=lambda v: v.defect is not None):
             if shown[(violation.kind, violation.defect)] < 3:
@@ -272,7 +283,8 @@ class Run:
         self.cache: Any = None
         self.slow: SlowStore | None = None
         self.forks = 0
-        self.key_faults: dict[str, str] = {}  # key -> the value fault of its last acknowledged write
+        # key -> the value fault of its last acknowledged write
+        self.key_faults: dict[str, str] = {}
         self.reported_violations: set[tuple[str, Any]] = set()
 
     # ----------------------------------------------------------- bookkeeping
@@ -280,7 +292,9 @@ class Run:
         with self.lock:
             self.counts[what] += n
 
-    def violation(self, kind: str, message: str, key: Any = None, defect: int | None = None) -> None:
+    def violation(
+        self, kind: str, message: str, key: Any = None, defect: int | None = None
+    ) -> None:
         """Records a violation, once per (kind, key) for a key; `defect` if a known one explains it."""
         if defect is None:
             defect = self.explain(kind, message, key)
@@ -305,12 +319,17 @@ class Run:
             return 8
         if fault == "oversize" and self.scenario.store == "mariadb":
             return 6
-        if kind == "stuck" and self.scenario.store == "mariadb" and "oversize" in self.key_faults.values():
+        if (
+            kind == "stuck"
+            and self.scenario.store == "mariadb"
+            and "oversize" in self.key_faults.values()
+        ):
             return 6  # an oversized value is retried forever, and holds back every batch behind it
         return None
 
     def log_line(self, level: int, message: str) -> None:
-        if os.getpid() != self.pid:  # a forked child: its own list, no lock (the parent's may be held)
+        # A forked child: its own list, no lock (the parent's may be held).
+        if os.getpid() != self.pid:
             if level >= logging.ERROR:
                 self.child_reports.append(message)
             return
@@ -322,7 +341,8 @@ class Run:
             self.violation("background-error", message[:500])
 
     def on_write_error(self, key: Any, value: Any, exc: BaseException) -> None:
-        if os.getpid() != self.pid:  # a forked child: its own list, no lock (the parent's may be held)
+        # A forked child: its own list, no lock (the parent's may be held).
+        if os.getpid() != self.pid:
             self.child_reports.append(key)
             return
         self.count("reports:on_write_error")
@@ -331,7 +351,9 @@ class Run:
                 self.hostile_reported.add(id(key))
             return
         assert self.model is not None
-        self.model.reported_value(key, ABSENT if value is MISSING else value, f"on_write_error: {exc!r}"[:200])
+        self.model.reported_value(
+            key, ABSENT if value is MISSING else value, f"on_write_error: {exc!r}"[:200]
+        )
 
     def logged(self, key: Any, since: int) -> bool:
         """Whether an ERROR line after `since` (model clock) names key."""
@@ -417,11 +439,18 @@ class Run:
                 return
             with self.gate.shared():
                 self.operation(tid, i, rng, self.cache, keys, value_faults)
-            if rng.random() < 0.3:  # paced, so that a run spans the nemesis's faults (about 1 s per 300 ops)
+            # Paced, so that a run spans the nemesis's faults (about 1 s per 300 operations).
+            if rng.random() < 0.3:
                 self.stop.wait(rng.uniform(0.0, 0.02))
 
     def operation(
-        self, tid: int, i: int, rng: random.Random, cache: Any, keys: list[str], value_faults: list[str]
+        self,
+        tid: int,
+        i: int,
+        rng: random.Random,
+        cache: Any,
+        keys: list[str],
+        value_faults: list[str],
     ) -> None:
         assert self.model is not None
         model = self.model
@@ -511,7 +540,11 @@ class Run:
         except KeyError:
             if certain and expected.value is not ABSENT:
                 self.count("checks")
-                self.violation("read", f"del {key!r} raised KeyError; the last acknowledged write is {expected.value!r}", key)
+                self.violation(
+                    "read",
+                    f"del {key!r} raised KeyError; the last acknowledged write is {expected.value!r}",
+                    key,
+                )
             return
         except Exception as exc:
             self.count(f"errors:{type(exc).__name__}")
@@ -519,7 +552,9 @@ class Run:
             return
         if certain and expected.value is ABSENT:
             self.count("checks")
-            self.violation("read", f"del {key!r} succeeded; the key was deleted (or never written)", key)
+            self.violation(
+                "read", f"del {key!r} succeeded; the key was deleted (or never written)", key
+            )
         model.acked(key, ABSENT)
         self.key_faults.pop(key, None)
 
@@ -552,7 +587,8 @@ class Run:
                     f"update_entry({key!r}) was given {got!r}; the last acknowledged write is {expected.value!r}",
                     key,
                 )
-        self.key_faults.pop(key, None)  # after the check: what update_entry was given came from that value
+        # After the check: what update_entry was given came from that value.
+        self.key_faults.pop(key, None)
 
     def hostile(self, rng: random.Random, cache: Any, wid: str) -> None:
         key = HostileKey(rng.randrange(10**9), rng.randint(0, 6))
@@ -579,7 +615,9 @@ class Run:
             return
         self.check_flush_result(result, raised, keys, "flush")
 
-    def check_flush_result(self, result: FlushResult, raised: bool, keys: list[str], what: str) -> None:
+    def check_flush_result(
+        self, result: FlushResult, raised: bool, keys: list[str], what: str
+    ) -> None:
         assert self.model is not None and self.env is not None
         self.count("checks")
         if not raised and not result.ok:
@@ -590,13 +628,15 @@ class Run:
             if isinstance(key, HostileKey):
                 continue
             self.model.reported_key(key, "FlushError.poisoned_keys")
-        failed = {key for key in result.failed_keys if isinstance(key, str)}  # a hostile key cannot be hashed
+        # (A hostile key cannot be hashed: only the workers' keys are looked up.)
+        failed = {key for key in result.failed_keys if isinstance(key, str)}
         todo = [key for key in keys if key not in failed and not self.model.is_exempt(key)]
         if not todo:
             return
         try:
             stored = self.env.oracle.load_many(todo)
-        except Exception as exc:  # the oracle bypasses the proxy; SQLite may be locked by the nemesis
+        # The oracle bypasses the proxy, but SQLite may be locked by the nemesis.
+        except Exception as exc:
             self.count(f"errors:oracle:{type(exc).__name__}")
             return
         for key in todo:
@@ -643,7 +683,9 @@ class Run:
             if not cache.closed:
                 if not cache._writer.alive or not cache._pruner.alive:
                     if not cache.closed:  # closed meanwhile: its threads stop
-                        self.violation("thread-dead", "the writer or pruner thread of an open cache died")
+                        self.violation(
+                            "thread-dead", "the writer or pruner thread of an open cache died"
+                        )
                         return
 
     # ----------------------------------------------------------- nemesis
@@ -725,8 +767,9 @@ class Run:
                     stuck = [k for k in exc.result.failed_keys][:10]
                     if exc.result.failed_keys:
                         self.violation(
-                            "stuck", f"{len(exc.result.failed_keys)} keys still pending {self.scenario.heal_timeout}s after the faults healed "
-                            f"(a closed cache, flushed again): {stuck!r}; {exc}"[:600]
+                            "stuck",
+                            f"{len(exc.result.failed_keys)} keys still pending {self.scenario.heal_timeout}s after the faults healed "
+                            f"(a closed cache, flushed again): {stuck!r}; {exc}"[:600],
                         )
                 except Exception as exc:
                     self.violation("close", f"flush() of a closed cache raised {exc!r}")
@@ -740,11 +783,15 @@ class Run:
             n = self.forks
             self.forks += 1
             read_fd, write_fd = os.pipe()
+            stacks_path = os.path.join(self.tmpdir, f"fork-{n}.stacks")
             pid = os.fork()
             if pid == 0:
                 status = 0
                 try:
                     os.close(read_fd)
+                    # If the child hangs, its threads' stacks say where (the parent reads them).
+                    stacks = open(stacks_path, "w")
+                    faulthandler.dump_traceback_later(FORK_TIMEOUT - 5, file=stacks)
                     try:
                         payload = self.child_work(child_seed, n)
                     except BaseException:
@@ -760,11 +807,13 @@ class Run:
                     os._exit(status)
             os.close(write_fd)
             chunks = []
-            deadline = time.monotonic() + HANG_TIMEOUT
+            deadline = time.monotonic() + FORK_TIMEOUT
             hung = False
             try:
                 while True:
-                    ready, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))
+                    ready, _, _ = select.select(
+                        [read_fd], [], [], max(0.0, deadline - time.monotonic())
+                    )
                     if not ready:
                         hung = True
                         os.kill(pid, signal.SIGKILL)
@@ -777,7 +826,15 @@ class Run:
                 os.close(read_fd)
             os.waitpid(pid, 0)
         if hung:
-            self.violation("fork", f"the forked child {n} hung for {HANG_TIMEOUT}s and was killed")
+            try:
+                with open(stacks_path) as f:
+                    where = f.read()[-2500:]
+            except OSError:
+                where = "(no stacks)"
+            self.violation(
+                "fork",
+                f"the forked child {n} hung for {FORK_TIMEOUT}s and was killed; its stacks:\n{where}",
+            )
             return
         try:
             payload = json.loads(b"".join(chunks))
@@ -815,10 +872,14 @@ class Run:
                 acked[key] = None
         reported: list[Any] = []
         try:
-            cache.close(timeout=self.scenario.heal_timeout)
+            cache.close(timeout=FORK_CLOSE_TIMEOUT)
         except FlushError as exc:
             problems.append(f"close() failed: {exc}"[:500])
-            reported += [key for key in exc.result.failed_keys + exc.result.poisoned_keys if isinstance(key, str)]
+            reported += [
+                key
+                for key in exc.result.failed_keys + exc.result.poisoned_keys
+                if isinstance(key, str)
+            ]
         for report in self.child_reports:
             if isinstance(report, str) and report in keys:  # on_write_error named one of its keys
                 reported.append(report)
@@ -845,7 +906,12 @@ class Run:
         try:
             self.model = Model(env.same)
             self.cache = self.open_cache()
-            workers = [threading.Thread(target=self._guard(self.worker, f"worker {t}"), args=(t,), daemon=True) for t in range(self.threads)]
+            workers = [
+                threading.Thread(
+                    target=self._guard(self.worker, f"worker {t}"), args=(t,), daemon=True
+                )
+                for t in range(self.threads)
+            ]
             monitor = threading.Thread(target=self._guard(self.monitor, "monitor"), daemon=True)
             nemesis = threading.Thread(target=self._guard(self.nemesis, "nemesis"), daemon=True)
             for thread in (*workers, monitor, nemesis):
@@ -887,7 +953,9 @@ class Run:
                 stuck = list(exc.result.failed_keys)[:10]
                 self.violation(
                     "stuck",
-                    f"{len(exc.result.failed_keys)} keys still pending {self.scenario.heal_timeout}s after the faults healed: {stuck!r}; {exc}"[:600],
+                    f"{len(exc.result.failed_keys)} keys still pending {self.scenario.heal_timeout}s after the faults healed: {stuck!r}; {exc}"[
+                        :600
+                    ],
                 )
         if self.maxsize is not None:
             deadline = time.monotonic() + PRUNE_GRACE
@@ -901,7 +969,9 @@ class Run:
                 )
         self.count("checks")
         if not cache._writer.alive or not cache._pruner.alive:
-            self.violation("thread-dead", "at the end, the writer or pruner thread of the open cache is dead")
+            self.violation(
+                "thread-dead", "at the end, the writer or pruner thread of the open cache is dead"
+            )
         try:
             cache.close(timeout=self.scenario.heal_timeout)
         except FlushError as exc:
@@ -930,7 +1000,9 @@ class Run:
             self.count("checks")
             if not self.logged(key, 0):
                 self.violation(
-                    "unreported", f"the acknowledged write of {key!r} (no store can take it) was never reported", defect=3
+                    "unreported",
+                    f"the acknowledged write of {key!r} (no store can take it) was never reported",
+                    defect=3,
                 )
 
 

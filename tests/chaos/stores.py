@@ -196,7 +196,9 @@ def child_store(spec: dict[str, Any]) -> Store[Any, Any]:
     if spec["kind"] == "redis":
         from lazycache.stores.redis import RedisStore
 
-        return RedisStore(spec["url"], prefix=spec["prefix"], cluster=False, client_options=spec["options"])
+        return RedisStore(
+            spec["url"], prefix=spec["prefix"], cluster=False, client_options=spec["options"]
+        )
     from lazycache.stores.sqlalchemy import SQLAlchemyStore
 
     return SQLAlchemyStore(spec["url"], spec["table"], engine_options=spec["options"])

@@ -18,7 +18,7 @@ from helpers import require_implementation
 from services import mariadb_url, postgres_url, redis_url
 
 from .__main__ import replay_command
-from .runner import DEFAULT_FAULTS, Scenario, run_scenario
+from .runner import Scenario, run_scenario
 
 REQUIRE = {"postgresql": postgres_url, "mariadb": mariadb_url, "redis": redis_url}
 
@@ -51,7 +51,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("scenario", "seed"), CASES)
-def test_chaos_run_keeps_every_acknowledged_write(scenario: Scenario, seed: int, tmp_path: Any) -> None:
+def test_chaos_run_keeps_every_acknowledged_write(
+    scenario: Scenario, seed: int, tmp_path: Any
+) -> None:
     require_implementation(scenario.impl)
     if scenario.store in REQUIRE:
         REQUIRE[scenario.store]()
