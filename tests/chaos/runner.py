@@ -13,7 +13,8 @@ samples the cache every few milliseconds) and at the end:
   every key (see model.py for the exemptions). After any flush(), each key the flushing thread
   owns that is not in the result's failed_keys (still pending) nor reported is in the store
   with its model value: a FlushResult never claims a write that is not there. A flush that
-  did not raise has ok == True, and every poisoned key was reported through on_write_error.
+  did not raise has ok == True and leaves none of the flushing thread's keys pending; one that
+  raised FlushError does not have ok == True. (Its poisoned_keys count as reported.)
 - reads: get/del/update_entry of a thread's own key see its last acknowledged write.
 - size: len(cache) <= maxsize + pending + SIZE_SLACK whenever sampled, except for at most
   PRUNE_GRACE seconds at a time (the pruner runs asynchronously: entries inserted since its last
@@ -579,7 +580,9 @@ class Run:
         if not expected.reported and not expected.maybe and seen:
             self.count("checks")
             got = ABSENT if seen[-1] is None else seen[-1]
-            if (got is ABSENT) != (expected.value is ABSENT) or (
+            if got is expected.original:
+                pass  # the very object acknowledged
+            elif (got is ABSENT) != (expected.value is ABSENT) or (
                 got is not ABSENT and not _same(model.same, got, expected.value)
             ):
                 self.violation(
@@ -614,6 +617,15 @@ class Run:
             self.violation("flush", f"flush(timeout={timeout}) raised {exc!r}, not FlushError")
             return
         self.check_flush_result(result, raised, keys, "flush")
+        if not raised:
+            # ok: everything pending at the call reached the store, and only this thread changes its keys.
+            self.count("checks")
+            still = [key for key in keys if cache._is_pending(key)]
+            if still:
+                self.violation(
+                    "flush-ok-pending",
+                    f"flush() returned ok, yet {len(still)} of this thread's keys are still pending: {still[:5]!r}",
+                )
 
     def check_flush_result(
         self, result: FlushResult, raised: bool, keys: list[str], what: str
@@ -664,7 +676,12 @@ class Run:
                 return
             self.count("checks")
             if self.max_pending is not None and pending > self.max_pending:
-                self.violation("max-pending", f"pending={pending} > max_pending={self.max_pending}")
+                # Once per value seen (the monitor samples every few milliseconds).
+                self.violation(
+                    "max-pending",
+                    f"pending={pending} > max_pending={self.max_pending}",
+                    key=pending,
+                )
             if self.maxsize is not None:
                 bound = self.maxsize + pending + SIZE_SLACK
                 if size > bound:
@@ -899,7 +916,23 @@ class Run:
         finally:
             logger.removeHandler(capture)
             self.outcome.duration = time.monotonic() - started
+        self.attribute_consequences()
         return self.outcome
+
+    def attribute_consequences(self) -> None:
+        """A hostile key that broke the writer (3), or an oversized value it retries forever (6),
+        leaves other keys in flight or stuck behind it: in such a run, the violations on other
+        keys are most likely consequences, and say so. (Runs without those faults show the rest.)"""
+        for defect in (3, 6):
+            if defect in self.outcome.defects:
+                for violation in self.outcome.violations:
+                    # Stuck entries count as pending, but the limit holds for them too.
+                    if violation.defect is None and violation.kind != "max-pending":
+                        violation.defect = defect
+                        violation.message += (
+                            f" [likely a consequence of defect {defect} in this run]"
+                        )
+                return
 
     def _execute(self) -> None:
         self.env = env = open_env(self.scenario.store, self.scenario.mode, self.tmpdir)
