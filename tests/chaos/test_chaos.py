@@ -53,7 +53,7 @@ CASES = [
     case(Scenario("mariadb", "python", crash=True), 4),
     # known defects of issue 12, each with the one fault that shows it
     case(
-        Scenario("sqlite", "python", faults=(), ops=200), 70, known(1, "the pruner stops pruning")
+        Scenario("sqlite", "python", faults=(), ops=800), 70, known(1, "the pruner stops pruning")
     ),
     case(Scenario("sqlite", "python", faults=("hostile",), ops=200), 5, known(3, "hostile keys")),
     case(
