@@ -810,7 +810,7 @@ class Run:
                     stacks = open(stacks_path, "w")
                     faulthandler.dump_traceback_later(FORK_TIMEOUT - 5, file=stacks)
                     try:
-                        payload = self.child_work(child_seed, n)
+                        payload = self.child_work(child_seed, n, stacks)
                     except BaseException:
                         payload = {"error": traceback.format_exc()}
                     data = json.dumps(payload, default=repr).encode()
@@ -870,7 +870,7 @@ class Run:
         for problem in payload["violations"]:
             self.violation("fork", f"in forked child {n}: {problem}")
 
-    def child_work(self, seed: int, n: int) -> dict[str, Any]:
+    def child_work(self, seed: int, n: int, stacks: Any) -> dict[str, Any]:
         """In a forked child: a few writes of its own keys, then close(); what it acknowledged."""
         rng = random.Random(seed)
         cache = self.cache
@@ -891,7 +891,12 @@ class Run:
         try:
             cache.close(timeout=FORK_CLOSE_TIMEOUT)
         except FlushError as exc:
-            problems.append(f"close() failed: {exc}"[:500])
+            # Where its threads are, for the report (a writer stuck on a lock the fork inherited?).
+            faulthandler.dump_traceback(stacks)
+            stacks.flush()
+            with open(stacks.name) as f:
+                where = f.read()[-2500:]
+            problems.append(f"close() failed: {exc}"[:500] + f"; its stacks:\n{where}")
             reported += [
                 key
                 for key in exc.result.failed_keys + exc.result.poisoned_keys
