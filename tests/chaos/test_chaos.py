@@ -18,7 +18,7 @@ from helpers import require_implementation
 from services import mariadb_url, postgres_url, redis_url
 
 from .__main__ import replay_command
-from .runner import Scenario, run_scenario
+from .runner import DEFAULT_FAULTS, Scenario, run_scenario
 
 REQUIRE = {"postgresql": postgres_url, "mariadb": mariadb_url, "redis": redis_url}
 
@@ -32,20 +32,23 @@ def case(scenario: Scenario, seed: int, *marks: Any) -> Any:
 
 
 # Seeds whose configuration keeps clear of the known defects (no maxsize the keys exceed, no
-# max_pending the threads can reach), so that whatever fails here is news.
+# max_pending the threads can reach), so that whatever fails here is news. A fork over an SQL
+# store hits defect 5 now and then (the child's writer never finishes): `make chaos` forks
+# there; here only Redis does, whose client reconnects in a child by itself.
+SQL = tuple(kind for kind in DEFAULT_FAULTS if kind != "fork")
 CASES = [
-    # threads, close/reopen, fork and the nemesis, on every store and both cores
-    case(Scenario("sqlite", "python", ops=200), 6),
-    case(Scenario("sqlite", "cython", ops=200), 42),
-    case(Scenario("postgresql", "python", ops=200), 19),
-    case(Scenario("postgresql", "cython", ops=200), 47),
-    case(Scenario("mariadb", "python", ops=200), 42),
-    case(Scenario("mariadb", "cython", ops=200), 6),
+    # threads, close/reopen (fork on Redis) and the nemesis, on every store and both cores
+    case(Scenario("sqlite", "python", faults=SQL, ops=200), 6),
+    case(Scenario("sqlite", "cython", faults=SQL, ops=200), 42),
+    case(Scenario("postgresql", "python", faults=SQL, ops=200), 19),
+    case(Scenario("postgresql", "cython", faults=SQL, ops=200), 47),
+    case(Scenario("mariadb", "python", faults=SQL, ops=200), 42),
+    case(Scenario("mariadb", "cython", faults=SQL, ops=200), 6),
     case(Scenario("redis", "python", ops=200), 10),
     case(Scenario("redis", "cython", ops=200), 28),
     # row mode: constraint violations, values that are no row, a server-generated column
-    case(Scenario("postgresql", "python", "rows", ops=200), 6),
-    case(Scenario("mariadb", "cython", "rows", ops=200), 19),
+    case(Scenario("postgresql", "python", "rows", SQL, ops=200), 6),
+    case(Scenario("mariadb", "cython", "rows", SQL, ops=200), 19),
     # kill -9 of a writing process, with and without the journal
     case(Scenario("postgresql", "python", crash=True, journal=True), 1),
     case(Scenario("sqlite", "cython", crash=True), 2),
