@@ -65,7 +65,7 @@ FORK_TIMEOUT = 45.0
 FORK_CLOSE_TIMEOUT = 15.0
 """Seconds a worker, the nemesis or a forked child may take to finish before it counts as hung."""
 
-NEMESIS_FAULTS = ("cut", "delay", "reset", "slow", "lock", "reopen", "fork")
+NEMESIS_FAULTS = ("cut", "delay", "reset", "slow", "lock", "reopen", "fork", "doubt")
 VALUE_FAULTS = ("reject", "oversize", "constraint", "hostile", "unstable")
 ALL_FAULTS = NEMESIS_FAULTS + VALUE_FAULTS
 DEFAULT_FAULTS = ("cut", "delay", "reset", "slow", "lock", "reopen", "fork", "reject", "constraint")
@@ -97,6 +97,8 @@ class Scenario:
                 return self.store != "sqlite"
             if kind == "lock":
                 return self.store == "sqlite"
+            if kind == "doubt":  # a COMMIT in doubt: PostgreSQL key-value (a deferred trigger)
+                return self.store == "postgresql" and self.mode == "kv"
             if kind == "constraint":
                 return self.mode == "rows"
             if kind == "unstable":
@@ -711,7 +713,16 @@ class Run:
         kinds = [kind for kind in self.faults if kind in NEMESIS_FAULTS]
         if not kinds:
             return
-        weights = {"cut": 3, "delay": 3, "reset": 3, "slow": 2, "lock": 3, "reopen": 1, "fork": 1}
+        weights = {
+            "cut": 3,
+            "delay": 3,
+            "reset": 3,
+            "slow": 2,
+            "lock": 3,
+            "reopen": 1,
+            "fork": 1,
+            "doubt": 3,
+        }
         choices = [kind for kind in kinds for _ in range(weights[kind])]
         while not self.stop.wait(rng.uniform(0.02, 0.3)):
             kind = rng.choice(choices)
@@ -743,6 +754,16 @@ class Run:
             slow.delay = 0.0
         elif kind == "lock":
             self.env.hold_sqlite_lock(duration, self.stop)
+        elif kind == "doubt":
+            # COMMITs take SLOW_COMMIT s on the server; the connections die while they run, so
+            # the writer sees failures whose writes the server may still commit afterwards.
+            assert proxy is not None and self.env.slow_commit is not None
+            self.env.slow_commit(True)
+            self.stop.wait(rng.uniform(0.05, 0.2))
+            proxy.cut()
+            self.stop.wait(duration / 4)
+            proxy.restore()
+            self.env.slow_commit(False)
         elif kind == "reopen":
             self.reopen(rng)
         elif kind == "fork":

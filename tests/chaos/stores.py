@@ -98,6 +98,9 @@ class Env:
         finally:
             conn.close()
 
+    slow_commit: Callable[[bool], None] | None = None
+    """PostgreSQL: while on, every COMMIT that inserted a row takes SLOW_COMMIT s on the server."""
+
     def close(self) -> None:
         for step in reversed(self._cleanup):
             try:
@@ -150,6 +153,8 @@ def _open_sql(kind: str, mode: str, tmpdir: str) -> Env:
         same = same_kv
     env = Env(kind, mode, make_store, oracle, same, proxy, sqlite_path)
     env.child_spec = {"kind": kind, "url": url, "table": name, "options": options}
+    if kind == "postgresql" and mode == "kv":
+        env.slow_commit = _slow_commits(oracle_engine, name)
     if kind == "mariadb":
         env.oversize = MARIADB_MAX_PACKET + 1024 * 1024
 
@@ -157,12 +162,43 @@ def _open_sql(kind: str, mode: str, tmpdir: str) -> Env:
         with oracle_engine.begin() as conn:
             quote = conn.dialect.identifier_preparer.quote
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote(name)}")
+            if kind == "postgresql" and mode == "kv":
+                conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}_slow"')
+                conn.exec_driver_sql(f'DROP FUNCTION IF EXISTS "{name}_slow_fn"()')
         oracle_engine.dispose()
 
     env._cleanup.append(drop)
     if proxy is not None:
         env._cleanup.append(proxy.close)
     return env
+
+
+SLOW_COMMIT = 0.3
+"""Seconds a slowed COMMIT takes on the server (a deferred trigger's sleep)."""
+
+
+def _slow_commits(engine: Any, name: str) -> Callable[[bool], None]:
+    """A deferred constraint trigger that makes COMMIT sleep while a flag row says so: the window in
+    which a connection can die with its COMMIT received but not finished (the outcome in doubt)."""
+    flag = f"{name}_slow"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE TABLE "{flag}" (slow boolean NOT NULL)')
+        conn.exec_driver_sql(f'INSERT INTO "{flag}" VALUES (false)')
+        conn.exec_driver_sql(
+            f'CREATE FUNCTION "{flag}_fn"() RETURNS trigger AS $$ BEGIN '
+            f'IF (SELECT slow FROM "{flag}") THEN PERFORM pg_sleep({SLOW_COMMIT}); END IF; '
+            "RETURN NULL; END $$ LANGUAGE plpgsql"
+        )
+        conn.exec_driver_sql(
+            f'CREATE CONSTRAINT TRIGGER "{flag}_t" AFTER INSERT ON "{name}" '
+            f'DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "{flag}_fn"()'
+        )
+
+    def switch(on: bool) -> None:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'UPDATE "{flag}" SET slow = {"true" if on else "false"}')
+
+    return switch
 
 
 def _open_redis(tmpdir: str) -> Env:
