@@ -22,6 +22,13 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
+# make chaos MINUTES=10: randomized fault injection (tests/chaos) with fresh seeds for that long;
+# prints each failure's seed and replay command, then the totals. Needs the local servers.
+MINUTES ?= 10
+.PHONY: chaos
+chaos: $(STAMP)
+	PYTHONPATH=tests $(PY) -m chaos --minutes $(MINUTES)
+
 # e.g. make bench BENCH_ARGS="--plot benchmarks/results.png" or BENCH_ARGS="--store postgresql+psycopg://..."
 BENCH_ARGS ?=
 bench: $(STAMP)
