@@ -39,7 +39,8 @@ def make_cache(cache_cls: type) -> Iterator[Callable[..., Any]]:
     """Factory: make_cache(store=None, *, quiet=False, close_may_fail=False, **options).
 
     Caches get short write/prune intervals unless given; `quiet=True` gives long intervals
-    and a pruner that never evicts on its own, for exact, repeatable sequences. Every cache
+    and a writer and pruner that never run on their own (helpers.quiet_class), for exact,
+    repeatable sequences: only the test's flush() and prune() write and evict. Every cache
     is closed at teardown; a FlushError there fails the test unless `close_may_fail`.
     """
     made: list[tuple[Any, bool]] = []

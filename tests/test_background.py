@@ -99,7 +99,10 @@ def test_writer_survives_a_non_recoverable_store_error_and_logs_the_key(make_cac
     cache = make_cache(store, write_interval=0.01)
     poison = object()
     cache["poison-key"] = poison
-    wait_until(lambda: any("'poison-key'" in r.getMessage() for r in caplog.records))
+    # The entry stops being pending once on_write_error (here: the log line) has returned.
+    wait_until(
+        lambda: cache.pending == 0 and any("'poison-key'" in r.getMessage() for r in caplog.records)
+    )
     # an unrecoverable error is not retried: the entry took the error path, still readable
     assert len(store.write_calls) == 1
     assert cache["poison-key"] is poison

@@ -177,7 +177,10 @@ def test_max_retries_in_the_background_reports_each_key_once(make_cache) -> None
     store.fail = True
     cache = make_cache(store, max_retries=2, on_write_error=errors, **FAST_RETRY)
     cache.update({"a": 1, "b": 2, "c": 3})
-    wait_until(lambda: len(errors.calls) >= 3, message="retries never stopped")
+    # The entries stop being pending once on_write_error has returned for each.
+    wait_until(
+        lambda: len(errors.calls) >= 3 and cache.pending == 0, message="retries never stopped"
+    )
     time.sleep(0.1)  # no second report, no further attempt
     assert sorted((k, v) for k, v, _ in errors.calls) == [("a", 1), ("b", 2), ("c", 3)]
     calls = len(store.write_calls)
