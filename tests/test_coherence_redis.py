@@ -420,6 +420,30 @@ class CommitThenHoldStore(MemoryStore):
         return result
 
 
+def test_a_loss_is_counted_once_it_has_been_handled(names, private_redis) -> None:
+    # Like `received`, `losses` counts what was handled: whoever waits for it sees the
+    # cache's clean entries already dropped. on_lost is held here, to look in between.
+    channel = RedisCoherence(private_redis.url, names[1], connect_timeout=0.5)
+    entered, release = threading.Event(), threading.Event()
+
+    def on_lost() -> None:
+        entered.set()
+        release.wait(TIMEOUT)
+
+    channel.start(lambda keys: None, on_lost, lambda: None)
+    admin = private_redis.client()
+    try:
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1
+        assert entered.wait(TIMEOUT), "the loss of the subscription went unnoticed"
+        assert channel.losses == 0, "the loss was counted before it was handled"
+        release.set()
+        wait_until(lambda: channel.losses == 1)
+    finally:
+        release.set()
+        admin.close()
+        channel.close()
+
+
 def test_an_invalidation_during_our_own_commit_is_not_lost(make_cache, names) -> None:
     shared = {}
     a_store, b_store = MemoryStore(), CommitThenHoldStore()
