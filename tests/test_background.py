@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from helpers import LONG, BlockingStore, FailingStore, wait_until
+from helpers import LONG, TIMEOUT, BlockingStore, FailingStore, wait_until
 
 from lazycache import MemoryStore
 
@@ -56,6 +56,37 @@ def test_pruner_evicts_loaded_entries_to_maxsize_when_woken_by_size_pressure(mak
         assert cache[i] == i
     wait_until(lambda: len(cache) <= 10, message=f"size stayed at {len(cache)} > maxsize 10")
     assert cache.stats.evictions >= 90
+
+
+def test_pruner_answers_size_pressure_right_after_a_large_eviction(cache_cls) -> None:
+    # prune() returns how many entries it evicted: the pruner thread must not take that
+    # count for a backoff in seconds, or it ignores size pressure for that long after.
+    entered, release = threading.Event(), threading.Event()
+
+    class HeldPrune(cache_cls):
+        def prune(self) -> int:
+            if not entered.is_set():  # the first run waits: it then evicts 40 entries at once
+                entered.set()
+                release.wait(TIMEOUT)
+            return super().prune()
+
+    store = MemoryStore({i: i for i in range(100)})
+    cache = HeldPrune(store, write_interval=LONG, prune_interval=LONG, maxsize=10)
+    try:
+        for i in range(50):
+            assert cache[i] == i
+        assert entered.wait(TIMEOUT), "size pressure did not wake the pruner"
+        release.set()
+        wait_until(lambda: len(cache) <= 10, message=f"size stayed at {len(cache)}")
+        for i in range(50, 100):
+            assert cache[i] == i
+        wait_until(
+            lambda: len(cache) <= 10,
+            message=f"size stayed at {len(cache)}: the pruner ignored size pressure after evicting",
+        )
+    finally:
+        release.set()
+        cache.close()
 
 
 def test_pruner_evicts_to_maxsize_after_the_writer_catches_up(cache_cls) -> None:

@@ -280,7 +280,7 @@ class _CacheLayer:
 
     def _start_threads(self) -> None:
         self._writer = Worker(self, "_background_flush", self._write_interval, "lazycache-writer")
-        self._pruner = Worker(self, "prune", self._prune_interval, "lazycache-pruner")
+        self._pruner = Worker(self, "_background_prune", self._prune_interval, "lazycache-pruner")
         self._writer.start()
         self._pruner.start()
 
@@ -544,6 +544,11 @@ class _CacheLayer:
         if self.maxsize and len(self) > self.maxsize:  # type: ignore[arg-type]
             self._pruner.wake()  # what was just written can be evicted now
         return self._batch_writer.backoff() or None
+
+    def _background_prune(self) -> None:
+        """One run of the pruner thread. It never backs off: prune()'s count of evicted entries
+        is not a number of seconds to wait (which the Worker would take it for)."""
+        self.prune()
 
     def prune(self) -> int:
         """Evicts clean entries until the cache is back at maxsize; returns how many. Run by the pruner."""
