@@ -49,13 +49,30 @@ def test_writer_is_woken_again_by_each_full_batch(make_cache) -> None:
         )
 
 
-def test_pruner_evicts_loaded_entries_to_maxsize_when_woken_by_size_pressure(make_cache) -> None:
+def test_pruner_evicts_loaded_entries_to_maxsize_when_woken_by_size_pressure(cache_cls) -> None:
+    # The pruner's first run waits for the reads to end: a load that overlaps an eviction is
+    # not cached (the core bumps its memory epoch on every removal), which would make the
+    # number of entries to evict depend on how the two threads interleave.
+    woken, reads_done = threading.Event(), threading.Event()
+
+    class HeldPrune(cache_cls):
+        def prune(self) -> int:
+            woken.set()
+            reads_done.wait(TIMEOUT)
+            return super().prune()
+
     store = MemoryStore({i: i for i in range(100)})
-    cache = make_cache(store, write_interval=LONG, prune_interval=LONG, maxsize=10)
-    for i in range(100):  # clean entries read through from the store push the size past maxsize
-        assert cache[i] == i
-    wait_until(lambda: len(cache) <= 10, message=f"size stayed at {len(cache)} > maxsize 10")
-    assert cache.stats.evictions >= 90
+    cache = HeldPrune(store, write_interval=LONG, prune_interval=LONG, maxsize=10)
+    try:
+        for i in range(100):  # clean entries read through from the store push the size past maxsize
+            assert cache[i] == i
+        reads_done.set()
+        assert woken.wait(TIMEOUT), "size pressure did not wake the pruner"
+        wait_until(lambda: len(cache) <= 10, message=f"size stayed at {len(cache)} > maxsize 10")
+        assert cache.stats.evictions == 90
+    finally:
+        reads_done.set()
+        cache.close()
 
 
 def test_pruner_answers_size_pressure_right_after_a_large_eviction(cache_cls) -> None:
