@@ -29,6 +29,15 @@ MINUTES ?= 10
 chaos: $(STAMP)
 	PYTHONPATH=tests $(PY) -m chaos --minutes $(MINUTES)
 
+# make test-freethreaded: the suite on a free-threaded CPython (3.13t) built in a Debian chroot,
+# against a wheel whose compiled core is built for it (as root; tools/freethreaded_test.sh says
+# what it installs there and why). E.g. FT_ARGS="-n 5" runs it five times in a row,
+# FT_ARGS="-- -x tests/test_flush.py" passes pytest arguments.
+FT_ARGS ?=
+.PHONY: test-freethreaded
+test-freethreaded:
+	sh tools/freethreaded_test.sh $(FT_ARGS)
+
 # e.g. make bench BENCH_ARGS="--plot benchmarks/results.png" or BENCH_ARGS="--store postgresql+psycopg://..."
 BENCH_ARGS ?=
 bench: $(STAMP)

@@ -6,6 +6,9 @@ The compiled core is required: if `lazycache._core` cannot be imported, its test
 
 from __future__ import annotations
 
+import os
+import sys
+import sysconfig
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -39,7 +42,8 @@ def make_cache(cache_cls: type) -> Iterator[Callable[..., Any]]:
     """Factory: make_cache(store=None, *, quiet=False, close_may_fail=False, **options).
 
     Caches get short write/prune intervals unless given; `quiet=True` gives long intervals
-    and a pruner that never evicts on its own, for exact, repeatable sequences. Every cache
+    and a writer and pruner that never run on their own (helpers.quiet_class), for exact,
+    repeatable sequences: only the test's flush() and prune() write and evict. Every cache
     is closed at teardown; a FlushError there fails the test unless `close_may_fail`.
     """
     made: list[tuple[Any, bool]] = []
@@ -57,3 +61,31 @@ def make_cache(cache_cls: type) -> Iterator[Callable[..., Any]]:
 
     yield make
     close_caches(made)
+
+
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """On a free-threaded build, the suite fails if the GIL got enabled along the way.
+
+    Importing an extension module not declared free-threading compatible (the compiled core,
+    or a dependency) re-enables the GIL for the rest of the process, with only a warning:
+    the suite would then pass without testing anything free-threaded.
+    """
+    if FREE_THREADED and sys._is_gil_enabled() and os.environ.get("PYTHON_GIL") != "1":
+        files = {
+            name: getattr(module, "__file__", None) or "" for name, module in sys.modules.items()
+        }
+        loaded = sorted(
+            name
+            for name, path in files.items()
+            if path.endswith((".so", ".pyd"))
+            and name.partition(".")[0] not in sys.stdlib_module_names
+        )
+        print(
+            "\nfree-threaded build, but the GIL was enabled during the session (by importing one "
+            f"of these extension modules, outside the standard library: {', '.join(loaded)})",
+            file=sys.stderr,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

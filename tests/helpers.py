@@ -93,13 +93,20 @@ def run_threads(
 
 
 def quiet_class(cache_cls: type) -> type:
-    """A subclass whose pruner thread never evicts on its own (only explicit `prune()` calls do).
+    """A subclass whose writer and pruner threads never act on their own: only the test's
+    explicit `flush()` and `prune()` calls write and evict.
 
-    Size pressure wakes the pruner even with a long prune_interval; tests that need an
-    exact, repeatable eviction sequence use this to keep eviction in the test's hands.
+    A full batch wakes the writer and size pressure wakes the pruner even with long
+    intervals, and a woken thread may run at once (on a free-threaded build it does, in
+    parallel with the test). Tests that need an exact, repeatable sequence use this to keep
+    writing and eviction in their hands. Backpressure still wakes the writer: a setter
+    blocked on `max_pending` waits for it by design.
     """
 
     class QuietCache(cache_cls):  # type: ignore[misc,valid-type]
+        def _wake(self, signal: int) -> None:
+            return None  # neither a full batch nor size pressure starts a thread
+
         def prune(self) -> int:
             if threading.current_thread().name.startswith("lazycache-pruner"):
                 return 0

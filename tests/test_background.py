@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from helpers import LONG, BlockingStore, FailingStore, wait_until
+from helpers import LONG, TIMEOUT, BlockingStore, FailingStore, wait_until
 
 from lazycache import MemoryStore
 
@@ -49,13 +49,61 @@ def test_writer_is_woken_again_by_each_full_batch(make_cache) -> None:
         )
 
 
-def test_pruner_evicts_loaded_entries_to_maxsize_when_woken_by_size_pressure(make_cache) -> None:
+def test_pruner_evicts_loaded_entries_to_maxsize_when_woken_by_size_pressure(cache_cls) -> None:
+    # The pruner's first run waits for the reads to end: a load that overlaps an eviction is
+    # not cached (the core bumps its memory epoch on every removal), which would make the
+    # number of entries to evict depend on how the two threads interleave.
+    woken, reads_done = threading.Event(), threading.Event()
+
+    class HeldPrune(cache_cls):
+        def prune(self) -> int:
+            woken.set()
+            reads_done.wait(TIMEOUT)
+            return super().prune()
+
     store = MemoryStore({i: i for i in range(100)})
-    cache = make_cache(store, write_interval=LONG, prune_interval=LONG, maxsize=10)
-    for i in range(100):  # clean entries read through from the store push the size past maxsize
-        assert cache[i] == i
-    wait_until(lambda: len(cache) <= 10, message=f"size stayed at {len(cache)} > maxsize 10")
-    assert cache.stats.evictions >= 90
+    cache = HeldPrune(store, write_interval=LONG, prune_interval=LONG, maxsize=10)
+    try:
+        for i in range(100):  # clean entries read through from the store push the size past maxsize
+            assert cache[i] == i
+        reads_done.set()
+        assert woken.wait(TIMEOUT), "size pressure did not wake the pruner"
+        wait_until(lambda: len(cache) <= 10, message=f"size stayed at {len(cache)} > maxsize 10")
+        assert cache.stats.evictions == 90
+    finally:
+        reads_done.set()
+        cache.close()
+
+
+def test_pruner_answers_size_pressure_right_after_a_large_eviction(cache_cls) -> None:
+    # prune() returns how many entries it evicted: the pruner thread must not take that
+    # count for a backoff in seconds, or it ignores size pressure for that long after.
+    entered, release = threading.Event(), threading.Event()
+
+    class HeldPrune(cache_cls):
+        def prune(self) -> int:
+            if not entered.is_set():  # the first run waits: it then evicts 40 entries at once
+                entered.set()
+                release.wait(TIMEOUT)
+            return super().prune()
+
+    store = MemoryStore({i: i for i in range(100)})
+    cache = HeldPrune(store, write_interval=LONG, prune_interval=LONG, maxsize=10)
+    try:
+        for i in range(50):
+            assert cache[i] == i
+        assert entered.wait(TIMEOUT), "size pressure did not wake the pruner"
+        release.set()
+        wait_until(lambda: len(cache) <= 10, message=f"size stayed at {len(cache)}")
+        for i in range(50, 100):
+            assert cache[i] == i
+        wait_until(
+            lambda: len(cache) <= 10,
+            message=f"size stayed at {len(cache)}: the pruner ignored size pressure after evicting",
+        )
+    finally:
+        release.set()
+        cache.close()
 
 
 def test_pruner_evicts_to_maxsize_after_the_writer_catches_up(cache_cls) -> None:
@@ -99,7 +147,10 @@ def test_writer_survives_a_non_recoverable_store_error_and_logs_the_key(make_cac
     cache = make_cache(store, write_interval=0.01)
     poison = object()
     cache["poison-key"] = poison
-    wait_until(lambda: any("'poison-key'" in r.getMessage() for r in caplog.records))
+    # The entry stops being pending once on_write_error (here: the log line) has returned.
+    wait_until(
+        lambda: cache.pending == 0 and any("'poison-key'" in r.getMessage() for r in caplog.records)
+    )
     # an unrecoverable error is not retried: the entry took the error path, still readable
     assert len(store.write_calls) == 1
     assert cache["poison-key"] is poison

@@ -227,25 +227,35 @@ def test_pending_stays_bounded_while_many_threads_write_to_a_down_store(
     limit, writers = 20, 6
     cache = make_cache(store, max_pending=limit, on_full=on_full, block_timeout=0.02, **FAST_RETRY)
     acknowledged = [{} for _ in range(writers)]
+    refused = [0] * writers
     peak = [0]
-    stop_at = time.monotonic() + 0.3
+    stop = threading.Event()
+    # The writers push until every one of them has met the limit (been refused), however
+    # slowly they are scheduled, and for at least 0.3 s; the deadline only ends a hung run.
+    busy_until = time.monotonic() + 0.3
+    deadline = busy_until + 20
 
     def work(n: int) -> None:
-        if n == writers:  # the monitor
-            while time.monotonic() < stop_at:
+        if n == writers:  # the monitor, which also says when to stop
+            while not stop.is_set():
                 peak[0] = max(peak[0], cache.pending)
+                now = time.monotonic()
+                if (now >= busy_until and all(refused)) or now >= deadline:
+                    stop.set()
             return
         i = 0
-        while time.monotonic() < stop_at:
+        while not stop.is_set():
             key = f"t{n}-{i % 40}"
             i += 1
             try:
                 cache[key] = i
             except BackpressureError:
+                refused[n] += 1
                 continue
             acknowledged[n][key] = i
 
     run_threads(work, [(n,) for n in range(writers + 1)])
+    assert all(refused), f"some writers never met the limit within 20 s: refusals {refused}"
     assert peak[0] <= limit + writers, f"pending reached {peak[0]} with max_pending={limit}"
     assert cache.pending <= limit + writers
     assert store.data == {}

@@ -305,9 +305,12 @@ def test_killing_the_subscriber_connection_is_noticed_and_survived(
                 pipe.execute_command("CLIENT", "PAUSE", "1500", "ALL")
                 killed, _ = pipe.execute()
                 assert killed == 2
+                # A loss is counted once the cache has handled it (dropped its clean entries).
                 wait_until(
-                    lambda: not reader.coherent, message="the reader never noticed its channel died"
+                    lambda: reader._coherence.losses == 1,
+                    message="the reader never noticed its channel died",
                 )
+                assert not reader.coherent
                 assert sorted(reader.keys()) == [
                     "mine"
                 ]  # clean entries dropped, the pending write kept
@@ -318,12 +321,20 @@ def test_killing_the_subscriber_connection_is_noticed_and_survived(
                 wait_until(
                     lambda: reader.coherent, timeout=TIMEOUT, message="the channel never came back"
                 )
+                # Each cache says so once it is coherent again, from its channel's thread.
+                wait_until(
+                    lambda: (
+                        sum("coherence channel is back" in r.getMessage() for r in caplog.records)
+                        == 2
+                    ),
+                    message="a cache did not log the return of its channel",
+                )
         finally:
             admin.close()
-        assert reader._coherence.losses == 1 and writer._coherence.losses == 1
+        assert reader._coherence.losses == 1
+        wait_until(lambda: writer._coherence.losses == 1)  # its own subscriber, its own pace
         messages = [r.getMessage() for r in caplog.records]
         assert any("coherence subscription is down" in m for m in messages)
-        assert any("coherence channel is back" in m for m in messages)
         loads = store.loads
         assert reader["k1"] == 1 and reader["k1"] == 1
         assert store.loads == loads + 1  # caching again
@@ -391,8 +402,8 @@ def test_a_server_that_stops_answering_is_declared_lost(make_cache, names, priva
         admin.execute_command(
             "CLIENT", "PAUSE", "1500", "ALL"
         )  # the connection stays open, nothing answers
-        wait_until(lambda: not cache.coherent, message="an unanswered PING went unnoticed")
-        assert channel.losses == 1 and list(cache.keys()) == []
+        wait_until(lambda: channel.losses == 1, message="an unanswered PING went unnoticed")
+        assert not cache.coherent and list(cache.keys()) == []
         wait_until(lambda: cache.coherent, message="the channel never came back after the pause")
     finally:
         admin.close()
@@ -414,6 +425,30 @@ class CommitThenHoldStore(MemoryStore):
             self.committed.set()
             assert self.release.wait(TIMEOUT)
         return result
+
+
+def test_a_loss_is_counted_once_it_has_been_handled(names, private_redis) -> None:
+    # Like `received`, `losses` counts what was handled: whoever waits for it sees the
+    # cache's clean entries already dropped. on_lost is held here, to look in between.
+    channel = RedisCoherence(private_redis.url, names[1], connect_timeout=0.5)
+    entered, release = threading.Event(), threading.Event()
+
+    def on_lost() -> None:
+        entered.set()
+        release.wait(TIMEOUT)
+
+    channel.start(lambda keys: None, on_lost, lambda: None)
+    admin = private_redis.client()
+    try:
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1
+        assert entered.wait(TIMEOUT), "the loss of the subscription went unnoticed"
+        assert channel.losses == 0, "the loss was counted before it was handled"
+        release.set()
+        wait_until(lambda: channel.losses == 1)
+    finally:
+        release.set()
+        admin.close()
+        channel.close()
 
 
 def test_an_invalidation_during_our_own_commit_is_not_lost(make_cache, names) -> None:

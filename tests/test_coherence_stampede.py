@@ -12,13 +12,12 @@ import pytest
 from helpers import TIMEOUT, run_threads, wait_until
 from services import delete_redis_keys, redis_client, redis_url, unique_name
 
+import lazycache.cache as cache_module
 from lazycache import MemoryStore
 from lazycache.stores.redis import RedisStore
 from lazycache.stores.redis_coherence import RedisCoherence
 
 THREADS = 32
-HOLD = 0.3
-"""Seconds the first load is held: every thread has missed by then (they start together)."""
 
 
 class HeldRedisStore(RedisStore):
@@ -52,6 +51,48 @@ class HeldRedisStore(RedisStore):
         return found
 
 
+class LoadWaiters:
+    """Counts the readers waiting for a load that another reader of their key is making, so
+    that a test releases a held load once every other reader waits for it, however slowly
+    the threads are scheduled."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.changed = threading.Condition()
+
+    def arrived(self) -> None:
+        with self.changed:
+            self.count += 1
+            self.changed.notify_all()
+
+    def release_when(self, store: HeldRedisStore, count: int) -> threading.Thread:
+        """A thread that releases the store's held load once `count` readers wait for it (or
+        after TIMEOUT, leaving the test's assertions to say what went wrong)."""
+
+        def run() -> None:
+            with self.changed:
+                self.changed.wait_for(lambda: self.count >= count, TIMEOUT)
+            store.release.set()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+
+@pytest.fixture
+def waiters(monkeypatch: pytest.MonkeyPatch) -> LoadWaiters:
+    """Counts the waits for a shared read-through load (the cache's _Load.wait)."""
+    counter = LoadWaiters()
+
+    class CountedLoad(cache_module._Load):
+        def wait(self) -> Any:
+            counter.arrived()
+            return super().wait()
+
+    monkeypatch.setattr(cache_module, "_Load", CountedLoad)
+    return counter
+
+
 @pytest.fixture
 def held_store() -> Any:
     prefix = unique_name("lcst") + ":"
@@ -65,37 +106,39 @@ def held_store() -> Any:
         client.close()
 
 
-def stampede(cache: Any, store: HeldRedisStore, key: str) -> list[Any]:
-    """THREADS threads read key at once while the first load is held; returns what each read."""
+def stampede(cache: Any, store: HeldRedisStore, key: str, waiters: LoadWaiters) -> list[Any]:
+    """THREADS threads read key at once; the first load is held until every other reader
+    waits for it. Returns what each read."""
     results: list[Any] = []
     store.hold()
-    releaser = threading.Timer(HOLD, store.release.set)
-    releaser.start()
+    releaser = waiters.release_when(store, THREADS - 1)
     try:
         run_threads(lambda: results.append(cache.get(key)), [()] * THREADS)
     finally:
-        releaser.cancel()
         store.release.set()
+        releaser.join(TIMEOUT)
     return results
 
 
-def test_concurrent_misses_make_one_load(make_cache, held_store) -> None:
+def test_concurrent_misses_make_one_load(make_cache, held_store, waiters) -> None:
     held_store.write([("hot", {"n": 1})], [])
     cache = make_cache(held_store)
-    results = stampede(cache, held_store, "hot")
+    results = stampede(cache, held_store, "hot", waiters)
     assert results == [{"n": 1}] * THREADS
     assert held_store.loads == [["hot"]]
     assert cache.stats.loads == 1
     assert cache["hot"] == {"n": 1} and len(held_store.loads) == 1  # cached
 
 
-def test_concurrent_misses_of_an_absent_key_make_one_load(make_cache, held_store) -> None:
+def test_concurrent_misses_of_an_absent_key_make_one_load(make_cache, held_store, waiters) -> None:
     cache = make_cache(held_store)
-    assert stampede(cache, held_store, "absent") == [None] * THREADS
+    assert stampede(cache, held_store, "absent", waiters) == [None] * THREADS
     assert held_store.loads == [["absent"]]
 
 
-def test_a_failed_load_fails_every_waiter_and_the_next_read_retries(make_cache, held_store) -> None:
+def test_a_failed_load_fails_every_waiter_and_the_next_read_retries(
+    make_cache, held_store, waiters
+) -> None:
     held_store.write([("hot", 1)], [])
     cache = make_cache(held_store)
     held_store.fail_next = ConnectionError("redis went away")
@@ -108,15 +151,18 @@ def test_a_failed_load_fails_every_waiter_and_the_next_read_retries(make_cache, 
             errors.append(exc)
 
     held_store.hold()
-    releaser = threading.Timer(HOLD, held_store.release.set)
-    releaser.start()
-    run_threads(read, [()] * THREADS)
+    releaser = waiters.release_when(held_store, THREADS - 1)
+    try:
+        run_threads(read, [()] * THREADS)
+    finally:
+        held_store.release.set()
+        releaser.join(TIMEOUT)
     assert len(errors) == THREADS and len(held_store.loads) == 1
     assert cache["hot"] == 1 and len(held_store.loads) == 2
 
 
 def test_while_the_channel_is_down_misses_still_share_a_load_but_nothing_is_cached(
-    make_cache, held_store
+    make_cache, held_store, waiters
 ) -> None:
     held_store.write([("hot", 1)], [])
     channel = RedisCoherence(
@@ -124,7 +170,7 @@ def test_while_the_channel_is_down_misses_still_share_a_load_but_nothing_is_cach
     )  # nothing listens there
     cache = make_cache(held_store, coherence=channel)
     assert not cache.coherent
-    assert stampede(cache, held_store, "hot") == [1] * THREADS
+    assert stampede(cache, held_store, "hot", waiters) == [1] * THREADS
     assert len(held_store.loads) == 1
     assert cache["hot"] == 1 and cache["hot"] == 1
     assert len(held_store.loads) == 3  # each later read went to the store

@@ -944,6 +944,9 @@ class CacheOptions(TypedDict, total=False):
     journal_serializer: SerializerSpec | None
     journal_errors: str
     exit_timeout: float
+    name: str
+    on_flush: OnFlush | None
+    on_evict: OnEvict | None
 
 
 class _Load:

@@ -265,7 +265,8 @@ class ChannelCoherence(Coherence):
         self.connected = False
         """Whether the subscription is up now."""
         self.losses = 0
-        """How many times the subscription was lost (or could not be made at start)."""
+        """How many times the subscription was lost (or could not be made at start), counted
+        once the cache has handled the loss."""
         self.received = 0
         """Messages from other publishers handled."""
         self.published = 0
@@ -435,12 +436,14 @@ class ChannelCoherence(Coherence):
     # ------------------------------------------------------------------ the subscriber thread
     def _lose(self, exc: BaseException) -> None:
         self.connected = False
-        self.losses += 1
         log.warning("the %s coherence subscription is down: %r", self.kind, exc)
         try:
             self._on_lost()
         except Exception:
             log.exception("handling the loss of the coherence channel failed")
+        # Counted once handled (as `received`), so whoever waits for the count sees its effect:
+        # the cache has dropped its clean entries.
+        self.losses += 1
 
     def _run(self) -> None:
         delay = self.reconnect_initial
