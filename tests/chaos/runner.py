@@ -69,7 +69,8 @@ NEMESIS_FAULTS = ("cut", "delay", "reset", "slow", "lock", "reopen", "fork", "do
 VALUE_FAULTS = ("reject", "oversize", "constraint", "hostile", "unstable")
 ALL_FAULTS = NEMESIS_FAULTS + VALUE_FAULTS
 DEFAULT_FAULTS = ("cut", "delay", "reset", "slow", "lock", "reopen", "fork", "reject", "constraint")
-"""The faults of a scenario unless it says otherwise (the others hit known defects: see test_chaos)."""
+"""The faults of a scenario unless it says otherwise; bad input (hostile, oversize, unstable) and
+in-doubt commits (doubt) are chosen per scenario."""
 
 PROXY_FAULTS = {"cut", "delay", "reset"}
 

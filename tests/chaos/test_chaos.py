@@ -5,8 +5,8 @@ and forking over a real store while the nemesis cuts, delays and resets its conn
 then the store is checked against the model of acknowledged writes. `make chaos` runs fresh
 seeds for as long as you like; a failure there prints the seed and the command to replay it.
 
-Runs marked xfail hit a defect of issue 12 that is being fixed on another branch (strict=False:
-they pass once it is merged).
+The last four runs each replay, with the one fault that showed it, a defect of issue 12 that
+this suite found on the code before its fix (they failed there; they must pass now).
 """
 
 from __future__ import annotations
@@ -23,21 +23,14 @@ from .runner import DEFAULT_FAULTS, Scenario, run_scenario
 REQUIRE = {"postgresql": postgres_url, "mariadb": mariadb_url, "redis": redis_url}
 
 
-def known(defect: int, what: str) -> Any:
-    return pytest.mark.xfail(strict=False, reason=f"issue 12 defect {defect}: {what}")
-
-
 def case(scenario: Scenario, seed: int, *marks: Any) -> Any:
     return pytest.param(scenario, seed, marks=marks, id=f"{scenario.name}-{seed}")
 
 
-# Seeds whose configuration keeps clear of the known defects (no maxsize the keys exceed, no
-# max_pending the threads can reach), so that whatever fails here is news. A fork over an SQL
-# store hits defect 5 now and then (the child's writer never finishes): `make chaos` forks
-# there; here only Redis does, whose client reconnects in a child by itself.
-SQL = tuple(kind for kind in DEFAULT_FAULTS if kind != "fork")
+# Every fault on every store: threads, close/reopen, fork, the nemesis and bad input.
+SQL = DEFAULT_FAULTS
 CASES = [
-    # threads, close/reopen (fork on Redis) and the nemesis, on every store and both cores
+    # threads, close/reopen, fork and the nemesis, on every store and both cores
     case(Scenario("sqlite", "python", faults=SQL, ops=200), 6),
     case(Scenario("sqlite", "cython", faults=SQL, ops=200), 42),
     case(Scenario("postgresql", "python", faults=SQL, ops=200), 19),
@@ -54,20 +47,16 @@ CASES = [
     case(Scenario("sqlite", "cython", crash=True), 2),
     case(Scenario("redis", "cython", crash=True, journal=True), 3),
     case(Scenario("mariadb", "python", crash=True), 4),
-    # known defects of issue 12, each with the one fault that shows it
-    case(
-        Scenario("sqlite", "python", faults=(), ops=800), 70, known(1, "the pruner stops pruning")
-    ),
-    case(Scenario("sqlite", "python", faults=("hostile",), ops=200), 5, known(3, "hostile keys")),
+    # defects of issue 12 this suite found before their fixes, each with the fault that shows it
+    case(Scenario("sqlite", "python", faults=(), ops=800), 70),
+    case(Scenario("sqlite", "python", faults=("hostile",), ops=200), 5),
     case(
         Scenario("sqlite", "cython", faults=("unstable",), ops=200),
         5,
-        known(8, "JSON values change type after eviction"),
     ),
     case(
         Scenario("mariadb", "python", faults=("oversize",), ops=20, heal_timeout=3.0),
         5,
-        known(6, "MariaDB oversized values"),
     ),
 ]
 
