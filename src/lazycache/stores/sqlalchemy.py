@@ -46,6 +46,7 @@ import importlib.util
 import queue
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
@@ -75,6 +76,7 @@ from .base import GeneratedFields, Store
 
 __all__ = [
     "DEFAULT_URL",
+    "InDoubtSessionError",
     "KeyConflictError",
     "SQLAlchemyStore",
     "UnusableTableError",
@@ -105,6 +107,10 @@ _MYSQL_CHUNK_BYTES = 1_000_000
 _MYSQL_PACKET_MARGIN = 64 * 1024
 """Bytes of a MySQL statement's packet kept for its SQL around the values: a row whose values take more than
 `max_allowed_packet` less this is refused (`ValueTooLargeError`), and multi-row statements stay this far under."""
+
+IN_DOUBT_TIMEOUT = 5.0
+"""Seconds a write waits for the server session of an earlier write whose connection was lost to end
+(`InDoubtSessionError` after that, and the writer retries later)."""
 
 _KeyType = Union[type, "sa.types.TypeEngine[Any]"]
 
@@ -572,6 +578,11 @@ class SQLAlchemyStore(Store[Any, Any]):
             self.close()
             raise
         self._dialect_name = self.engine.dialect.name
+        # Server sessions of writes whose connection was lost mid-transaction: their outcome
+        # is unknown until they end, and no write goes before they have (`_settle_in_doubt`).
+        self._in_doubt: set[int] = set()
+        self._in_doubt_lock = threading.Lock()
+        self._settle_lock = threading.Lock()
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -957,19 +968,63 @@ class SQLAlchemyStore(Store[Any, Any]):
             for key in deletes:
                 if not isinstance(key, self._key_class):
                     raise SerializationError(key, TypeError(self._wrong_key(key)))
-        with self.engine.begin() as conn:
-            for start in range(0, len(deletes), self.chunk_size):
-                conn.execute(
-                    sa.delete(self.table).where(
-                        self._key_filter(deletes[start : start + self.chunk_size])
-                    )
+        if self._in_doubt:
+            self._settle_in_doubt()
+        session: int | None = None
+        try:
+            with self.engine.begin() as conn:
+                session = _session_id(conn)
+                return self._write_in(conn, upserts, deletes, rows)
+        except BaseException as exc:
+            if session is not None and _connection_lost(exc):
+                # The server may still be running this transaction, its COMMIT included:
+                # nothing is written until that session has ended (`_settle_in_doubt`).
+                with self._in_doubt_lock:
+                    self._in_doubt.add(session)
+            raise
+
+    def _write_in(
+        self,
+        conn: Connection,
+        upserts: Sequence[tuple[Any, Any]],
+        deletes: Sequence[Any],
+        rows: list[tuple[Any, dict[str, Any]]] | None,
+    ) -> GeneratedFields | None:
+        """The statements of one `write`, in its transaction."""
+        for start in range(0, len(deletes), self.chunk_size):
+            conn.execute(
+                sa.delete(self.table).where(
+                    self._key_filter(deletes[start : start + self.chunk_size])
                 )
-            if not upserts:
-                return None
-            if rows is None:
-                self._write_kv(conn, upserts)
-                return None
-            return self._write_rows(conn, rows)
+            )
+        if not upserts:
+            return None
+        if rows is None:
+            self._write_kv(conn, upserts)
+            return None
+        return self._write_rows(conn, rows)
+
+    def _settle_in_doubt(self) -> None:
+        """Ends the server sessions of writes whose connection was lost, and waits until they are gone.
+
+        Such a write's transaction may still be running on the server, its COMMIT
+        included: a later write committed first (a delete that finds no row yet) would be
+        undone when it completes. Ending the session settles it: a commit already under
+        way completes or aborts as a whole. Raises `InDoubtSessionError` (recoverable: the
+        writer retries the batch later) when a session is still there after
+        `IN_DOUBT_TIMEOUT` seconds; connection errors propagate, recoverable too.
+        """
+        with self._settle_lock:  # one settler at a time; the others find nothing left
+            with self._in_doubt_lock:
+                sessions = sorted(self._in_doubt)
+            if not sessions:
+                return
+            deadline = time.monotonic() + IN_DOUBT_TIMEOUT
+            with self.engine.connect() as conn:
+                for session in sessions:
+                    _end_session(conn, session, deadline)
+                    with self._in_doubt_lock:
+                        self._in_doubt.discard(session)
 
     # key-value mode
     def _encode(self, pairs: Sequence[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
@@ -1401,6 +1456,91 @@ class SQLAlchemyStore(Store[Any, Any]):
         if engine.dialect.name == "sqlite" and not _is_sqlite_file(engine.url):
             return
         engine.dispose(close=False)
+
+
+class InDoubtSessionError(TimeoutError):
+    """A write is held back: the server session of an earlier write whose connection was lost has not ended yet.
+
+    That write's transaction may still commit; writing before it has ended could be
+    undone by it. Recoverable: the writer retries the batch later.
+    """
+
+    def __init__(self, session: int, timeout: float) -> None:
+        super().__init__(
+            f"the server session {session} of an earlier write whose connection was lost is still "
+            f"there after {timeout:g}s; no write is made until it has ended"
+        )
+        self.session = session
+
+
+def _session_id(conn: Connection) -> int | None:
+    """The server's id of the session behind `conn`, as the driver knows it (no round trip).
+
+    None for SQLite (its file locks settle a failed write at once) and for drivers not known.
+    """
+    name = conn.dialect.name
+    driver = conn.connection.driver_connection
+    if name == "postgresql":  # psycopg 3, psycopg2
+        pid = getattr(getattr(driver, "info", None), "backend_pid", None)
+        return pid if isinstance(pid, int) and pid else None
+    if name in ("mysql", "mariadb"):  # PyMySQL, mysqlclient
+        thread_id = getattr(driver, "thread_id", None)
+        session = thread_id() if callable(thread_id) else None
+        return session if isinstance(session, int) and session else None
+    return None
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` (or an error it was raised from) says the write's connection was lost."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+_SESSION_ALIVE = {
+    "postgresql": "SELECT pid FROM pg_stat_activity "
+    "WHERE pid = :session AND usename = current_user AND datname = current_database()",
+    "mysql": "SELECT ID FROM information_schema.PROCESSLIST "
+    "WHERE ID = :session AND USER = SUBSTRING_INDEX(USER(), '@', 1)",
+}
+"""A row while the server session `:session` of this user (and database) is still there."""
+
+_MYSQL_UNKNOWN_THREAD = 1094
+
+
+def _end_session(conn: Connection, session: int, deadline: float) -> None:
+    """Ends the server session `session` (if it is still there) and waits until it is gone, up to `deadline`."""
+    name = conn.dialect.name
+    alive = _SESSION_ALIVE.get("mysql" if name == "mariadb" else name)
+    if alive is None:
+        return
+    query = sa.text(alive)
+    if conn.execute(query, {"session": session}).first() is not None:
+        if name == "postgresql":
+            conn.execute(sa.text("SELECT pg_terminate_backend(:session)"), {"session": session})
+        else:
+            try:
+                conn.exec_driver_sql(f"KILL {int(session)}")
+            except sa.exc.DBAPIError as exc:
+                if _mysql_code(exc.orig) != _MYSQL_UNKNOWN_THREAD:  # it ended meanwhile
+                    raise
+    conn.rollback()
+    pause = 0.005
+    while True:
+        # A new transaction each time: PostgreSQL keeps one snapshot of pg_stat_activity per transaction.
+        gone = conn.execute(query, {"session": session}).first() is None
+        conn.rollback()
+        if gone:
+            return
+        if time.monotonic() >= deadline:
+            raise InDoubtSessionError(session, IN_DOUBT_TIMEOUT)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 _MYSQL_SUBQUERY_ROWS = 1242
