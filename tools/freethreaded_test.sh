@@ -104,13 +104,13 @@ if [ "\$(cat $VENV/.lazycache-stamp 2>/dev/null)" != "\$stamp" ]; then
     # A copy of the copy: the build leaves build/ and egg-info behind; the suite's copy stays clean.
     rm -rf build-src && cp -a src build-src
     LAZYCACHE_REQUIRE_EXTENSIONS=1 \$py -m pip wheel --quiet --no-deps --wheel-dir wheels ./build-src
-    \$py -m pip install --quiet --force-reinstall --no-deps wheels/lazycache-*.whl
+    \$py -m pip install --quiet --force-reinstall --no-deps wheels/*.whl
     \$py src/tools/extra_requirements.py dev | sed 's/^psycopg\[binary\]/psycopg/' > dev-requirements.txt
     MSGPACK_PUREPYTHON=1 \$py -m pip install --quiet --prefer-binary -r dev-requirements.txt
     echo "\$stamp" > $VENV/.lazycache-stamp
 fi
 \$py -c 'import sys, sysconfig; print("interpreter:", sys.version.replace("\\n", " "), "| free-threaded build:", bool(sysconfig.get_config_var("Py_GIL_DISABLED")))'
-\$py -m pip list 2>/dev/null | grep -i -E '^(lazycache|cython|hypothesis|msgpack|psycopg|pymysql|pytest|pytest-timeout|redis|sqlalchemy) ' | tr -s ' ' | paste -sd ',' | sed 's/,/, /g'
+\$py -m pip list 2>/dev/null | grep -i -E '^(lazywritercache|cython|hypothesis|msgpack|psycopg|pymysql|pytest|pytest-timeout|redis|sqlalchemy) ' | tr -s ' ' | paste -sd ',' | sed 's/,/, /g'
 EOS
 cat > "$FT_ROOT$WORK/run.sh" <<EOS
 set -u
