@@ -38,6 +38,15 @@ FT_ARGS ?=
 test-freethreaded:
 	sh tools/freethreaded_test.sh $(FT_ARGS)
 
+# make test-pythons: the suite on every CPython here (pyenv's 3.10, 3.12, 3.13, the default 3.11;
+# as root, the chroot's 3.14 and free-threaded 3.13t), each against a wheel built for it with its
+# compiled core; missing interpreters are skipped with a message, a summary table ends it
+# (tools/test_pythons.sh). E.g. PYTHONS_ARGS="-- tests/test_mapping.py" runs one file on each.
+PYTHONS_ARGS ?=
+.PHONY: test-pythons
+test-pythons:
+	sh tools/test_pythons.sh $(PYTHONS_ARGS)
+
 # e.g. make bench BENCH_ARGS="--plot benchmarks/results.png" or BENCH_ARGS="--store postgresql+psycopg://..."
 BENCH_ARGS ?=
 bench: $(STAMP)

@@ -1,12 +1,13 @@
 #!/bin/sh
 # freethreaded_test.sh — the test suite on a free-threaded CPython (3.13t), with the compiled core
-# really compiled for it, in the Debian chroot that shared/tools/freethreaded-python.sh makes.
+# really compiled for it, in the Debian chroot that shared/tools/freethreaded-python.sh makes;
+# FT_PYTHON picks another interpreter of that chroot (Debian's CPython 3.14: make test-pythons).
 # Run as root (chroot, mounts). Also: make test-freethreaded [FT_ARGS="-n 5 -- -x"].
 #
 #   tools/freethreaded_test.sh [-n RUNS] [-- PYTEST_ARGS...]
 #
 #   -n RUNS        run the whole suite RUNS times in a row (default 1); each run's log is kept in
-#                  $FT_ROOT/root/lazycache-ft/logs/, and a summary (pass counts, durations, the
+#                  $FT_ROOT/root/lazycache-ft/logs/<interpreter>/, and a summary (pass counts, durations, the
 #                  failing tests of each run) is printed at the end. Exit status 0 only if every
 #                  run passed.
 #   PYTEST_ARGS    passed on to pytest (default: -p no:randomly -ra).
@@ -16,7 +17,8 @@
 #                  repository, i.e. ../shared/tools/ from the main checkout or a worktree of it)
 #   FT_ROOT        the chroot (default /var/lib/freethreaded-python/chroot, as FT_TOOL's)
 #   FT_PYTHON      the interpreter in the chroot (default /opt/python-ft/bin/python3, the
-#                  free-threaded build; /usr/bin/python3.13 is its GIL twin)
+#                  free-threaded build; /usr/bin/python3.13 is its GIL twin, /usr/bin/python3.14
+#                  Debian's CPython 3.14). Each gets its own venv, wheel and logs.
 #   FT_PYTHON_GIL  if set, exported as PYTHON_GIL to the test runs (0: the GIL stays off even if
 #                  a module not declared free-threading compatible is imported)
 #
@@ -34,7 +36,10 @@
 #   * the rest with --prefer-binary: an older release with a wheel that installs here wins over
 #     a newer sdist. Hypothesis's newest releases ship compiled wheels only, none for 3.13t, and
 #     their sdist needs a Rust toolchain downloaded at build time (not reachable): this picks
-#     its last pure-Python wheel instead (6.155.7 when written). pytest, pytest-timeout,
+#     its last pure-Python wheel instead (6.155.7 when written). pydantic-core (fastapi's, via
+#     pydantic) only as a wheel: pydantic pins one exact pydantic-core, whose newest releases
+#     have no 3.13t wheel and an sdist that needs Rust, so pip must step pydantic back to a
+#     release whose pydantic-core has one (2.41.4 when written). pytest, pytest-timeout,
 #     SQLAlchemy, PyMySQL, redis: pure-Python wheels.
 #   * redis-server and redis-tools from Debian (apt, in the chroot), for the tests that start
 #     Redis servers of their own; matplotlib (the `bench` extra) is not installed: the one test
@@ -80,8 +85,11 @@ fi
 
 # 2. a copy of the working tree, in the chroot
 WORK=/root/lazycache-ft
-VENV=$WORK/venv-$(echo "$FT_PYTHON" | tr -c 'A-Za-z0-9.\n' '_')
-mkdir -p "$FT_ROOT$WORK/logs"
+TAG=$(echo "$FT_PYTHON" | tr -c 'A-Za-z0-9.\n' '_')
+VENV=$WORK/venv-$TAG
+BUILD=$WORK/build-$TAG
+LOGS=$WORK/logs/$TAG
+mkdir -p "$FT_ROOT$LOGS"
 rm -rf "$FT_ROOT$WORK/src"
 mkdir -p "$FT_ROOT$WORK/src"
 (cd "$REPO" && git ls-files -z -co --exclude-standard |
@@ -100,13 +108,16 @@ py=$VENV/bin/python
 stamp=\$(cd src && cat pyproject.toml setup.py MANIFEST.in \$(find src -type f | sort) | sha256sum | cut -c1-16)
 if [ "\$(cat $VENV/.lazycache-stamp 2>/dev/null)" != "\$stamp" ]; then
     \$py -m pip install --quiet --upgrade pip packaging
-    rm -rf wheels && mkdir wheels
+    rm -rf $BUILD && mkdir -p $BUILD/wheels
     # A copy of the copy: the build leaves build/ and egg-info behind; the suite's copy stays clean.
-    rm -rf build-src && cp -a src build-src
-    LAZYCACHE_REQUIRE_EXTENSIONS=1 \$py -m pip wheel --quiet --no-deps --wheel-dir wheels ./build-src
-    \$py -m pip install --quiet --force-reinstall --no-deps wheels/*.whl
+    cp -a src $BUILD/src
+    LAZYCACHE_REQUIRE_EXTENSIONS=1 \$py -m pip wheel --quiet --no-deps --wheel-dir $BUILD/wheels $BUILD/src
+    # The distribution was called lazycache before: a venv made then still has it, with the
+    # same package directory; removed first, so that only the new wheel's files remain.
+    \$py -m pip uninstall --quiet --yes lazycache 2>/dev/null || true
+    \$py -m pip install --quiet --force-reinstall --no-deps $BUILD/wheels/*.whl
     \$py src/tools/extra_requirements.py dev | sed 's/^psycopg\[binary\]/psycopg/' > dev-requirements.txt
-    MSGPACK_PUREPYTHON=1 \$py -m pip install --quiet --prefer-binary -r dev-requirements.txt
+    MSGPACK_PUREPYTHON=1 \$py -m pip install --quiet --prefer-binary --only-binary pydantic-core -r dev-requirements.txt
     echo "\$stamp" > $VENV/.lazycache-stamp
 fi
 \$py -c 'import sys, sysconfig; print("interpreter:", sys.version.replace("\\n", " "), "| free-threaded build:", bool(sysconfig.get_config_var("Py_GIL_DISABLED")))'
@@ -128,7 +139,7 @@ failed=0
 summary=""
 i=1
 while [ "$i" -le "$RUNS" ]; do
-    log="$FT_ROOT$WORK/logs/run-$i.log"
+    log="$FT_ROOT$LOGS/run-$i.log"
     started=$(date +%s)
     if sh "$FT_TOOL" run "sh $WORK/run.sh" > "$log" 2>&1; then status=passed; else status=FAILED; failed=1; fi
     took=$(($(date +%s) - started))
@@ -142,5 +153,5 @@ while [ "$i" -le "$RUNS" ]; do
     i=$((i + 1))
 done
 [ "$RUNS" -gt 1 ] && printf '\n%s' "$summary"
-echo "logs: $FT_ROOT$WORK/logs/"
+echo "logs: $FT_ROOT$LOGS/"
 exit $failed

@@ -15,6 +15,8 @@ tree, nor an editable install), and that the expected core is active.
                 Without --wheel: the running interpreter's installed lazycache is tested
                 (how cibuildwheel uses it, in its test environment).
 --expect        the core that must be active: "cython" (the default) or "python".
+PYTEST_ARGS     passed on to pytest, which runs all of tests/ unless they name a part of
+                it (tests/test_mapping.py, tests/test_x.py::test_y).
 
 Database-backed tests skip when their servers are unreachable, unless
 LAZYCACHE_REQUIRE_SERVICES=1 is set.
@@ -122,11 +124,14 @@ def main() -> int:
         run([str(python), "-c", CHECK, args.expect], env=env, cwd=suite)
         # What a user sees: the core, the interpreter, the GIL and the extras (in the build log).
         run([str(python), "-m", "lazycache", "info"], env=env, cwd=suite)
+        # The whole suite, unless the arguments name a part of it (tests/test_x.py, tests/...::test):
+        # pytest given both `tests` and a file under it would run everything.
+        chosen = any(arg == "tests" or arg.startswith("tests/") for arg in args.pytest_args)
         cmd = [
             str(python),
             "-m",
             "pytest",
-            "tests",
+            *([] if chosen else ["tests"]),
             "-q",
             "-p",
             "no:cacheprovider",
