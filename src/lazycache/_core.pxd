@@ -90,7 +90,6 @@ cdef class Core:
     cdef int _mark_dirty(self, uint32_t r) except -1
     cdef int _signal(self) noexcept
     cdef int _set(self, object key, object value, PyObject **old) except -1
-    cdef int _put_impl(self, object key, object value) except -1
     cdef int _tombstone(self, uint32_t r, PyObject **old) except -1
     cdef object _remove_impl(self, object key)
     cdef object _remove_unlocked(self, object key)

@@ -258,6 +258,26 @@ cdef inline bint _full(Core self, bint new, uint8_t f) noexcept:
             and (new or not f & (DIRTY | INFLIGHT)))
 
 
+cdef inline int _put_entry(Core self, object key, object value) except -1:
+    """Sets key; returns 1, changing nothing, if that would exceed max_pending."""
+    cdef int raised, full
+    cdef PyObject *old = NULL
+    if self._lock_free(key):
+        full = self._set(key, value, &old)
+        raised = self._signal()
+    else:
+        self._acquire()
+        try:
+            full = self._set(key, value, &old)
+            raised = self._signal()
+        finally:
+            self._release()
+    Py_XDECREF(old)  # the replaced value, released once every change is made
+    if raised:
+        self._wake(raised)
+    return full
+
+
 cdef class Core:
     """Map, dirty queue and CLOCK eviction bookkeeping (compiled)."""
 
@@ -641,33 +661,14 @@ cdef class Core:
         return value is not _MISSING
 
     def __setitem__(self, key, value):
-        while self._put_impl(key, value):
+        while _put_entry(self, key, value):
             if self._backpressure(key, value):
                 return  # it wrote the entry itself
 
     def _put(self, key, value):
         """Sets key; raises Full (changing nothing) where __setitem__ would apply backpressure."""
-        if self._put_impl(key, value):
+        if _put_entry(self, key, value):
             raise Full
-
-    cdef int _put_impl(self, object key, object value) except -1:
-        """Sets key; returns 1, changing nothing, if that would exceed max_pending."""
-        cdef int raised, full
-        cdef PyObject *old = NULL
-        if self._lock_free(key):
-            full = self._set(key, value, &old)
-            raised = self._signal()
-        else:
-            self._acquire()
-            try:
-                full = self._set(key, value, &old)
-                raised = self._signal()
-            finally:
-                self._release()
-        Py_XDECREF(old)  # the replaced value, released once every change is made
-        if raised:
-            self._wake(raised)
-        return full
 
     def __delitem__(self, key):
         while True:

@@ -274,7 +274,10 @@ class Core:
         if value is MISSING:
             raise ValueError("lazycache.MISSING stands for 'no value' and cannot be stored")
         entry = self._map.get(key)
-        self._admit(entry)
+        if (
+            self._max_pending and self._npending >= self._max_pending
+        ):  # spares a call when far below
+            self._admit(entry)
         self._sets += 1
         if entry is None:
             self._new_entry(key, value, DIRTY)
@@ -378,8 +381,12 @@ class Core:
                     old, raised = self._set_locked(key, value)
                 else:  # a live entry, not being written: _set_locked's path for it
                     flags = entry.flags
-                    if not flags & DIRTY:
-                        self._admit(entry)
+                    if (
+                        not flags & DIRTY
+                        and self._max_pending
+                        and self._npending >= self._max_pending
+                    ):
+                        self._admit(entry)  # spares the call when far below the bound
                     old = entry.value
                     self._sets += 1
                     self._seq += 1
