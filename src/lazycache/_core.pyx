@@ -57,7 +57,7 @@ from libc.string cimport memset
 
 import os
 
-from lazycache._core_py import _check_size
+from lazycache._core_py import Full, _check_size
 from lazycache._sentinels import ABSENT, MISSING
 
 cdef extern from "Python.h":
@@ -250,6 +250,34 @@ cdef inline int _push_dirty(Core self, uint32_t r, bint front) except -1:
     self._qlen += 1
     return 0
 
+cdef inline bint _full(Core self, bint new, uint8_t f) noexcept:
+    """The one admission check: whether making an entry pending (new: a new entry; else one of
+    flags f) would exceed max_pending. Made under the lock (or the GIL, with no Python call
+    between it and the change), so the check and the change are one step."""
+    return (self._max_pending and self._npending >= self._max_pending
+            and (new or not f & (DIRTY | INFLIGHT)))
+
+
+cdef inline int _put_entry(Core self, object key, object value) except -1:
+    """Sets key; returns 1, changing nothing, if that would exceed max_pending."""
+    cdef int raised, full
+    cdef PyObject *old = NULL
+    if self._lock_free(key):
+        full = self._set(key, value, &old)
+        raised = self._signal()
+    else:
+        self._acquire()
+        try:
+            full = self._set(key, value, &old)
+            raised = self._signal()
+        finally:
+            self._release()
+    Py_XDECREF(old)  # the replaced value, released once every change is made
+    if raised:
+        self._wake(raised)
+    return full
+
+
 cdef class Core:
     """Map, dirty queue and CLOCK eviction bookkeeping (compiled)."""
 
@@ -302,11 +330,15 @@ cdef class Core:
         """Called (without the lock) when SIGNAL_PRUNE or SIGNAL_WRITE is first raised."""
 
     def _backpressure(self, key, value):
-        """Called (without the lock) before a write when max_pending entries are pending.
+        """Called (without the lock) when a write found max_pending entries pending; it is retried.
 
         value is MISSING for a delete. Returns True if it performed the write itself.
         """
         return False
+
+    def _set_max_pending(self, max_pending):
+        """Sets the bound the admission check enforces (None: unbounded, as during journal replay)."""
+        self._max_pending = _check_size("max_pending", max_pending)
 
     # ----------------------------------------------------------- lock and released references
     cdef int _acquire(self) except -1:
@@ -531,7 +563,10 @@ cdef class Core:
         return 0
 
     cdef int _set(self, object key, object value, PyObject **old) except -1:
-        """Sets key; hands the replaced value's reference to *old (to release after the lock)."""
+        """Sets key; hands the replaced value's reference to *old (to release after the lock).
+
+        Returns 1, changing nothing, if that would exceed max_pending (see _full).
+        """
         cdef Py_hash_t h
         cdef Py_ssize_t ix
         cdef Entry *ep
@@ -542,13 +577,18 @@ cdef class Core:
             raise ValueError("lazycache.MISSING stands for 'no value' and cannot be stored")
         h = _hash(key)
         ix = _lookup(self, key, h)
-        self._sets += 1
         if ix < 0:
+            if _full(self, True, 0):
+                return 1
+            self._sets += 1
             self._insert(key, h, value, DIRTY)
             return 0
         ep = &self._entries[ix]
         r = _ring(ep)
         f = self._flags[r]
+        if _full(self, False, f):
+            return 1
+        self._sets += 1
         if f & DELETED:
             f &= ~DELETED
             self._ntomb -= 1
@@ -588,6 +628,8 @@ cdef class Core:
             return _ABSENT
         if self._entries[ix].value == NULL:
             return _MISSING
+        if _full(self, False, self._flags[_ring(&self._entries[ix])]):
+            raise Full
         self._tombstone(_ring(&self._entries[ix]), &old)
         value = <object>old
         Py_XDECREF(old)  # `value` holds it now
@@ -619,29 +661,26 @@ cdef class Core:
         return value is not _MISSING
 
     def __setitem__(self, key, value):
-        cdef int raised
-        cdef PyObject *old = NULL
-        if (self._max_pending and self._npending >= self._max_pending
-                and self._backpressure(key, value)):
-            return
-        if self._lock_free(key):
-            self._set(key, value, &old)
-            raised = self._signal()
-        else:
-            self._acquire()
-            try:
-                self._set(key, value, &old)
-                raised = self._signal()
-            finally:
-                self._release()
-        Py_XDECREF(old)  # the replaced value, released once every change is made
-        if raised:
-            self._wake(raised)
+        while _put_entry(self, key, value):
+            if self._backpressure(key, value):
+                return  # it wrote the entry itself
+
+    def _put(self, key, value):
+        """Sets key; raises Full (changing nothing) where __setitem__ would apply backpressure."""
+        if _put_entry(self, key, value):
+            raise Full
 
     def __delitem__(self, key):
-        if (self._max_pending and self._npending >= self._max_pending
-                and self._backpressure(key, _MISSING)):
-            return
+        while True:
+            try:
+                self._delete(key)
+                return
+            except Full:
+                if self._backpressure(key, _MISSING):
+                    return  # it wrote the delete itself
+
+    def _delete(self, key):
+        """Deletes key; raises Full (changing nothing) where __delitem__ applies backpressure."""
         old = self._remove_impl(key)
         if old is _MISSING or (old is _ABSENT and not self._read_through):
             raise KeyError(key)
@@ -694,6 +733,8 @@ cdef class Core:
         try:
             old = self._remove_unlocked(key)
             if old is _ABSENT:
+                if _full(self, True, 0):
+                    raise Full
                 self._insert(key, _hash(key), None, DIRTY | DELETED)
                 self._deletes += 1
                 old = _MISSING
@@ -737,7 +778,8 @@ cdef class Core:
             if ix >= 0 and self._entries[ix].value != NULL:
                 self._entries[ix].meta |= REF_BIT
                 return False, <object>self._entries[ix].value
-            self._set(key, value, &old)
+            if self._set(key, value, &old):
+                raise Full
             raised = self._signal()
         finally:
             self._release()
@@ -775,7 +817,8 @@ cdef class Core:
                     return False
             elif ix < 0 or self._seqs[_ring(&self._entries[ix])] != version:
                 return False
-            self._set(key, value, &old)
+            if self._set(key, value, &old):
+                raise Full
             raised = self._signal()
         finally:
             self._release()
@@ -848,6 +891,8 @@ cdef class Core:
                 ix -= 1
             if ix < 0:
                 raise KeyError("popitem(): cache is empty")
+            if _full(self, False, self._flags[_ring(&self._entries[ix])]):
+                raise Full
             key = <object>self._entries[ix].key
             self._tombstone(_ring(&self._entries[ix]), &old)
             value = <object>old

@@ -97,6 +97,12 @@ class _Held:
         return bool(key == other)
 
 
+class Full(Exception):
+    """Raised by a core operation, under the core's lock and before any change, when it would
+    add a pending entry beyond max_pending. Not an error: the caller applies its on_full policy
+    (without the lock) and tries again."""
+
+
 def _check_size(name: str, value: int | None) -> int:
     if value is None:
         return 0
@@ -154,13 +160,27 @@ class Core:
         """Called (without the lock) when SIGNAL_PRUNE or SIGNAL_WRITE is first raised."""
 
     def _backpressure(self, key: Any, value: Any) -> bool:
-        """Called (without the lock) before a write when max_pending entries are pending.
+        """Called (without the lock) when a write found max_pending entries pending; it is retried.
 
         value is MISSING for a delete. Returns True if it performed the write itself.
         """
         return False
 
+    def _set_max_pending(self, max_pending: int | None) -> None:
+        """Sets the bound the admission check enforces (None: unbounded, as during journal replay)."""
+        self._max_pending = _check_size("max_pending", max_pending)
+
     # ----------------------------------------------------------- internals (lock held)
+    def _admit(self, entry: Entry | None) -> None:
+        """The one admission check: raises Full if making entry (None: a new one) pending
+        would exceed max_pending. Under the lock, so the check and the change are one step."""
+        if (
+            self._max_pending
+            and self._npending >= self._max_pending
+            and (entry is None or not entry.flags & (DIRTY | INFLIGHT))
+        ):
+            raise Full
+
     def _check_writable(self) -> None:
         if self._closed:
             raise RuntimeError("the cache is closed: it accepts no more writes")
@@ -254,6 +274,10 @@ class Core:
         if value is MISSING:
             raise ValueError("lazycache.MISSING stands for 'no value' and cannot be stored")
         entry = self._map.get(key)
+        if (
+            self._max_pending and self._npending >= self._max_pending
+        ):  # spares a call when far below
+            self._admit(entry)
         self._sets += 1
         if entry is None:
             self._new_entry(key, value, DIRTY)
@@ -341,53 +365,71 @@ class Core:
         return self._read_through and self._load_missing(key) is not MISSING
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if (
-            self._max_pending
-            and self._npending >= self._max_pending
-            and self._backpressure(key, value)
-        ):
-            return
         # acquire()/release() rather than `with`, and the common case of _set_locked inline:
         # each halves what its part costs on this path (callgrind), and a set is the hot write.
         lock = self._lock
-        lock.acquire()
-        try:
-            entry = self._map.get(key)
-            if (
-                entry is None
-                or entry.flags & (DELETED | INFLIGHT)
-                or value is MISSING
-                or self._closed
-            ):
-                old, raised = self._set_locked(key, value)
-            else:  # a live entry, not being written: _set_locked's path for it
-                old = entry.value
-                self._sets += 1
-                self._seq += 1
-                entry.value = value
-                entry.seq = self._seq
-                entry.ref = True
-                flags = entry.flags
-                if flags & DIRTY:
-                    return  # already queued: old is released after the lock
-                self._npending += 1
-                entry.since = self._clock
-                entry.flags = flags | DIRTY
-                self._dirty.append(entry)
-                raised = self._signal()
-        finally:
-            lock.release()
+        while True:
+            lock.acquire()
+            try:
+                entry = self._map.get(key)
+                if (
+                    entry is None
+                    or entry.flags & (DELETED | INFLIGHT)
+                    or value is MISSING
+                    or self._closed
+                ):
+                    old, raised = self._set_locked(key, value)
+                else:  # a live entry, not being written: _set_locked's path for it
+                    flags = entry.flags
+                    if (
+                        not flags & DIRTY
+                        and self._max_pending
+                        and self._npending >= self._max_pending
+                    ):
+                        self._admit(entry)  # spares the call when far below the bound
+                    old = entry.value
+                    self._sets += 1
+                    self._seq += 1
+                    entry.value = value
+                    entry.seq = self._seq
+                    entry.ref = True
+                    if flags & DIRTY:
+                        return  # already queued: old is released after the lock
+                    self._npending += 1
+                    entry.since = self._clock
+                    entry.flags = flags | DIRTY
+                    self._dirty.append(entry)
+                    raised = self._signal()
+                break
+            except Full:
+                pass  # nothing changed: backpressure below, without the lock, then again
+            finally:
+                lock.release()
+            if self._backpressure(key, value):
+                return  # it wrote the entry itself
         del old  # a replaced value's __del__ runs outside the lock
         if raised:
             self._wake(raised)
 
+    def _put(self, key: Any, value: Any) -> None:
+        """Sets key; raises Full (changing nothing) where __setitem__ would apply backpressure."""
+        with self._lock:
+            old, raised = self._set_locked(key, value)
+        del old
+        if raised:
+            self._wake(raised)
+
     def __delitem__(self, key: Any) -> None:
-        if (
-            self._max_pending
-            and self._npending >= self._max_pending
-            and self._backpressure(key, MISSING)
-        ):
-            return
+        while True:
+            try:
+                self._delete(key)
+                return
+            except Full:
+                if self._backpressure(key, MISSING):
+                    return  # it wrote the delete itself
+
+    def _delete(self, key: Any) -> None:
+        """Deletes key; raises Full (changing nothing) where __delitem__ applies backpressure."""
         old = self._remove(key)
         if old is MISSING or (old is ABSENT and not self._read_through):
             raise KeyError(key)
@@ -417,6 +459,7 @@ class Core:
                 return ABSENT
             if entry.flags & DELETED:
                 return MISSING
+            self._admit(entry)
             old = self._tombstone(entry)
             raised = self._signal()
         finally:
@@ -430,6 +473,8 @@ class Core:
         with self._lock:
             self._check_writable()
             entry = self._map.get(key)
+            if entry is None or not entry.flags & DELETED:
+                self._admit(entry)
             if entry is None:
                 self._new_entry(key, MISSING, DIRTY | DELETED)
                 self._deletes += 1
@@ -539,6 +584,7 @@ class Core:
             self._check_writable()
             for entry in reversed(self._map.values()):
                 if not entry.flags & DELETED:
+                    self._admit(entry)
                     key = entry.key
                     value = self._tombstone(entry)
                     raised = self._signal()

@@ -36,6 +36,7 @@ from typing import (
 )
 
 from . import _core_py
+from ._core_py import Full
 from ._sentinels import ABSENT, MISSING
 from ._worker import Backoff, Worker
 from .coherence import Coherence
@@ -279,7 +280,8 @@ class _CacheLayer:
             maxsize=maxsize,
             write_threshold=batch_size,
             read_through=read_through,
-            # A journaled cache checks max_pending itself, before taking the journal's lock.
+            # Unbounded while a journal replays (those writes were acknowledged long ago);
+            # the bound is set once replay is done.
             max_pending=None if journal is not None else max_pending,
         )
         self._set_clock(_now_ms())  # type: ignore[attr-defined]
@@ -315,6 +317,7 @@ class _CacheLayer:
             self._subscribe(coherence)
         if self._journal is not None:
             self._replay_journal()
+            self._set_max_pending(max_pending)  # type: ignore[attr-defined]
 
     def _subscribe(self, coherence: Coherence) -> None:
         # The channel's thread holds only weak references: it must not keep the cache alive.
@@ -482,8 +485,9 @@ class _CacheLayer:
             self._writer.wake()
 
     def _backpressure(self, key: Any, value: Any) -> bool:
-        if self._is_pending(key):  # type: ignore[attr-defined]
-            return False  # changing an entry already pending adds nothing to the backlog
+        """Applies on_full to a write the core refused (Full): it would add a pending entry
+        beyond max_pending. Returns True if it wrote the entry through itself; False if the
+        caller should try again (the core checks again, atomically with the change)."""
         if self.on_full == "write-through" and value is not _NO_WRITE_THROUGH:
             self._write_through(key, value)
             return True
@@ -505,10 +509,15 @@ class _CacheLayer:
             time.sleep(0.002)
         return False
 
-    def _admit(self, key: Any) -> None:
-        """Backpressure for the compound writes (which never write through)."""
-        if self.max_pending and self.pending >= self.max_pending:  # type: ignore[attr-defined]
-            self._backpressure(key, _NO_WRITE_THROUGH)
+    def _admitted(self, key: Any, write: Callable[..., Any], *args: Any) -> Any:
+        """Runs a compound write, applying backpressure (never write-through) each time the
+        core refuses it with Full; a refused attempt changed nothing (its journal record is
+        undone) and holds no lock."""
+        while True:
+            try:
+                return write(*args)
+            except Full:
+                self._backpressure(key, _NO_WRITE_THROUGH)
 
     def _write_through(self, key: Any, value: Any) -> None:
         """Writes one entry to the store now, in order with the batches, then caches it clean."""
@@ -537,7 +546,9 @@ class _CacheLayer:
 
         Reads through to the store when memory does not know the key.
         """
-        self._admit(key)
+        return self._admitted(key, self._pop, key, default)
+
+    def _pop(self, key: Any, default: Any) -> Any:
         with self._journaling() as journal:
             # Journaled first, undone if nothing was deleted: a failed append changes nothing.
             mark = journal.append(journal.encode(key, MISSING))
@@ -563,7 +574,9 @@ class _CacheLayer:
 
     def popitem(self) -> tuple[Any, Any]:
         """Deletes and returns the most recently inserted item in memory (the store is not consulted)."""
-        self._admit(None)
+        return self._admitted(None, self._popitem_journaled)  # type: ignore[no-any-return]
+
+    def _popitem_journaled(self) -> tuple[Any, Any]:
         with self._journaling() as journal:
             key, value = self._popitem()  # type: ignore[attr-defined]
             try:
@@ -580,7 +593,9 @@ class _CacheLayer:
         if value is not MISSING:
             return value
         record = self._journaling().encode(key, default)
-        self._admit(key)
+        return self._admitted(key, self._setdefault, key, default, record)
+
+    def _setdefault(self, key: Any, default: Any, record: Any) -> Any:
         with self._journaling() as journal:
             if journal.enabled:
                 current, _ = self._read_versioned(key)  # type: ignore[attr-defined]
@@ -599,7 +614,9 @@ class _CacheLayer:
     def discard(self, key: Any) -> None:
         """Deletes key from the cache and, in a later flush, from the store, whether or not memory holds it."""
         record = self._journaling().encode(key, MISSING)
-        self._admit(key)
+        self._admitted(key, self._discard_journaled, key, record)
+
+    def _discard_journaled(self, key: Any, record: Any) -> None:
         with self._journaling() as journal:
             mark = journal.append(record)
             try:
@@ -614,7 +631,9 @@ class _CacheLayer:
         Keys that only the store holds are not touched. To drop memory without deleting
         anything, use `invalidate()`.
         """
-        self._admit(None)
+        # A bulk delete: it waits for room (or is refused) once, then tombstones every entry.
+        if self.max_pending and self.pending >= self.max_pending:  # type: ignore[attr-defined]
+            self._backpressure(None, _NO_WRITE_THROUGH)
         with self._journaling() as journal:
             records = (
                 [journal.encode(key, MISSING) for key in self._keys()]  # type: ignore[attr-defined]
@@ -658,19 +677,22 @@ class _CacheLayer:
                 raise KeyError(key)
             new = fn(base)
             record = self._journaling().encode(key, new)
-            self._admit(key)
-            with self._journaling() as journal:
-                if journal.enabled and self._read_versioned(key)[1] != version:  # type: ignore[attr-defined]
-                    continue  # changed meanwhile: nothing journaled, fn runs again
-                mark = journal.append(record)
-                try:
-                    done = self._compare_and_set(key, new, expected, version)  # type: ignore[attr-defined]
-                except BaseException:
-                    journal.undo(mark)
-                    raise
-                if done:
-                    return new
+            if self._admitted(key, self._swap, key, new, expected, version, record):
+                return new  # else changed meanwhile: nothing journaled, fn runs again
+
+    def _swap(self, key: Any, new: Any, expected: Any, version: int, record: Any) -> bool:
+        with self._journaling() as journal:
+            if journal.enabled and self._read_versioned(key)[1] != version:  # type: ignore[attr-defined]
+                return False
+            mark = journal.append(record)
+            try:
+                done: bool = self._compare_and_set(key, new, expected, version)  # type: ignore[attr-defined]
+            except BaseException:
                 journal.undo(mark)
+                raise
+            if not done:
+                journal.undo(mark)
+            return done
 
     # ----------------------------------------------------------- writing and pruning
     def flush(self, timeout: float | None = None) -> FlushResult:
@@ -984,28 +1006,37 @@ class _JournaledLayer:
     def __setitem__(self, key: Any, value: Any) -> None:
         journal = self._journal  # type: ignore[attr-defined]
         record = journal.encode(key, value)  # a key or value it cannot record is refused here
-        if self.max_pending and self.pending >= self.max_pending and self._backpressure(key, value):  # type: ignore[attr-defined]
-            return  # written through to the store
-        with journal.lock:
-            # The record first: if the append fails (disk full), the cache is not changed.
-            mark = journal.append(record)
-            try:
-                super().__setitem__(key, value)  # type: ignore[misc]
-            except BaseException:
-                journal.undo(mark)
-                raise
+        while True:
+            with journal.lock:
+                # The record first: if the append fails (disk full), the cache is not changed.
+                mark = journal.append(record)
+                try:
+                    self._put(key, value)  # type: ignore[attr-defined]
+                    return
+                except Full:
+                    journal.undo(mark)  # backpressure below, without the journal's lock
+                except BaseException:
+                    journal.undo(mark)
+                    raise
+            if self._backpressure(key, value):  # type: ignore[attr-defined]
+                return  # written through to the store
 
     def __delitem__(self, key: Any) -> None:
         journal = self._journal  # type: ignore[attr-defined]
         record = journal.encode(key, MISSING)
-        self._admit(key)  # type: ignore[attr-defined]
-        with journal.lock:
-            mark = journal.append(record)
-            try:
-                super().__delitem__(key)  # type: ignore[misc]
-            except BaseException:  # KeyError included: nothing was deleted
-                journal.undo(mark)
-                raise
+        while True:
+            with journal.lock:
+                mark = journal.append(record)
+                try:
+                    self._delete(key)  # type: ignore[attr-defined]
+                    return
+                except Full:
+                    journal.undo(mark)  # backpressure below, without the journal's lock
+                except BaseException:  # KeyError included: nothing was deleted
+                    journal.undo(mark)
+                    raise
+            if self._backpressure(key, MISSING):  # type: ignore[attr-defined]
+                return  # written through to the store
 
 
 class _KeysView(KeysView):  # type: ignore[type-arg]
