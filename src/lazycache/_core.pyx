@@ -337,7 +337,7 @@ cdef class Core:
         return False
 
     def _set_max_pending(self, max_pending):
-        """Sets the bound the admission check enforces (None: unbounded, as during journal replay)."""
+        """Sets the bound admission enforces (None: unbounded, as during journal replay)."""
         self._max_pending = _check_size("max_pending", max_pending)
 
     # ----------------------------------------------------------- lock and released references

@@ -167,7 +167,7 @@ class Core:
         return False
 
     def _set_max_pending(self, max_pending: int | None) -> None:
-        """Sets the bound the admission check enforces (None: unbounded, as during journal replay)."""
+        """Sets the bound admission enforces (None: unbounded, as during journal replay)."""
         self._max_pending = _check_size("max_pending", max_pending)
 
     # ----------------------------------------------------------- internals (lock held)
