@@ -6,11 +6,16 @@ block, and it records what it was asked to do.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
 import json
 import os
 import select
 import signal
+import subprocess
+import sys
+import sysconfig
 import threading
 import time
 import traceback
@@ -35,6 +40,30 @@ TIMEOUT = 5.0
 """How long polling helpers wait for background behaviour before failing."""
 
 HOT_METHODS = ("__getitem__", "__setitem__", "__delitem__", "__contains__", "__len__", "get")
+
+
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+"""A free-threaded build: a module not declared compatible re-enables the GIL when imported."""
+
+
+@functools.cache
+def _turns_the_gil_on(name: str) -> bool:
+    """Whether importing `name` re-enables the GIL (asked of a fresh interpreter, not of this one)."""
+    probe = f"import sys, {name}; print(sys._is_gil_enabled())"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() == "True"
+
+
+def require_module(name: str) -> Any:
+    """`pytest.importorskip(name)`, and on a free-threaded build also a skip if importing `name`
+    would turn the GIL back on: the rest of the suite must go on running without it."""
+    if importlib.util.find_spec(name.partition(".")[0]) is None:
+        pytest.skip(f"{name} is not installed")
+    if FREE_THREADED and os.environ.get("PYTHON_GIL") != "0" and _turns_the_gil_on(name):
+        pytest.skip(f"importing {name} re-enables the GIL on this free-threaded build")
+    return pytest.importorskip(name)
 
 
 def require_implementation(name: str) -> type:

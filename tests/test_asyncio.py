@@ -14,14 +14,14 @@ from collections.abc import Awaitable, Iterator
 from typing import Any, Callable
 
 import pytest
-from helpers import TIMEOUT
+from helpers import TIMEOUT, require_module
 from services import POSTGRES_URL, delete_redis_keys, mariadb_url, postgres_url, redis_url
 
 import lazycache.aio as aio
 from lazycache import BackpressureError, FlushError
 from lazycache.aio import AsyncLazyWriterCache, sync_url
 
-pytest.importorskip("greenlet")  # SQLAlchemy's asyncio engines (the AsyncEngine tests)
+require_module("greenlet")  # SQLAlchemy's asyncio engines (the AsyncEngine tests)
 
 STORES = ["sqlite", "postgresql", "mariadb", "redis"]
 SQL = ["sqlite", "postgresql", "mariadb"]
@@ -72,13 +72,13 @@ class Target:
 
 def async_url(kind: str, tmp_path: Any) -> str:
     if kind == "sqlite":
-        pytest.importorskip("aiosqlite")
+        require_module("aiosqlite")
         return f"sqlite+aiosqlite:///{tmp_path / 'aio.db'}"
     if kind == "postgresql":
-        pytest.importorskip("asyncpg")
+        require_module("asyncpg")
         return postgres_url().replace("+psycopg", "+asyncpg")
     if kind == "mariadb":
-        pytest.importorskip("aiomysql")
+        require_module("aiomysql")
         return mariadb_url().replace("+pymysql", "+aiomysql")
     return redis_url()
 
@@ -427,7 +427,7 @@ def test_aclose_names_unwritten_keys_and_keeps_them(target: Target) -> None:
 
 
 def test_a_lost_postgresql_connection_is_retried_within_the_flush_deadline(impl: str) -> None:
-    pytest.importorskip("asyncpg")
+    require_module("asyncpg")
     postgres_url()
     name = f"lcaio_{uuid.uuid4().hex[:12]}"
     target = Target("postgresql", POSTGRES_URL.replace("+psycopg", "+asyncpg"), impl)

@@ -6,6 +6,7 @@ processes keep each other coherent over PostgreSQL LISTEN/NOTIFY.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -24,9 +25,11 @@ import pytest
 from helpers import TIMEOUT
 from services import postgres_url
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-pytest.importorskip("asyncpg")
+# The service runs in uvicorn processes of its own: these need only be installed, not imported
+# here (on a free-threaded build, importing them would turn this process's GIL back on).
+for _needed in ("fastapi", "uvicorn", "asyncpg"):
+    if importlib.util.find_spec(_needed) is None:
+        pytest.skip(f"{_needed} is not installed", allow_module_level=True)
 
 APP_DIR = Path(__file__).resolve().parent.parent / "examples" / "service"
 
