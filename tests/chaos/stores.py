@@ -16,9 +16,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from lazycache import Store
+from proxy import CuttableProxy
 
-from .faults import FaultProxy
+from lazycache import Store
 
 STORES = ("sqlite", "postgresql", "mariadb", "redis")
 SERVER_PORTS = {"postgresql": 5432, "mariadb": 3306, "redis": 6379}
@@ -80,7 +80,7 @@ class Env:
     make_store: Callable[[], Store[Any, Any]]
     oracle: Store[Any, Any]
     same: Callable[[Any, Any], bool]
-    proxy: FaultProxy | None = None
+    proxy: CuttableProxy | None = None
     sqlite_path: str | None = None
     oversize: int = 2 * 1024 * 1024
     child_spec: dict[str, Any] = field(default_factory=dict)
@@ -128,7 +128,7 @@ def _open_sql(kind: str, mode: str, tmpdir: str) -> Env:
         sqlite_path = os.path.join(tmpdir, f"{name}.db")
         url = direct = f"sqlite:///{sqlite_path}"
     else:
-        proxy = FaultProxy(SERVER_PORTS[kind])
+        proxy = CuttableProxy(SERVER_PORTS[kind])
         url = _url(kind, proxy.port)
         direct = _url(kind, SERVER_PORTS[kind])
     options = _engine_options(kind)
@@ -205,7 +205,7 @@ def _open_redis(tmpdir: str) -> Env:
     from lazycache.stores.redis import RedisStore
 
     prefix = f"chaos-{uuid.uuid4().hex[:12]}:"
-    proxy = FaultProxy(SERVER_PORTS["redis"])
+    proxy = CuttableProxy(SERVER_PORTS["redis"])
     url = _url("redis", proxy.port)
     options = {"socket_timeout": 5.0, "socket_connect_timeout": 3.0}
 

@@ -15,11 +15,10 @@ import uuid
 from typing import Any
 
 from helpers import TIMEOUT, wait_until
+from proxy import CuttableProxy
 from services import mariadb_url, postgres_url
 
 from lazycache.stores.sqlalchemy import SQLAlchemyStore, make_engine
-
-from .faults import FaultProxy
 
 
 def sleeping_backends(engine: Any) -> int:
@@ -35,7 +34,7 @@ def test_a_delete_acknowledged_and_flushed_stays_deleted_when_an_earlier_commit_
     make_cache: Any,
 ) -> None:
     direct = make_engine(postgres_url())
-    proxy = FaultProxy(5432)
+    proxy = CuttableProxy(5432)
     name = f"doubt_{uuid.uuid4().hex[:12]}"
     store = SQLAlchemyStore(f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/test", name)
     try:
@@ -91,7 +90,7 @@ def test_mariadb_a_flushed_delete_comes_after_the_lost_connections_session_has_e
     # MariaDB has no deferred trigger to hold a COMMIT: a write sleeping in a trigger stands
     # in for the old session still at work when the writer lost its connection.
     direct = make_engine(mariadb_url())
-    proxy = FaultProxy(3306)
+    proxy = CuttableProxy(3306)
     name = f"doubt_{uuid.uuid4().hex[:12]}"
     store = SQLAlchemyStore(f"mysql+pymysql://root@127.0.0.1:{proxy.port}/test", name)
     try:
