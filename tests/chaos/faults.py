@@ -7,6 +7,7 @@ a user can pass.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -16,11 +17,23 @@ from lazycache.stores.base import GeneratedFields
 
 
 class SlowStore(Store[Any, Any]):
-    """The real store, with `delay` seconds added before each write while the nemesis says so."""
+    """The real store, with `delay` seconds added before each write while the nemesis says so.
+
+    The delay lives in shared memory: a forked child sees the parent's nemesis heal it, as it
+    would see a real network or server recover.
+    """
 
     def __init__(self, inner: Store[Any, Any]) -> None:
         self.inner = inner
-        self.delay = 0.0
+        self._delay = multiprocessing.RawValue("d", 0.0)
+
+    @property
+    def delay(self) -> float:
+        return float(self._delay.value)
+
+    @delay.setter
+    def delay(self, seconds: float) -> None:
+        self._delay.value = seconds
 
     def load_many(self, keys: Sequence[Any]) -> Any:
         return self.inner.load_many(keys)
@@ -35,6 +48,9 @@ class SlowStore(Store[Any, Any]):
 
     def is_recoverable(self, exc: BaseException) -> bool:
         return self.inner.is_recoverable(exc)
+
+    def after_fork_in_child(self) -> None:
+        self.inner.after_fork_in_child()  # the child must not use the parent's connections
 
     def close(self) -> None:
         self.inner.close()
