@@ -58,11 +58,13 @@ def _turns_the_gil_on(name: str) -> bool:
 
 def require_module(name: str) -> Any:
     """`pytest.importorskip(name)`, and on a free-threaded build also a skip if importing `name`
-    would turn the GIL back on: the rest of the suite must go on running without it."""
+    would turn the GIL back on: the rest of the suite must go on running without it. Called at
+    a module's top, it skips the module."""
     if importlib.util.find_spec(name.partition(".")[0]) is None:
-        pytest.skip(f"{name} is not installed")
+        pytest.skip(f"{name} is not installed", allow_module_level=True)
     if FREE_THREADED and os.environ.get("PYTHON_GIL") != "0" and _turns_the_gil_on(name):
-        pytest.skip(f"importing {name} re-enables the GIL on this free-threaded build")
+        reason = f"importing {name} re-enables the GIL on this free-threaded build"
+        pytest.skip(reason, allow_module_level=True)
     return pytest.importorskip(name)
 
 
