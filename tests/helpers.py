@@ -26,6 +26,7 @@ import pytest
 
 from lazycache import MemoryStore
 from lazycache.cache import implementation_class
+from lazycache.coherence import Coherence
 
 NO_EXTENSIONS = bool(os.environ.get("LAZYCACHE_NO_EXTENSIONS"))
 """Same rule as lazycache.cache: any non-empty value turns the compiled core off."""
@@ -434,3 +435,19 @@ def close_caches(made: Sequence[tuple[Any, bool]]) -> None:
                 unexpected.append(exc)
     if unexpected:
         raise unexpected[0]
+
+
+class LocalCoherence(Coherence):
+    """A coherence channel within this process: the test calls `on_lost()`/`on_restored()`
+    itself to play the subscription breaking and coming back."""
+
+    def start(
+        self,
+        on_keys: Callable[[Sequence[Any]], None],
+        on_lost: Callable[[], None],
+        on_restored: Callable[[], None],
+    ) -> None:
+        self.on_lost, self.on_restored = on_lost, on_restored
+
+    def publish(self, keys: Sequence[Any]) -> None:
+        pass

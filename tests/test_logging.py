@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Any, Callable
+from collections.abc import Iterator
 
 import pytest
-from helpers import FailingStore
+from helpers import FailingStore, LocalCoherence
 
 from lazycache import FlushError
-from lazycache.coherence import Coherence
-
-
-class LocalCoherence(Coherence):
-    """A channel within this process: the test calls on_lost/on_restored itself."""
-
-    def start(
-        self,
-        on_keys: Callable[[Sequence[Any]], None],
-        on_lost: Callable[[], None],
-        on_restored: Callable[[], None],
-    ) -> None:
-        self.on_lost, self.on_restored = on_lost, on_restored
-
-    def publish(self, keys: Sequence[Any]) -> None:
-        pass
 
 
 @pytest.fixture

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import gc
 import urllib.request
-from collections.abc import Iterator, Sequence
-from typing import Any, Callable
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from helpers import FailingStore
+from helpers import FailingStore, LocalCoherence
 
 from lazycache import FlushError
-from lazycache.coherence import Coherence
 from lazycache.stores.memory import MemoryStore
 
 prometheus_client = pytest.importorskip("prometheus_client")
@@ -21,21 +20,6 @@ from lazycache.metrics.prometheus import register, unregister  # noqa: E402
 
 Samples = dict[tuple[str, str, str], float]
 """(sample name, cache label, le label or "") -> value."""
-
-
-class LocalCoherence(Coherence):
-    """A channel within this process: `lose()` and `restore()` play the subscription breaking."""
-
-    def start(
-        self,
-        on_keys: Callable[[Sequence[Any]], None],
-        on_lost: Callable[[], None],
-        on_restored: Callable[[], None],
-    ) -> None:
-        self.on_lost, self.on_restored = on_lost, on_restored
-
-    def publish(self, keys: Sequence[Any]) -> None:
-        pass
 
 
 @pytest.fixture
