@@ -14,7 +14,7 @@ $(PY):
 # Reinstalled whenever the build inputs change, so the compiled core never lags behind its source.
 # A core that fails to compile is an error here (setup.py would otherwise fall back to pure Python).
 $(STAMP): $(PY) pyproject.toml setup.py src/lazycache/_core.pyx src/lazycache/_core.pxd
-	LAZYCACHE_REQUIRE_EXTENSIONS=1 $(PY) -m pip install --quiet -e '.[dev,bench]'
+	LAZYCACHE_REQUIRE_EXTENSIONS=1 $(PY) -m pip install --quiet -e '.[dev,service,bench]'
 	touch $@
 
 install: $(STAMP)

@@ -87,14 +87,15 @@ def venv_python(directory: Path) -> Path:
 
 
 def install_wheel(wheel: Path, directory: Path, env: dict[str, str]) -> Path:
-    """A fresh virtual environment with the wheel, checked importable on its own, then with `dev`."""
+    """A fresh virtual environment with the wheel, checked importable on its own, then with the
+    extras the suite uses: `dev`, and `service` (FastAPI, uvicorn) for the example service's tests."""
     venv.EnvBuilder(with_pip=True).create(directory)
     python = venv_python(directory)
     pip = [str(python), "-m", "pip", "install", "--quiet"]
     run([*pip, str(wheel)], env=env)
     # Nothing but the wheel and its declared dependencies: an undeclared import fails here.
     run([str(python), "-c", "import lazycache, lazycache.cli"], env=env, cwd=directory)
-    run([*pip, f"{wheel}[dev]"], env=env)
+    run([*pip, f"{wheel}[dev,service]"], env=env)
     return python
 
 
