@@ -22,6 +22,14 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
+# make test-explore: the property-based tests (Hypothesis) with fresh random examples each run;
+# `make test` replays the same ones every time. RUNS=N repeats them N times.
+RUNS ?= 5
+.PHONY: test-explore
+test-explore: $(STAMP)
+	for i in $$(seq $(RUNS)); do HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q -p no:cacheprovider \
+		tests/test_stateful.py tests/test_serializers.py tests/test_journal_damage.py || exit 1; done
+
 # make chaos MINUTES=10: randomized fault injection (tests/chaos) with fresh seeds for that long;
 # prints each failure's seed and replay command, then the totals. Needs the local servers.
 MINUTES ?= 10
