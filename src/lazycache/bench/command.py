@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from typing import Callable
 
 from .._open import is_redis_url
-from . import redis, store
 from .hotpaths import DEFAULT_REPEAT, DEFAULT_REPEAT_LARGE, OPERATIONS, QUICK_SIZES
 from .kit.output import human
 from .kit.progress import Progress
-from .plot import MissingMatplotlib, check_matplotlib, plot
-from .run import SECTIONS, run_sections
+
+SECTIONS = ("ops", "threads", "latency", "memory")
+"""What `--sections` chooses from: the sections `run.run_sections` measures in one run."""
 
 
 def _size_list(text: str) -> list[int]:
@@ -88,19 +88,27 @@ def _positive_int(text: str) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    # The sections are imported here, by the runs that use them: `lazycache info` and
+    # `lazycache journal` do not pay for them at start-up.
     if args.store is not None:
         # A Redis URL: get-hit against a Redis GET, flush against a pipelined MSET;
         # otherwise flush throughput to the database.
+        from . import redis, store
+
         run_store = redis.run if is_redis_url(args.store) else store.run
         return run_store(
             args.store, sizes=args.sizes, repeat=args.repeat, quick=args.quick, as_json=args.json
         )
     if args.plot is not None:
+        from .plot import MissingMatplotlib, check_matplotlib
+
         try:
             check_matplotlib()
         except MissingMatplotlib as exc:
             print(f"lazycache bench: --plot: {exc}", file=sys.stderr)
             return 2
+    from .run import run_sections
+
     progress = Progress(enabled=sys.stderr.isatty() and not args.json, sections=len(args.sections))
     try:
         run = run_sections(args, progress)
@@ -108,6 +116,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         progress.close()
     print(json.dumps(run.to_json(), indent=2) if args.json else run.render())
     if args.plot is not None:
+        from .plot import plot
+
         plot(run, args.plot)
         if not args.json:
             print(f"\nplot written to {args.plot}")

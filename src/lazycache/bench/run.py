@@ -14,8 +14,6 @@ from .latency import LatencyReport
 from .memory import MemoryReport
 from .threads import ThreadReport
 
-SECTIONS = ("ops", "threads", "latency", "memory")
-
 
 @dataclass
 class BenchRun:
