@@ -94,7 +94,10 @@ def install_wheel(wheel: Path, directory: Path, env: dict[str, str]) -> Path:
     pip = [str(python), "-m", "pip", "install", "--quiet"]
     run([*pip, str(wheel)], env=env)
     # Nothing but the wheel and its declared dependencies: an undeclared import fails here.
-    run([str(python), "-c", "import lazycache, lazycache.cli"], env=env, cwd=directory)
+    # The bench command imports its sections when a run needs them: imported here by name.
+    modules = ["lazycache", "lazycache.cli"]
+    modules += [f"lazycache.bench.{name}" for name in ("run", "plot", "store", "redis")]
+    run([str(python), "-c", f"import {', '.join(modules)}"], env=env, cwd=directory)
     run([*pip, f"{wheel}[dev,service]"], env=env)
     return python
 
