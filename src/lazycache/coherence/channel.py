@@ -516,4 +516,3 @@ def _shutdown_socket(fileno: int | None) -> None:
         pass
     finally:
         sock.close()
-

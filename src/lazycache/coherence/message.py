@@ -38,6 +38,7 @@ KEY_FORMATS = ("json", "pickle")
 ALL_KEYS: Final = object()
 """What `decode_message` returns for a message that invalidates everything."""
 
+
 def _key_to_json(key: Any) -> Any:
     if key is None or isinstance(key, (str, bool, int)):
         return key
@@ -133,4 +134,3 @@ def decode_message(data: Any, key_format: str) -> tuple[str | None, Any]:
             )
         return sender, [pickle.loads(base64.b64decode(item)) for item in message["p"]]
     raise ValueError("a message with neither keys nor all")
-
