@@ -135,14 +135,14 @@ class ChannelSettings:
             return float(self.ping_timeout)
         return 3.0 * self.ping_interval
 
-    @classmethod
-    def of(cls, settings: ChannelSettings | None, options: Mapping[str, Any]) -> ChannelSettings:
-        """`settings` (default: the defaults) with `options`, keyword by keyword, replacing its values."""
-        if settings is None:
-            return cls(**options)
-        if not isinstance(settings, ChannelSettings):
-            raise TypeError(f"settings must be a ChannelSettings, not {type(settings).__name__}")
-        return dataclasses.replace(settings, **options) if options else settings
+
+def _settings_from(settings: ChannelSettings | None, options: Mapping[str, Any]) -> ChannelSettings:
+    """`settings` (default: the defaults) with `options`, keyword by keyword, replacing its values."""
+    if settings is None:
+        return ChannelSettings(**options)
+    if not isinstance(settings, ChannelSettings):
+        raise TypeError(f"settings must be a ChannelSettings, not {type(settings).__name__}")
+    return dataclasses.replace(settings, **options) if options else settings
 
 
 class ChannelOptions(TypedDict, total=False):
@@ -182,7 +182,7 @@ class ChannelCoherence(Coherence):
     def __init__(
         self, *, settings: ChannelSettings | None = None, **options: Unpack[ChannelOptions]
     ) -> None:
-        self.settings = ChannelSettings.of(settings, options)
+        self.settings = _settings_from(settings, options)
         """This channel's `ChannelSettings`."""
         self.id = uuid.uuid4().hex
         """This channel's publisher id: messages carrying it are not delivered back to it."""
