@@ -20,7 +20,7 @@ from redis_cluster import private_redis  # noqa: F401  (fixture)
 from services import delete_redis_keys, redis_client, redis_url, unique_name
 
 from lazycache import MemoryStore
-from lazycache.coherence import ChannelSettings
+from lazycache.coherence.channel import ChannelSettings
 from lazycache.coherence.message import (
     all_message,
     decode_message,

@@ -11,8 +11,7 @@ from helpers import wait_until
 from services import postgres_url, redis_url, unique_name
 
 from lazycache import MemoryStore
-from lazycache.coherence import ChannelCoherence, ChannelSettings
-from lazycache.coherence.channel import ChannelOptions
+from lazycache.coherence.channel import ChannelCoherence, ChannelOptions, ChannelSettings
 from lazycache.coherence.postgres import PostgresNotifyCoherence
 from lazycache.coherence.redis import RedisCoherence
 

@@ -11,11 +11,10 @@ cache asks of one. The modules, each importing only those below it:
 * `redis`: `RedisCoherence`, over Redis or Redis Cluster pub/sub (needs redis-py);
 * `postgres`: `PostgresNotifyCoherence`, over PostgreSQL LISTEN/NOTIFY (needs psycopg).
 
-The two transports are not imported here: each needs its client library, and a cache
-without coherence needs neither.
+Only `Coherence` is imported here, which every cache needs: the channel and its transports
+are for caches that use one (the transports need their client libraries too).
 """
 
 from .base import Coherence
-from .channel import ChannelCoherence, ChannelSettings
 
-__all__ = ["ChannelCoherence", "ChannelSettings", "Coherence"]
+__all__ = ["Coherence"]
