@@ -4,7 +4,7 @@ The compiled core is used when it is importable and LAZYCACHE_NO_EXTENSIONS is n
 set; `IMPLEMENTATION` says which core is active ("cython" or "python").
 """
 
-from ._open import open
+from ._open import open, open_redis
 from ._sentinels import MISSING
 from .cache import IMPLEMENTATION, LazyWriterCache, implementation_class
 from .serializers import SerializationError
@@ -30,4 +30,5 @@ __all__ = [
     "log_write_error",
     "merge_fields",
     "open",
+    "open_redis",
 ]

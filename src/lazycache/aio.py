@@ -415,10 +415,9 @@ def sync_url(url: Any) -> Any:
     return url
 
 
-def _is_redis(url: Any) -> bool:
-    if isinstance(url, str):
-        return url.split("://", 1)[0].lower() in ("redis", "rediss", "unix")
-    return type(url).__module__.startswith("redis.")
+def _is_redis_client(target: Any) -> bool:
+    """Whether `target` is a redis-py client (sync or `redis.asyncio`), told apart without importing redis."""
+    return type(target).__module__.startswith("redis.")
 
 
 def _sync_redis_client(client: Any) -> Any:
@@ -458,28 +457,26 @@ async def open(
     ...     users["alice"] = {"age": 30}
     ...     await users.aget("bob")
     """
+    from ._open import is_redis_url, open_redis
     from ._open import open as open_sync
 
     sync_engine = getattr(url, "sync_engine", None)
     if sync_engine is not None:  # an AsyncEngine: its URL, for an engine of our own
         url = sync_engine.url
-    if _is_redis(url):
-        if not isinstance(url, str):
-            import redis
+    if _is_redis_client(url):
+        import redis
 
-            from .stores.redis import open_redis
-
-            made_client = isinstance(url, redis.asyncio.Redis)
-            client = _sync_redis_client(url) if made_client else url
-            prefix = options.pop("prefix", f"{table}:")
-            made = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: open_redis(client, prefix=prefix, **options)
-            )
-            # A client made here from the caller's is the store's: closed with the cache.
-            made.store.owns_client = made.store.owns_client or made_client  # type: ignore[attr-defined]
-            return _upgrade(made)
-    elif not (hasattr(url, "dialect") and hasattr(url, "connect")):  # not an Engine
-        url = sync_url(url)
+        made_client = isinstance(url, redis.asyncio.Redis)
+        client = _sync_redis_client(url) if made_client else url
+        prefix = options.pop("prefix", f"{table}:")
+        made = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: open_redis(client, prefix=prefix, **options)
+        )
+        # A client made here from the caller's is the store's: closed with the cache.
+        made.store.owns_client = made.store.owns_client or made_client  # type: ignore[attr-defined]
+        return _upgrade(made)
+    if not (is_redis_url(url) or (hasattr(url, "dialect") and hasattr(url, "connect"))):
+        url = sync_url(url)  # a SQLAlchemy URL, not an Engine
     target = url
     made = await asyncio.get_running_loop().run_in_executor(
         None, lambda: open_sync(target, table, **options)

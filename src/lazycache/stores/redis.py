@@ -2,12 +2,10 @@
 
 Hot reads never leave the process (they are served by the cache's memory); writes
 reach Redis in batches, one pipelined `MULTI/EXEC` per batch; a miss reads through
-with `MGET`. `open_redis(url)` makes the whole thing in one line, with the
-cross-process coherence channel (`lazycache.stores.redis_coherence.RedisCoherence`)
-switched on:
+with `MGET`. `lazycache.open_redis(url)` makes the whole thing in one line, with the
+cross-process coherence channel (`lazycache.coherence.redis.RedisCoherence`) switched on:
 
-    >>> from lazycache.stores.redis import open_redis
-    >>> users = open_redis("redis://127.0.0.1:6379/0", prefix="users:")
+    >>> users = lazycache.open_redis("redis://127.0.0.1:6379/0", prefix="users:")
     >>> users["alice"] = {"age": 30}      # in memory now; SET users:alice by the writer thread
 
 Needs redis-py 5 or later: `pip install 'lazywritercache[redis]'`.
@@ -91,7 +89,7 @@ import os
 import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 try:
     import redis
@@ -105,9 +103,6 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 from ..serializers import SerializationError, Serializer, SerializerSpec, get_serializer
 from .base import GeneratedFields, Store
 
-if TYPE_CHECKING:
-    from ..cache import LazyWriterCache
-
 __all__ = [
     "DEFAULT_PREFIX",
     "DEFAULT_URL",
@@ -116,7 +111,6 @@ __all__ = [
     "TTLError",
     "is_recoverable_error",
     "make_client",
-    "open_redis",
     "reset_after_fork",
 ]
 
@@ -668,81 +662,19 @@ def _check_ttl_spec(ttl: TTLSpec) -> int | Callable[[Any, Any], float | None] | 
     return _ttl_to_ms(ttl)
 
 
-# ----------------------------------------------------------------------------- one line
+# ----------------------------------------------------------------------------- moved away
 
 
-def open_redis(
-    url: Any = DEFAULT_URL,
-    *,
-    prefix: str | bytes = DEFAULT_PREFIX,
-    serializer: SerializerSpec = "json",
-    ttl: TTLSpec = None,
-    key_encoder: KeyEncoder | None = None,
-    cluster: bool | None = None,
-    coherence: Any = True,
-    channel: str | None = None,
-    client_options: Mapping[str, Any] | None = None,
-    implementation: str | None = None,
-    **cache_options: Any,
-) -> LazyWriterCache[Any, Any]:
-    """A ready `LazyWriterCache` over a `RedisStore` at `url` (a URL or a redis-py client).
+def __getattr__(name: str) -> Any:
+    # Building a cache and naming its channel are not the store's business: open_redis moved to
+    # lazycache._open (lazycache.open_redis), default_channel to lazycache.coherence.redis. The
+    # old import paths still work; importing them here lazily keeps this module below both.
+    if name == "open_redis":
+        from .._open import open_redis
 
-    `coherence=True` (default) subscribes the cache to the invalidation channel of its
-    prefix (`channel`, default `prefix + "invalidate"`, with `@db` appended for a
-    database other than 0), so that caches in other processes over the same Redis and
-    prefix drop what this one writes, and the other way round; pass False for a cache
-    that is the only writer, or a `Coherence` of your own. `implementation` picks the
-    core ("cython" or "python"). Every other keyword is a `LazyWriterCache` option.
+        return open_redis
+    if name == "default_channel":
+        from ..coherence.redis import default_channel
 
-    >>> with open_redis("redis://127.0.0.1:6379/0", prefix="users:") as users:
-    ...     users["alice"] = {"age": 30}
-
-    The cache owns the store and the channel: closing the cache (or its being garbage-
-    collected, or the interpreter's exit) flushes it, then closes the channel and the
-    store (and so the client the store made from a URL; a client passed in is left to its
-    owner). After `close()`, reads are answered from memory only (a miss raises RuntimeError).
-    """
-    from ..cache import LazyWriterCache, implementation_class
-    from ..coherence import Coherence
-
-    cls = LazyWriterCache if implementation is None else implementation_class(implementation)
-    store = RedisStore(
-        url,
-        prefix,
-        serializer,
-        ttl,
-        key_encoder=key_encoder,
-        cluster=cluster,
-        client_options=client_options,
-    )
-    channel_made = None
-    try:
-        if coherence is True:
-            from .redis_coherence import RedisCoherence
-
-            channel_made = RedisCoherence(store.client, channel or default_channel(store))
-            coherence = channel_made
-        elif coherence is False or coherence is None:
-            coherence = None
-        elif not isinstance(coherence, Coherence):
-            raise TypeError(
-                f"coherence must be True, False or a Coherence, not {type(coherence).__name__}"
-            )
-        return cls(
-            store, coherence=coherence, owns_store=True, **cache_options
-        )  # closing the cache closes the store
-    except BaseException:
-        if channel_made is not None:
-            channel_made.close()
-        store.close()
-        raise
-
-
-def default_channel(store: RedisStore) -> str:
-    """The invalidation channel `open_redis` uses for a store: its prefix + "invalidate" (+ "@db" if db != 0)."""
-    name = store.prefix.decode("utf-8", "backslashreplace") + "invalidate"
-    if not store.cluster:
-        db = store.client.connection_pool.connection_kwargs.get("db", 0) or 0
-        if int(db):
-            name += f"@{int(db)}"
-    return name
+        return default_channel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
