@@ -94,7 +94,7 @@ def measure(
 ) -> RedisBench:
     """Runs every measurement against the Redis (or cluster) at url; cleans up its keys."""
     from ..stores.redis import RedisStore
-    from ..stores.redis_coherence import RedisCoherence
+    from ..coherence.redis import RedisCoherence
 
     prefix = f"lazycache-bench:{uuid.uuid4().hex[:12]}:"
     store = RedisStore(url, prefix)
