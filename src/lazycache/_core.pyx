@@ -654,6 +654,11 @@ cdef class Core:
             value = self._load_missing(key)
         return default if value is _MISSING else value
 
+    def _peek(self, key):
+        """A read of memory only (counted as a hit or a miss): the value, MISSING (a tombstone),
+        or ABSENT (memory does not know the key); never reads through."""
+        return _read(self, key, True)
+
     def __contains__(self, key):
         value = _read(self, key, False)
         if value is _ABSENT:

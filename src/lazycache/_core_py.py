@@ -358,6 +358,21 @@ class Core:
                 return value
         return default
 
+    def _peek(self, key: Any) -> Any:
+        """A read of memory only (counted as a hit or a miss): the value, MISSING (a tombstone),
+        or ABSENT (memory does not know the key); never reads through."""
+        entry = self._map.get(key)
+        if entry is None:
+            self._misses += 1
+            return ABSENT
+        value = entry.value
+        if value is MISSING:
+            self._misses += 1
+            return MISSING
+        entry.ref = True
+        self._hits += 1
+        return value
+
     def __contains__(self, key: Any) -> bool:
         entry = self._map.get(key)
         if entry is not None:

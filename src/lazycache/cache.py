@@ -451,27 +451,53 @@ class _CacheLayer:
 
     def _load_missing(self, key: Any) -> Any:
         # Concurrent misses of one key share one store load (no stampede on a hot key).
+        return self._load_once(key, lambda: self._load_and_cache(key, self._fetch))
+
+    def _load_once(self, token: Any, load: Callable[[], Any]) -> Any:
+        """Runs `load()` once for every caller that comes with `token` while it runs.
+
+        The others wait and get its value, or its exception. `token` is the key for a
+        read-through and `(_LOADER, key)` for `get_or_load`: a reader never waits on a
+        loader it did not pass (nor gets its exception).
+        """
         with self._loading_lock:
-            load = self._loading.get(key)
-            leader = load is None
+            pending = self._loading.get(token)
+            leader = pending is None
             if leader:
-                load = self._loading[key] = _Load()
+                pending = self._loading[token] = _Load()
         if not leader:
-            return load.wait()  # type: ignore[union-attr]
+            return pending.wait()  # type: ignore[union-attr]
         try:
-            epoch = self._memory_epoch  # type: ignore[attr-defined]
-            value = self._fetch(key)
-            if value is not MISSING and self._coherent:
-                value = self._insert_loaded(key, value, epoch)  # type: ignore[attr-defined]
+            value = load()
         except BaseException as exc:
-            load.fail(exc)  # type: ignore[union-attr]
+            pending.fail(exc)  # type: ignore[union-attr]
             raise
         else:
-            load.done(value)  # type: ignore[union-attr]
+            pending.done(value)  # type: ignore[union-attr]
             return value
         finally:
             with self._loading_lock:
-                del self._loading[key]
+                del self._loading[token]
+
+    def _load_and_cache(
+        self, key: Any, fetch: Callable[[Any], Any], over_delete: bool = False
+    ) -> Any:
+        """`fetch(key)`, cached clean (see the core's _insert_loaded); returns what a reader sees.
+
+        MISSING passes through; a value is not cached while the coherence channel is down.
+        A delete of key made meanwhile wins (MISSING), unless `over_delete`: then the
+        fetched value is returned, uncached.
+        """
+        epoch = self._memory_epoch  # type: ignore[attr-defined]  # before: see _insert_loaded
+        # A load of key that ended between our caller's miss and our start has cached its value.
+        current, _ = self._read_versioned(key)  # type: ignore[attr-defined]
+        if current is not ABSENT and not (current is MISSING and over_delete):
+            return current
+        value = fetch(key)
+        if value is MISSING or not self._coherent:
+            return value
+        current = self._insert_loaded(key, value, epoch)  # type: ignore[attr-defined]
+        return value if current is MISSING and over_delete else current
 
     def _delete_missing(self, key: Any) -> None:
         if self._fetch(key) is MISSING:
@@ -610,6 +636,69 @@ class _CacheLayer:
             if not inserted:
                 journal.undo(mark)
         return value
+
+    # ----------------------------------------------------------- lookups
+    def get_or_load(self, key: Any, loader: Callable[[Any], Any]) -> Any:
+        """The value memory holds for key, else `loader(key)`'s, which is then cached clean.
+
+        The loader stands in for the store: the store is not read, and the value is cached
+        as a read-through's would be, clean (never written to the store: assign it to
+        persist it). Concurrent callers for one key share one call of the loader, across
+        threads; its exception reaches each of them and nothing is cached. A key deleted
+        in memory (its delete not written yet) gets the loader's value, not cached.
+        """
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, not {type(loader).__name__}")
+        value = self._peek(key)  # type: ignore[attr-defined]
+        if value is not ABSENT and value is not MISSING:
+            return value
+        return self._load_once(
+            (_LOADER, key), lambda: self._load_and_cache(key, _checked(loader), over_delete=True)
+        )
+
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        """{key: value} for the keys of `keys` that have a value, in their order.
+
+        Memory answers what it holds; the other keys are read through in one
+        `Store.load_many` call (when `read_through` is on), and what it finds is cached clean.
+        """
+        keys = list(keys)
+        found, misses = self._memory_pass(keys)
+        if misses:
+            found.update(self._load_batch(list(dict.fromkeys(misses))))
+        return {key: found[key] for key in keys if key in found}
+
+    def _memory_pass(self, keys: list[Any]) -> tuple[dict[Any, Any], list[Any]]:
+        """({key: value} memory holds, the keys to read through) for get_many and aget_many."""
+        peek = self._peek  # type: ignore[attr-defined]
+        reads_through = self.read_through  # type: ignore[attr-defined]
+        found: dict[Any, Any] = {}
+        misses: list[Any] = []
+        for key in keys:
+            value = peek(key)
+            if value is ABSENT:
+                if reads_through:
+                    misses.append(key)
+            elif value is not MISSING:
+                found[key] = value
+        return found, misses
+
+    def _load_batch(self, keys: list[Any]) -> dict[Any, Any]:
+        """Loads keys in one store call and caches what it found; returns what readers see."""
+        if not self._reads_through():  # raises once the cache is closed
+            return {}
+        epoch = self._memory_epoch  # type: ignore[attr-defined]
+        stored = self.store.load_many(keys)
+        self._loads += len(stored)
+        found = {}
+        for key in keys:
+            if key in stored:
+                value = stored[key]
+                if self._coherent:  # with the channel down, loads are not cached (as `get`)
+                    value = self._insert_loaded(key, value, epoch)  # type: ignore[attr-defined]
+                if value is not MISSING:
+                    found[key] = value
+        return found
 
     def discard(self, key: Any) -> None:
         """Deletes key from the cache and, in a later flush, from the store, whether or not memory holds it."""
@@ -969,6 +1058,21 @@ class CacheOptions(TypedDict, total=False):
     name: str
     on_flush: OnFlush | None
     on_evict: OnEvict | None
+
+
+_LOADER: Any = object()  # tags get_or_load's loads apart from read-through loads of the same key
+
+
+def _checked(loader: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`loader`, refusing MISSING as its result (it cannot be cached, nor told from a miss)."""
+
+    def load(key: Any) -> Any:
+        value = loader(key)
+        if value is MISSING:
+            raise ValueError("the loader returned lazycache.MISSING, which cannot be cached")
+        return value
+
+    return load
 
 
 class _Load:
