@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 import pytest
 from helpers import TIMEOUT, FailingStore, run_threads, wait_until
@@ -44,6 +45,29 @@ def _wait_for_waiters(cache, count: int) -> None:
     wait_until(parked, message=f"{count} callers never waited on the load")
 
 
+def _concurrently(cache, loader: GatedLoader, call: Callable[[], object], count: int) -> list:
+    """Runs `call` in `count` threads; once one is in the loader and the others wait on its
+    load, releases the loader. Returns what each call returned or raised."""
+    outcomes: list[object] = []
+
+    def run() -> None:
+        try:
+            outcomes.append(call())
+        except Exception as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    assert loader.entered.wait(TIMEOUT)
+    _wait_for_waiters(cache, count - 1)
+    loader.release.set()
+    for thread in threads:
+        thread.join(TIMEOUT)
+        assert not thread.is_alive()
+    return outcomes
+
+
 # ----------------------------------------------------------------------------- get_or_load
 
 
@@ -72,19 +96,7 @@ def test_get_or_load_returns_what_memory_holds_pending_or_not(make_cache) -> Non
 def test_concurrent_get_or_load_of_one_key_calls_the_loader_once(make_cache) -> None:
     cache = make_cache(quiet=True)
     loader = GatedLoader()
-    results: list[object] = []
-
-    def call() -> None:
-        results.append(cache.get_or_load("k", loader))
-
-    threads = [threading.Thread(target=call) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    assert loader.entered.wait(TIMEOUT)
-    _wait_for_waiters(cache, 7)
-    loader.release.set()
-    for thread in threads:
-        thread.join(TIMEOUT)
+    results = _concurrently(cache, loader, lambda: cache.get_or_load("k", loader), 8)
     assert results == ["loaded"] * 8
     assert loader.calls == ["k"]
     assert cache.copy() == {"k": "loaded"}
@@ -93,23 +105,8 @@ def test_concurrent_get_or_load_of_one_key_calls_the_loader_once(make_cache) -> 
 def test_a_loader_error_reaches_every_waiter_and_nothing_is_cached(make_cache) -> None:
     cache = make_cache(quiet=True)
     loader = GatedLoader(error=LookupError("backend down"))
-    errors: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            cache.get_or_load("k", loader)
-        except LookupError as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=call) for _ in range(5)]
-    for thread in threads:
-        thread.start()
-    assert loader.entered.wait(TIMEOUT)
-    _wait_for_waiters(cache, 4)
-    loader.release.set()
-    for thread in threads:
-        thread.join(TIMEOUT)
-    assert len(errors) == 5 and all(exc is loader.error for exc in errors)
+    errors = _concurrently(cache, loader, lambda: cache.get_or_load("k", loader), 5)
+    assert errors == [loader.error] * 5
     assert loader.calls == ["k"]
     assert "k" not in cache.copy()
     assert cache.get_or_load("k", lambda key: "second try") == "second try"  # not remembered
@@ -266,16 +263,7 @@ def test_cached_calls_the_function_once_for_concurrent_callers(make_cache) -> No
     def answer(x: int) -> object:
         return loader(x)
 
-    results: list[object] = []
-    threads = [threading.Thread(target=lambda: results.append(answer(1))) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    assert loader.entered.wait(TIMEOUT)
-    _wait_for_waiters(cache, 5)
-    loader.release.set()
-    for thread in threads:
-        thread.join(TIMEOUT)
-    assert results == [42] * 6
+    assert _concurrently(cache, loader, lambda: answer(1), 6) == [42] * 6
     assert loader.calls == [1]
     assert cache.copy() == {("answer", 1): 42}
 
