@@ -7,6 +7,7 @@ set; `IMPLEMENTATION` says which core is active ("cython" or "python").
 from ._open import open, open_redis
 from ._sentinels import MISSING
 from .cache import IMPLEMENTATION, LazyWriterCache, implementation_class
+from .memoize import cached, hashkey, typedkey
 from .serializers import SerializationError
 from .stats import CacheStats
 from .stores import GeneratedFields, MemoryStore, Store
@@ -26,9 +27,12 @@ __all__ = [
     "MemoryStore",
     "SerializationError",
     "Store",
+    "cached",
+    "hashkey",
     "implementation_class",
     "log_write_error",
     "merge_fields",
     "open",
     "open_redis",
+    "typedkey",
 ]
