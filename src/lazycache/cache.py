@@ -9,6 +9,7 @@ needs Python: the store, the threads, read-through, flushing and closing.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import difflib
 import inspect
 import logging
@@ -869,18 +870,27 @@ class _CacheLayer:
         started = time.monotonic()
         deadline = started + timeout
         outcome: list[FlushResult] = []
-        worker = threading.Thread(
-            target=lambda: outcome.append(self._batch_writer.flush(self, deadline, persist=True)),
-            name="lazycache-flush",
-            daemon=True,
-        )
-        worker.start()
-        worker.join(timeout)
-        if outcome:
-            return outcome[0]
-        return self._batch_writer.given_up(
-            self, started, TimeoutError(f"the store did not finish writing within {timeout}s")
-        )
+        writer = self._batch_writer
+        # Watched from the call on (the helper thread's flush starts watching a little later).
+        with writer.watching() as rejected:
+            worker = threading.Thread(
+                target=lambda: outcome.append(writer.flush(self, deadline, persist=True)),
+                name="lazycache-flush",
+                daemon=True,
+            )
+            worker.start()
+            worker.join(timeout)
+            if outcome:
+                result = outcome[0]
+                if len(rejected) > len(result.poisoned_keys):
+                    result = dataclasses.replace(result, poisoned_keys=tuple(rejected))
+                return result
+            return writer.given_up(
+                self,
+                started,
+                TimeoutError(f"the store did not finish writing within {timeout}s"),
+                rejected,
+            )
 
     def _heartbeat(self) -> None:
         """Keeps the core's coarse clock (stamped on entries as they become pending) current."""
