@@ -47,6 +47,7 @@ import decimal
 import hashlib
 import importlib.util
 import math
+import os
 import queue
 import sys
 import threading
@@ -99,6 +100,37 @@ EXPIRES_AT = "expires_at"
 
 SQLITE_BUSY_TIMEOUT = 5.0
 """Seconds a SQLite connection made by `make_engine` waits for a lock before "database is locked"."""
+
+NETWORK_TIMEOUTS: dict[str, dict[str, Any]] = {
+    # libpq (psycopg 3, psycopg2): seconds to connect; TCP keepalives (a connection waiting
+    # for an answer that never comes is probed after 30 s idle, given up after 3 probes 10 s
+    # apart), and milliseconds sent data may stay unacknowledged before the kernel drops
+    # the connection. A statement that is merely slow is not cut: the server's TCP stack
+    # still answers the probes and acknowledges the data.
+    "postgresql": {
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 60_000,
+    },
+    # PyMySQL, mysqlclient: seconds to connect, and to wait for each read or write on the socket.
+    "mysql": {"connect_timeout": 10, "read_timeout": 60, "write_timeout": 60},
+}
+"""By backend: the DBAPI `connect_args` `make_engine` gives a networked engine unless told
+otherwise, so that a server that stops answering (its packets black-holed, not refused)
+fails a write after a while instead of hanging the writer thread for ever."""
+
+_NETWORK_TIMEOUT_DRIVERS = {
+    "postgresql": ("psycopg", "psycopg2"),
+    "mysql": ("pymysql", "mysqldb"),
+    "mariadb": ("pymysql", "mysqldb"),
+}
+"""The drivers that take the arguments of NETWORK_TIMEOUTS (by backend) as they are."""
+
+_ENV_SETTINGS = {"connect_timeout": "PGCONNECT_TIMEOUT"}
+"""libpq reads these from the environment: a default must not override what it says."""
 
 _PG_SINGLE_STATEMENT = 64
 """PostgreSQL key-value batches up to this size go as one statement; larger ones are pipelined in chunks
@@ -194,6 +226,9 @@ def make_engine(url: str | sa.engine.URL, **options: Any) -> Engine:
 
     A URL that names no driver gets the one lazycache's extra installed (see
     `with_installed_driver`): `postgresql://` uses psycopg 3, `mysql://` PyMySQL.
+    PostgreSQL (psycopg, psycopg2) and MySQL/MariaDB (PyMySQL, mysqlclient) connections get
+    the timeouts of `NETWORK_TIMEOUTS`, each unless `connect_args` or the URL's query sets
+    it (None, or 0 for libpq's, turns one off).
     SQLite: a file database runs in WAL mode (see `configure_sqlite`) with a busy timeout of
     `SQLITE_BUSY_TIMEOUT` seconds unless `connect_args={"timeout": ...}` says otherwise; an
     in-memory database gets one connection shared by all threads (otherwise the writer
@@ -201,7 +236,18 @@ def make_engine(url: str | sa.engine.URL, **options: Any) -> Engine:
     """
     given = sa.engine.make_url(url)
     url = with_installed_driver(given)
-    if url.get_backend_name() == "sqlite":
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    if driver in _NETWORK_TIMEOUT_DRIVERS.get(backend, ()):
+        defaults = NETWORK_TIMEOUTS["postgresql" if backend == "postgresql" else "mysql"]
+        connect_args = dict(options.get("connect_args") or {})
+        for name, value in defaults.items():
+            # connect_args override the URL's query: a setting there must win over a default.
+            env = _ENV_SETTINGS.get(name)
+            if name in url.query or (env is not None and os.environ.get(env)):
+                continue
+            connect_args.setdefault(name, value)
+        options["connect_args"] = connect_args
+    if backend == "sqlite":
         connect_args = dict(options.get("connect_args") or {})
         connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
         if not _is_sqlite_file(url):
