@@ -33,7 +33,7 @@ def test_a_blocked_write_gives_up_by_its_deadline_though_room_keeps_appearing(
     each time it saw room."""
     block_timeout = 0.3
     saw_room = threading.Event()  # the setter read `pending` below the bound
-    saw_full = threading.Event()  # the setter read `pending` at the bound: it is waiting, holding nothing
+    saw_full = threading.Event()  # ... at the bound: it is waiting, and holds nothing
     setter: list[threading.Thread] = []
 
     class Observed(_inert_writer(cache_cls)):  # type: ignore[misc]
@@ -156,9 +156,7 @@ def test_clear_under_block_stays_within_max_pending_and_deletes_everything(
             return super().write(upserts, deletes)
 
     store = Watching()
-    cache = make_cache(
-        store, quiet=True, max_pending=limit, on_full=on_full, block_timeout=TIMEOUT
-    )
+    cache = make_cache(store, quiet=True, max_pending=limit, on_full=on_full, block_timeout=TIMEOUT)
     for start in range(0, 23, limit):
         for i in range(start, min(start + limit, 23)):
             cache[f"k{i}"] = i
@@ -219,3 +217,23 @@ def test_a_journaled_clear_in_steps_journals_each_delete(make_cache: Any, tmp_pa
     assert len(cache) == 0 and cache.pending <= 4
     cache.close()
     assert store.data == {}
+
+
+def test_a_blocked_set_on_an_async_cache_off_the_loop_waits_and_gives_up(impl: str) -> None:
+    """The asyncio cache has its own wait for the loop; a plain set from a thread still blocks."""
+    from lazycache.aio import async_implementation_class
+
+    store = FailingStore()
+    store.fail = True
+    cache = async_implementation_class(impl)(
+        store, max_pending=1, on_full="block", block_timeout=0.2, retry_initial=0.01
+    )
+    try:
+        cache["a"] = 1
+        started = time.monotonic()
+        with pytest.raises(BackpressureError, match="max_pending=1"):
+            cache["b"] = 2
+        elapsed = time.monotonic() - started
+        assert 0.2 * 0.9 <= elapsed < 0.2 + SLACK
+    finally:
+        cache.close(flush=False)

@@ -542,11 +542,11 @@ class _CacheLayer:
                 f"refused the write of {safe_repr(key)}"
             )
         if wait is not None:
-            self._wait_for_room(key, wait)
+            self._block_until_room(key, wait)
             return False
         wait = _Wait()
         while True:
-            self._wait_for_room(key, wait)
+            self._block_until_room(key, wait)
             try:
                 if value is MISSING:
                     self._delete(key)  # type: ignore[attr-defined]
@@ -556,7 +556,7 @@ class _CacheLayer:
             except Full:
                 continue  # another writer took the room first
 
-    def _wait_for_room(self, key: Any, wait: _Wait) -> None:
+    def _block_until_room(self, key: Any, wait: _Wait) -> None:
         """Waits until fewer than max_pending entries are pending; BackpressureError at the deadline."""
         if wait.deadline is None:
             wait.deadline = time.monotonic() + self.block_timeout
