@@ -1146,13 +1146,23 @@ cdef class Core:
         return key, value
 
     def _delete_all(self):
-        """Deletes every live entry in memory; returns how many."""
-        cdef Py_ssize_t ix, n = 0
+        """Deletes every live entry in memory; returns how many.
+
+        Raises Full, changing nothing, if that would make more than max_pending entries pending.
+        """
+        cdef Py_ssize_t ix, n = 0, new = 0
         cdef PyObject *old
         cdef int raised
         self._acquire()
         try:
             self._check_writable()
+            if self._max_pending:
+                for ix in range(self._nentries):
+                    if (self._entries[ix].key != NULL and self._entries[ix].value != NULL
+                            and not self._flags[_ring(&self._entries[ix])] & (DIRTY | INFLIGHT)):
+                        new += 1
+                if new and self._npending + new > self._max_pending:
+                    raise Full
             for ix in range(self._nentries):
                 if self._entries[ix].key != NULL and self._entries[ix].value != NULL:
                     old = NULL

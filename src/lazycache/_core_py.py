@@ -812,10 +812,17 @@ class Core:
         return key, value
 
     def _delete_all(self) -> int:
-        """Deletes every live entry in memory; returns how many."""
+        """Deletes every live entry in memory; returns how many.
+
+        Raises Full, changing nothing, if that would make more than max_pending entries pending.
+        """
         with self._lock:
             self._check_writable()
             live = [e for e in self._map.values() if not e.flags & DELETED]
+            if self._max_pending:
+                new = sum(1 for e in live if not e.flags & (DIRTY | INFLIGHT))
+                if new and self._npending + new > self._max_pending:
+                    raise Full
             olds = [self._tombstone(e) for e in live]
             raised = self._signal()
         del olds

@@ -154,11 +154,11 @@ class _AsyncLayer(_CacheLayer):
             raise _WouldBlock(_LOAD)
         super()._delete_missing(key)
 
-    def _backpressure(self, key: Any, value: Any) -> bool:
+    def _backpressure(self, key: Any, value: Any, wait: Any = None) -> bool:
         # "raise" refuses at once, and a key already pending adds nothing: neither waits.
         if _on_loop.get() and self.on_full != "raise" and not self._is_pending(key):  # type: ignore[attr-defined]
             raise _WouldBlock(_FULL)
-        return super()._backpressure(key, value)
+        return super()._backpressure(key, value, wait)
 
     # ----------------------------------------------------------- reads
     async def aget(self, key: Any, default: Any = None) -> Any:

@@ -9,6 +9,7 @@ needs Python: the store, the threads, read-through, flushing and closing.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import difflib
 import inspect
 import logging
@@ -521,40 +522,65 @@ class _CacheLayer:
         if signal & _core_py.SIGNAL_WRITE:
             self._writer.wake()
 
-    def _backpressure(self, key: Any, value: Any) -> bool:
+    def _backpressure(self, key: Any, value: Any, wait: _Wait | None = None) -> bool:
         """Applies on_full to a write the core refused (Full): it would add a pending entry
-        beyond max_pending. Returns True if it wrote the entry through itself; False if the
-        caller should try again (the core checks again, atomically with the change)."""
+        beyond max_pending. "write-through" writes the entry itself (unless `value` is
+        _NO_WRITE_THROUGH); "raise" raises BackpressureError; "block" waits for room.
+
+        `block_timeout` bounds the whole write, however often other writers take the room
+        first. Called by the core's own `__setitem__`/`__delitem__` (`wait` None), it writes
+        the entry itself once there is room, trying again until the deadline, and returns
+        True. A caller that retries its write itself passes its `_Wait` (one per write): this
+        returns False once there is room, and every wait of that write shares its deadline.
+        """
         if self.on_full == "write-through" and value is not _NO_WRITE_THROUGH:
             self._write_through(key, value)
             return True
         if self.on_full == "raise":
             raise BackpressureError(
                 f"{self.pending} writes are waiting for the store (max_pending={self.max_pending}); "  # type: ignore[attr-defined]
-                f"refused the write of {key!r}"
+                f"refused the write of {safe_repr(key)}"
             )
-        deadline = time.monotonic() + self.block_timeout
+        if wait is not None:
+            self._block_until_room(key, wait)
+            return False
+        wait = _Wait()
+        while True:
+            self._block_until_room(key, wait)
+            try:
+                if value is MISSING:
+                    self._delete(key)  # type: ignore[attr-defined]
+                else:
+                    self._put(key, value)  # type: ignore[attr-defined]
+                return True
+            except Full:
+                continue  # another writer took the room first
+
+    def _block_until_room(self, key: Any, wait: _Wait) -> None:
+        """Waits until fewer than max_pending entries are pending; BackpressureError at the deadline."""
+        if wait.deadline is None:
+            wait.deadline = time.monotonic() + self.block_timeout
         while self.pending >= self.max_pending:  # type: ignore[attr-defined]
             if self._is_closed:
                 raise RuntimeError("the cache is closed: it accepts no more writes")
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= wait.deadline:
                 raise BackpressureError(
                     f"waited {self.block_timeout}s for the writer to catch up ({self.pending} pending, "  # type: ignore[attr-defined]
-                    f"max_pending={self.max_pending}); refused the write of {key!r}"
+                    f"max_pending={self.max_pending}); refused the write of {safe_repr(key)}"
                 )
             self._writer.wake()
             time.sleep(0.002)
-        return False
 
     def _admitted(self, key: Any, write: Callable[..., Any], *args: Any) -> Any:
         """Runs a compound write, applying backpressure (never write-through) each time the
         core refuses it with Full; a refused attempt changed nothing (its journal record is
-        undone) and holds no lock."""
+        undone) and holds no lock. One deadline for all of its waits."""
+        wait = _Wait()
         while True:
             try:
                 return write(*args)
             except Full:
-                self._backpressure(key, _NO_WRITE_THROUGH)
+                self._backpressure(key, _NO_WRITE_THROUGH, wait)
 
     def _write_through(self, key: Any, value: Any, ttl: int = -1) -> None:
         """Writes one entry to the store now, in order with the batches, then caches it clean.
@@ -613,20 +639,22 @@ class _CacheLayer:
         self._put_with_ttl(key, value, _ttl_ns("ttl", ttl))
 
     def _put_with_ttl(self, key: Any, value: Any, ttl: int) -> None:
+        wait = _Wait()
         while True:
             try:
                 self._put(key, value, ttl)  # type: ignore[attr-defined]
                 return
             except Full:
-                if self._make_room(key, value, ttl):
+                if self._make_room(key, value, ttl, wait):
                     return
 
-    def _make_room(self, key: Any, value: Any, ttl: int) -> bool:
-        """`_backpressure` for a write with a TTL of its own: write-through keeps the TTL."""
+    def _make_room(self, key: Any, value: Any, ttl: int, wait: _Wait) -> bool:
+        """`_backpressure` for a write with a TTL of its own, which the caller retries itself:
+        write-through keeps the TTL."""
         if ttl > 0 and self.on_full == "write-through":
             self._write_through(key, value, ttl)
             return True
-        return self._backpressure(key, value)
+        return self._backpressure(key, value, wait)
 
     def pop(self, key: Any, default: Any = _UNSET) -> Any:
         """Deletes key (the delete reaches the store in a later flush) and returns its value.
@@ -780,10 +808,13 @@ class _CacheLayer:
 
         Keys that only the store holds are not touched. To drop memory without deleting
         anything, use `invalidate()`.
+
+        With `max_pending`, the deletes count like any write. If they do not all fit at
+        once, on_full="raise" raises BackpressureError and deletes nothing; "block" and
+        "write-through" delete the entries one by one, each waiting for room like a
+        compound write (`block_timeout` bounds the whole call; if it passes, the entries
+        not deleted yet are still there).
         """
-        # A bulk delete: it waits for room (or is refused) once, then tombstones every entry.
-        if self.max_pending and self.pending >= self.max_pending:  # type: ignore[attr-defined]
-            self._backpressure(None, _NO_WRITE_THROUGH)
         with self._journaling() as journal:
             records = (
                 [journal.encode(key, MISSING) for key in self._keys()]  # type: ignore[attr-defined]
@@ -793,9 +824,48 @@ class _CacheLayer:
             mark = journal.append(*records) if records else None
             try:
                 self._delete_all()  # type: ignore[attr-defined]
+                return
+            except Full:  # nothing changed
+                journal.undo(mark)
             except BaseException:
                 journal.undo(mark)
                 raise
+        if self.on_full == "raise":
+            raise BackpressureError(
+                f"{self.pending} writes are waiting for the store (max_pending={self.max_pending}); "  # type: ignore[attr-defined]
+                f"clear() would add a delete for each of the {len(self)} entries in memory: "  # type: ignore[arg-type]
+                "refused, nothing was deleted"
+            )
+        wait = _Wait()
+        error: Exception | None = None
+        for key in self._keys():  # type: ignore[attr-defined]
+            try:
+                while True:
+                    try:
+                        self._remove_journaled(key)
+                        break
+                    except Full:
+                        self._backpressure(key, _NO_WRITE_THROUGH, wait)
+            except RuntimeError:  # BackpressureError, or the cache closed meanwhile
+                raise
+            except Exception as exc:  # a key whose eq raises: the others are deleted all the same
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error
+
+    def _remove_journaled(self, key: Any) -> None:
+        """Deletes key if memory holds it live (no read-through); raises Full, changing nothing, if
+        that would exceed max_pending."""
+        with self._journaling() as journal:
+            mark = journal.append(journal.encode(key, MISSING))
+            try:
+                old = self._remove(key)  # type: ignore[attr-defined]
+            except BaseException:
+                journal.undo(mark)
+                raise
+            if old is ABSENT or old is MISSING:  # deleted or gone meanwhile
+                journal.undo(mark)
 
     def copy(self) -> dict[Any, Any]:
         """A plain dict snapshot of the live entries in memory (not a second cache: one store, one writer)."""
@@ -869,18 +939,27 @@ class _CacheLayer:
         started = time.monotonic()
         deadline = started + timeout
         outcome: list[FlushResult] = []
-        worker = threading.Thread(
-            target=lambda: outcome.append(self._batch_writer.flush(self, deadline, persist=True)),
-            name="lazycache-flush",
-            daemon=True,
-        )
-        worker.start()
-        worker.join(timeout)
-        if outcome:
-            return outcome[0]
-        return self._batch_writer.given_up(
-            self, started, TimeoutError(f"the store did not finish writing within {timeout}s")
-        )
+        writer = self._batch_writer
+        # Watched from the call on (the helper thread's flush starts watching a little later).
+        with writer.watching() as rejected:
+            worker = threading.Thread(
+                target=lambda: outcome.append(writer.flush(self, deadline, persist=True)),
+                name="lazycache-flush",
+                daemon=True,
+            )
+            worker.start()
+            worker.join(timeout)
+            if outcome:
+                result = outcome[0]
+                if len(rejected) > len(result.poisoned_keys):
+                    result = dataclasses.replace(result, poisoned_keys=tuple(rejected))
+                return result
+            return writer.given_up(
+                self,
+                started,
+                TimeoutError(f"the store did not finish writing within {timeout}s"),
+                rejected,
+            )
 
     def _heartbeat(self) -> None:
         """Keeps the core's coarse clock (stamped on entries as they become pending) current."""
@@ -1142,6 +1221,15 @@ def _checked(loader: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return load
 
 
+class _Wait:
+    """The deadline of one write that backpressure holds back, shared by all of its waits."""
+
+    __slots__ = ("deadline",)
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None  # set at the first wait
+
+
 class _Load:
     """One read-through load that other readers of the same key wait for."""
 
@@ -1181,6 +1269,7 @@ class _JournaledLayer:
         # The record holds no TTL: a replayed entry gets the cache's expiry options.
         journal = self._journal  # type: ignore[attr-defined]
         record = journal.encode(key, value)  # a key or value it cannot record is refused here
+        wait = _Wait()
         while True:
             with journal.lock:
                 # The record first: if the append fails (disk full), the cache is not changed.
@@ -1193,12 +1282,13 @@ class _JournaledLayer:
                 except BaseException:
                     journal.undo(mark)
                     raise
-            if self._make_room(key, value, ttl):  # type: ignore[attr-defined]
+            if self._make_room(key, value, ttl, wait):  # type: ignore[attr-defined]
                 return  # written through to the store
 
     def __delitem__(self, key: Any) -> None:
         journal = self._journal  # type: ignore[attr-defined]
         record = journal.encode(key, MISSING)
+        wait = _Wait()
         while True:
             with journal.lock:
                 mark = journal.append(record)
@@ -1210,7 +1300,7 @@ class _JournaledLayer:
                 except BaseException:  # KeyError included: nothing was deleted
                     journal.undo(mark)
                     raise
-            if self._backpressure(key, MISSING):  # type: ignore[attr-defined]
+            if self._backpressure(key, MISSING, wait):  # type: ignore[attr-defined]
                 return  # written through to the store
 
 

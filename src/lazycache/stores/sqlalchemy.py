@@ -46,12 +46,15 @@ import datetime
 import decimal
 import hashlib
 import importlib.util
+import logging
 import math
+import os
 import queue
 import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any, Callable, Union
@@ -86,10 +89,13 @@ __all__ = [
     "UnusableTableError",
     "ValueTooLargeError",
     "configure_sqlite",
+    "hold_forks_while_in_use",
     "is_recoverable_error",
     "make_engine",
     "with_installed_driver",
 ]
+
+_log = logging.getLogger("lazycache.store.sqlalchemy")
 
 DEFAULT_URL = "sqlite:///lazycache.db"
 """The embedded default: a SQLite file in the current directory."""
@@ -99,6 +105,37 @@ EXPIRES_AT = "expires_at"
 
 SQLITE_BUSY_TIMEOUT = 5.0
 """Seconds a SQLite connection made by `make_engine` waits for a lock before "database is locked"."""
+
+NETWORK_TIMEOUTS: dict[str, dict[str, Any]] = {
+    # libpq (psycopg 3, psycopg2): seconds to connect; TCP keepalives (a connection waiting
+    # for an answer that never comes is probed after 30 s idle, given up after 3 probes 10 s
+    # apart), and milliseconds sent data may stay unacknowledged before the kernel drops
+    # the connection. A statement that is merely slow is not cut: the server's TCP stack
+    # still answers the probes and acknowledges the data.
+    "postgresql": {
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 60_000,
+    },
+    # PyMySQL, mysqlclient: seconds to connect, and to wait for each read or write on the socket.
+    "mysql": {"connect_timeout": 10, "read_timeout": 60, "write_timeout": 60},
+}
+"""By backend: the DBAPI `connect_args` `make_engine` gives a networked engine unless told
+otherwise, so that a server that stops answering (its packets black-holed, not refused)
+fails a write after a while instead of hanging the writer thread for ever."""
+
+_NETWORK_TIMEOUT_DRIVERS = {
+    "postgresql": ("psycopg", "psycopg2"),
+    "mysql": ("pymysql", "mysqldb"),
+    "mariadb": ("pymysql", "mysqldb"),
+}
+"""The drivers that take the arguments of NETWORK_TIMEOUTS (by backend) as they are."""
+
+_ENV_SETTINGS = {"connect_timeout": "PGCONNECT_TIMEOUT"}
+"""libpq reads these from the environment: a default must not override what it says."""
 
 _PG_SINGLE_STATEMENT = 64
 """PostgreSQL key-value batches up to this size go as one statement; larger ones are pipelined in chunks
@@ -141,6 +178,7 @@ def configure_sqlite(engine: Engine, *, wal: bool = True) -> Engine:
     if engine.dialect.name != "sqlite":
         raise ValueError(f"not a SQLite engine: {engine.url!r}")
     use_wal = wal and _is_sqlite_file(engine.url)
+    hold_forks_while_in_use(engine)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -153,6 +191,115 @@ def configure_sqlite(engine: Engine, *, wal: bool = True) -> Engine:
             cursor.close()
 
     return engine
+
+
+FORK_WAIT = 10.0
+"""Seconds `fork()` waits for the connections of a SQLite file engine in use to be returned
+(see `hold_forks_while_in_use`) before it goes ahead anyway."""
+
+
+class _ForkGuard:
+    """Counts the connections of one SQLite file engine checked out of its pool, and holds a
+    `fork()` back until there are none (and new ones until it is done).
+
+    A connection in a transaction when the process forks leaves its locks in the child's copy
+    of SQLite's per-process lock table (the unix VFS keeps one per file, shared by the
+    process's connections). No one in the child ever releases them, so every connection the
+    child opens on that file finds it locked, for good: "database is locked" on every write
+    of a forked child whose parent was writing at the fork.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._in_use = 0
+        self.forking = False  # a fork waits: connections are not handed out meanwhile
+
+    def checkout(self, *_: Any) -> None:
+        with self._cond:
+            while self.forking:
+                self._cond.wait()
+            self._in_use += 1
+
+    def checkin(self, *_: Any) -> None:
+        with self._cond:
+            self._in_use = max(0, self._in_use - 1)  # one checked out before a fork, in the child
+            self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        with self._cond:
+            self.forking = True
+            self._cond.notify_all()
+            deadline = time.monotonic() + FORK_WAIT
+            while self._in_use and self._cond.wait(max(0.0, deadline - time.monotonic())):
+                pass
+            busy = self._in_use
+        if busy:
+            _log.warning(
+                "forking while %d connections to %s are in use (still after %gs): a forked "
+                "child may find that database locked for good",
+                busy,
+                self.name,
+                FORK_WAIT,
+            )
+
+    def after_fork_in_parent(self) -> None:
+        with self._cond:
+            self.forking = False
+            self._cond.notify_all()
+
+    def after_fork_in_child(self) -> None:
+        self._reset()  # the child's only thread holds no connection; the lock may be a dead thread's
+
+
+_FORK_GUARDS: weakref.WeakKeyDictionary[Engine, _ForkGuard] = weakref.WeakKeyDictionary()
+_FORK_GUARDS_LOCK = threading.Lock()
+
+
+def hold_forks_while_in_use(engine: Engine) -> None:
+    """For a SQLite file engine: `fork()` waits (at most `FORK_WAIT` seconds) until none of its
+    connections is in use, so that no transaction is open at the fork; see `_ForkGuard`.
+
+    Done by `configure_sqlite` and by `SQLAlchemyStore` for the engine it uses. Connections
+    to the same file made outside the engine (a `sqlite3.connect()` of your own) are not
+    covered: do not fork while one of them is in a transaction.
+    """
+    if engine.dialect.name != "sqlite" or not _is_sqlite_file(engine.url):
+        return
+    with _FORK_GUARDS_LOCK:
+        if engine in _FORK_GUARDS:
+            return
+        guard = _FORK_GUARDS[engine] = _ForkGuard(engine.url.render_as_string())
+    event.listen(engine, "checkout", guard.checkout)
+    event.listen(engine, "checkin", guard.checkin)
+
+
+def _before_fork() -> None:
+    for guard in list(_FORK_GUARDS.values()):
+        guard.before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for guard in list(_FORK_GUARDS.values()):
+        guard.after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    for guard in list(_FORK_GUARDS.values()):
+        guard.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    # Registered after the cache's own hooks (lazycache.cache is imported first), so run before
+    # them: connections are returned before the cache's core lock is taken for the fork.
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 _EXTRA_DRIVERS = {
@@ -194,6 +341,9 @@ def make_engine(url: str | sa.engine.URL, **options: Any) -> Engine:
 
     A URL that names no driver gets the one lazycache's extra installed (see
     `with_installed_driver`): `postgresql://` uses psycopg 3, `mysql://` PyMySQL.
+    PostgreSQL (psycopg, psycopg2) and MySQL/MariaDB (PyMySQL, mysqlclient) connections get
+    the timeouts of `NETWORK_TIMEOUTS`, each unless `connect_args` or the URL's query sets
+    it (None, or 0 for libpq's, turns one off).
     SQLite: a file database runs in WAL mode (see `configure_sqlite`) with a busy timeout of
     `SQLITE_BUSY_TIMEOUT` seconds unless `connect_args={"timeout": ...}` says otherwise; an
     in-memory database gets one connection shared by all threads (otherwise the writer
@@ -201,7 +351,18 @@ def make_engine(url: str | sa.engine.URL, **options: Any) -> Engine:
     """
     given = sa.engine.make_url(url)
     url = with_installed_driver(given)
-    if url.get_backend_name() == "sqlite":
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    if driver in _NETWORK_TIMEOUT_DRIVERS.get(backend, ()):
+        defaults = NETWORK_TIMEOUTS["postgresql" if backend == "postgresql" else "mysql"]
+        connect_args = dict(options.get("connect_args") or {})
+        for name, value in defaults.items():
+            # connect_args override the URL's query: a setting there must win over a default.
+            env = _ENV_SETTINGS.get(name)
+            if name in url.query or (env is not None and os.environ.get(env)):
+                continue
+            connect_args.setdefault(name, value)
+        options["connect_args"] = connect_args
+    if backend == "sqlite":
         connect_args = dict(options.get("connect_args") or {})
         connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
         if not _is_sqlite_file(url):
@@ -579,6 +740,7 @@ class SQLAlchemyStore(Store[Any, Any]):
                 raise ValueError("engine_options are for a URL; the engine given is already made")
             self.engine: Engine = bind
             self.owns_engine = False
+            hold_forks_while_in_use(bind)
         else:
             self.engine = make_engine(bind, **dict(engine_options or {}))
             self.owns_engine = True
