@@ -57,7 +57,8 @@ from libc.string cimport memset
 
 import os
 
-from lazycache._core_py import Full, _check_size
+from lazycache import _core_common
+from lazycache._core_common import Full, check_limit
 from lazycache._sentinels import ABSENT, MISSING
 
 cdef extern from "Python.h":
@@ -100,6 +101,11 @@ FREE_THREADED_BUILD = bool(LAZYCACHE_FREE_THREADED)
 
 cdef object _MISSING = MISSING
 cdef object _ABSENT = ABSENT
+
+# The signal bits passed to _wake, defined once for both cores (_core_common); C ints here,
+# so raising and clearing them touches no Python object.
+cdef int SIGNAL_PRUNE = _core_common.SIGNAL_PRUNE
+cdef int SIGNAL_WRITE = _core_common.SIGNAL_WRITE
 
 cdef enum:
     EMPTY = -1      # index slot never used
@@ -288,9 +294,9 @@ cdef class Core:
         self._nslow = _SLOW_BIAS
 
     def __init__(self, maxsize=None, write_threshold=None, read_through=False, max_pending=None):
-        self._maxsize = _check_size("maxsize", maxsize)
-        self._write_threshold = _check_size("write_threshold", write_threshold)
-        self._max_pending = _check_size("max_pending", max_pending)
+        self._maxsize = check_limit("maxsize", maxsize)
+        self._write_threshold = check_limit("write_threshold", write_threshold)
+        self._max_pending = check_limit("max_pending", max_pending)
         self._read_through = bool(read_through)
 
     def __dealloc__(self):
@@ -338,7 +344,7 @@ cdef class Core:
 
     def _set_max_pending(self, max_pending):
         """Sets the bound admission enforces (None: unbounded, as during journal replay)."""
-        self._max_pending = _check_size("max_pending", max_pending)
+        self._max_pending = check_limit("max_pending", max_pending)
 
     # ----------------------------------------------------------- lock and released references
     cdef int _acquire(self) except -1:

@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from ._core_common import SIGNAL_PRUNE, SIGNAL_WRITE, Full, check_limit
 from ._sentinels import ABSENT, MISSING
 
 DIRTY = 1  # queued for the writer
@@ -47,9 +48,6 @@ PINNED = DIRTY | INFLIGHT | DELETED
 
 SLICE = 64
 """Entries the writer takes or settles per hold of the lock: setters never wait for a whole batch."""
-
-SIGNAL_PRUNE = 1  # the map grew past maxsize
-SIGNAL_WRITE = 2  # the dirty queue reached write_threshold
 
 # One pending item handed to the writer: (key, value or MISSING for a delete, entry, seq).
 Pending = tuple[Any, Any, "Entry", int]
@@ -97,22 +95,6 @@ class _Held:
         return bool(key == other)
 
 
-class Full(Exception):
-    """Raised by a core operation, under the core's lock and before any change, when it would
-    add a pending entry beyond max_pending. Not an error: the caller applies its on_full policy
-    (without the lock) and tries again."""
-
-
-def _check_size(name: str, value: int | None) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-    return value
-
-
 class Core:
     """Map, dirty queue and CLOCK eviction bookkeeping (pure Python)."""
 
@@ -123,9 +105,9 @@ class Core:
         read_through: bool = False,
         max_pending: int | None = None,
     ) -> None:
-        self._maxsize = _check_size("maxsize", maxsize)
-        self._write_threshold = _check_size("write_threshold", write_threshold)
-        self._max_pending = _check_size("max_pending", max_pending)
+        self._maxsize = check_limit("maxsize", maxsize)
+        self._write_threshold = check_limit("write_threshold", write_threshold)
+        self._max_pending = check_limit("max_pending", max_pending)
         self._read_through = bool(read_through)
         self._clock = 0
         self._lock = threading.RLock()
@@ -168,7 +150,7 @@ class Core:
 
     def _set_max_pending(self, max_pending: int | None) -> None:
         """Sets the bound admission enforces (None: unbounded, as during journal replay)."""
-        self._max_pending = _check_size("max_pending", max_pending)
+        self._max_pending = check_limit("max_pending", max_pending)
 
     # ----------------------------------------------------------- internals (lock held)
     def _admit(self, entry: Entry | None) -> None:

@@ -71,6 +71,7 @@ if int(sa.__version__.split(".")[0]) < 2:  # pragma: no cover
         f"lazycache.stores.sqlalchemy needs SQLAlchemy 2.x, found {sa.__version__}: pip install 'lazywritercache[sqlalchemy]'"
     )
 
+from .._checks import check_int
 from ..serializers import SerializationError, Serializer, SerializerSpec, get_serializer
 from .base import GeneratedFields, Store
 
@@ -543,8 +544,7 @@ class SQLAlchemyStore(Store[Any, Any]):
         chunk_size: int = 1000,
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        check_int("chunk_size", chunk_size)
         if isinstance(bind, Engine):
             if engine_options:
                 raise ValueError("engine_options are for a URL; the engine given is already made")

@@ -1,0 +1,56 @@
+"""The checks of numeric arguments: a number of seconds, and an int count or size.
+
+Every option of the library that takes seconds or a count is checked here, so the same bad
+value gets the same exception wherever it is given: TypeError for a value of the wrong type
+(a bool is not a number here), ValueError for one out of range, each naming the option.
+What is accepted:
+
+* seconds: an int or a float above 0 (NaN is not; infinity is, unless `finite`);
+* an int: at least `minimum` (1 for a size, 0 for a count that may be none);
+* the `_or_none` forms: also None, returned as it is.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def check_seconds(name: str, value: object, *, finite: bool = False) -> float:
+    """`value` as a float of seconds above 0; TypeError or ValueError naming `name` otherwise."""
+    return _seconds(name, value, finite, optional=False)
+
+
+def check_seconds_or_none(name: str, value: object, *, finite: bool = False) -> float | None:
+    """None, or `value` as `check_seconds` takes it."""
+    return None if value is None else _seconds(name, value, finite, optional=True)
+
+
+def check_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """`value` if it is an int of at least `minimum`; TypeError or ValueError naming `name` otherwise."""
+    return _int(name, value, minimum, optional=False)
+
+
+def check_int_or_none(name: str, value: object, *, minimum: int = 1) -> int | None:
+    """None, or `value` as `check_int` takes it."""
+    return None if value is None else _int(name, value, minimum, optional=True)
+
+
+def _seconds(name: str, value: object, finite: bool, *, optional: bool) -> float:
+    or_none = " or None" if optional else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds{or_none}, not {type(value).__name__}")
+    # `not value > 0` refuses NaN too.
+    if not value > 0 or (finite and not math.isfinite(value)):
+        what = "a positive, finite number" if finite else "a positive number"
+        raise ValueError(f"{name} must be {what} of seconds{or_none}, got {value!r}")
+    return float(value)
+
+
+def _int(name: str, value: object, minimum: int, *, optional: bool) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        or_none = " or None" if optional else ""
+        raise TypeError(f"{name} must be an int{or_none}, not {type(value).__name__}")
+    if value < minimum:
+        or_none = ", or None" if optional else ""
+        raise ValueError(f"{name} must be an int, {minimum} or more{or_none}, got {value!r}")
+    return value
