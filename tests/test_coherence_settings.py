@@ -53,7 +53,7 @@ def test_the_keywords_are_the_settings_fields() -> None:
         (
             {"ping_timeout": 0},
             ValueError,
-            "ping_timeout must be a positive number of seconds or None",
+            r"ping_timeout must be a positive number of seconds, at most \d+, or None, got 0",
         ),
         ({"ping_timeout": "1"}, TypeError, "ping_timeout must be a number of seconds or None"),
         ({"reconnect_initial": 0}, ValueError, "reconnect_initial must be a positive number"),

@@ -649,7 +649,7 @@ def _commands(
 
 
 def _ttl_to_ms(seconds: Any) -> int:
-    return max(1, math.ceil(check_seconds("ttl", seconds, finite=True) * 1000))
+    return max(1, math.ceil(check_seconds("ttl", seconds) * 1000))
 
 
 def _check_ttl_spec(ttl: TTLSpec) -> int | Callable[[Any, Any], float | None] | None:
