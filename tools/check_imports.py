@@ -375,7 +375,7 @@ def check(
     for key in sorted(set(allowed) - used_allowances, key=str):
         report.problems.append(f"allowed import no longer made (remove it from ALLOWED): {key}")
     for cycle in _cycles(runtime):
-        report.problems.append("cycle: " + " -> ".join([*cycle, cycle[0]]) + _lines(graph, cycle))
+        report.problems.append(f"cycle among {', '.join(cycle)}:" + _lines(graph, cycle))
     report.known_cycles = [c for c in _cycles(with_allowed) if c not in _cycles(runtime)]
     return report
 
@@ -455,7 +455,7 @@ def describe(report: Report, layers: Layers = LAYERS) -> str:
         lines.append("allowed upward imports (ALLOWED, each with its reason):")
         lines += [f"  {item}\n      {reason}" for item, reason in report.allowed]
     for cycle in report.known_cycles:
-        lines.append("cycle through allowed imports only: " + " -> ".join([*cycle, cycle[0]]))
+        lines.append(f"cycle closed by allowed imports only, among {', '.join(cycle)}")
     if report.problems:
         lines.append(f"{len(report.problems)} problem(s):")
         lines += [f"  {problem}" for problem in report.problems]
