@@ -149,6 +149,19 @@ def quiet_class(cache_cls: type) -> type:
     return QuietCache
 
 
+class FakeClock:
+    """A cache's `clock=` for tests: monotonic seconds that move only when the test says so."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class FailingStore(MemoryStore):
     """A MemoryStore with switches: `fail` makes write raise, `fail_loads` makes load_many raise.
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pytest
 
 from lazycache import MemoryStore
-from lazycache._checks import MAX_SECONDS
+from lazycache._checks import MAX_SECONDS, MAX_WAIT
 from lazycache.coherence.channel import ChannelSettings
 from lazycache.stores.redis import RedisStore
 from lazycache.stores.sqlalchemy import SQLAlchemyStore
@@ -28,11 +28,11 @@ def cache_option(name: str) -> Make:
     return lambda cls, value: cls(MemoryStore(), **{"write_interval": 3600, name: value})
 
 
-def cache_call(method: str) -> Make:
+def cache_call(method: str, *args: Any, keyword: str = "timeout") -> Make:
     def make(cls: type, value: Any) -> Any:
         cache = cls(MemoryStore(), write_interval=3600)
         try:
-            getattr(cache, method)(timeout=value)
+            getattr(cache, method)(*args, **{keyword: value})
         finally:
             if not cache.closed:
                 cache.close()
@@ -40,24 +40,33 @@ def cache_call(method: str) -> Make:
     return make
 
 
-SECONDS: dict[str, Make] = {
+WAITS: dict[str, Make] = {
     "write_interval": cache_option("write_interval"),
     "prune_interval": cache_option("prune_interval"),
     "block_timeout": cache_option("block_timeout"),
     "exit_timeout": cache_option("exit_timeout"),
     "retry_initial": lambda cls, value: cls(
-        MemoryStore(), write_interval=3600, retry_initial=value, retry_max=MAX_SECONDS
+        MemoryStore(), write_interval=3600, retry_initial=value, retry_max=MAX_WAIT
     ),
     "flush(timeout)": cache_call("flush"),
     "close(timeout)": cache_call("close"),
     "ping_interval": lambda cls, value: ChannelSettings(ping_interval=value),
     "reconnect_initial": lambda cls, value: ChannelSettings(
-        reconnect_initial=value, reconnect_max=MAX_SECONDS
+        reconnect_initial=value, reconnect_max=MAX_WAIT
     ),
     "ping_timeout": lambda cls, value: ChannelSettings(ping_timeout=value),
-    "ttl": lambda cls, value: RedisStore(NO_SERVER, "checks:", cluster=False, ttl=value),
 }
-"""Options taking seconds."""
+"""Options in seconds that a thread waits: at most MAX_WAIT."""
+
+DEADLINES: dict[str, Make] = {
+    "expire_after_write": cache_option("expire_after_write"),
+    "expire_after_access": cache_option("expire_after_access"),
+    "set(ttl)": cache_call("set", "k", 1, keyword="ttl"),
+    "ttl (Redis)": lambda cls, value: RedisStore(NO_SERVER, "checks:", cluster=False, ttl=value),
+}
+"""Options in seconds only compared with a clock: at most MAX_SECONDS."""
+
+SECONDS = {**WAITS, **DEADLINES}
 
 POSITIVE_INTS: dict[str, Make] = {
     "maxsize": cache_option("maxsize"),
@@ -76,8 +85,11 @@ COUNTS: dict[str, Make] = {
 """Ints of 0 or more."""
 
 TAKES_NONE = {
+    "expire_after_write",
+    "expire_after_access",
+    "set(ttl)",
     "ping_timeout",
-    "ttl",
+    "ttl (Redis)",
     "maxsize",
     "max_pending",
     "max_retries",
@@ -123,13 +135,14 @@ def test_seconds_of_the_wrong_type_or_not_above_zero_are_refused_alike(cache_cls
 
 
 @pytest.mark.parametrize("where", sorted(SECONDS))
-def test_seconds_longer_than_a_thread_can_wait_are_refused(cache_cls, where) -> None:
+def test_seconds_beyond_the_longest_time_are_refused(cache_cls, where) -> None:
     # Infinity was once taken, and killed the writer thread (OverflowError in its wait).
-    for value in (math.inf, MAX_SECONDS * 2):
+    most = MAX_WAIT if where in WAITS else MAX_SECONDS
+    for value in (math.inf, most * 2):
         error = refused(SECONDS[where], cache_cls, value)
         assert type(error) is ValueError, (where, value, error)
-        assert f"at most {MAX_SECONDS}" in str(error), error
-    accepted(SECONDS[where], cache_cls, MAX_SECONDS)
+        assert f"at most {most}" in str(error), error
+    accepted(SECONDS[where], cache_cls, most)
 
 
 @pytest.mark.parametrize("where", sorted({**POSITIVE_INTS, **COUNTS}))

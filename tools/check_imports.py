@@ -81,14 +81,16 @@ LAYERS: Layers = [
         ],
     ),
     ("cache layer", ["lazycache.cache"]),
-    # What users import: the package, the openers, the asyncio layer; and the old import paths
-    # of the channels, kept as re-exports (they live under stores/ but import coherence).
+    # What users import: the package, the openers, the asyncio layer, the memoizing decorator;
+    # and the old import paths of the channels, kept as re-exports (they live under stores/
+    # but import coherence).
     (
         "entry points",
         [
             "lazycache",
             "lazycache._open",
             "lazycache.aio",
+            "lazycache.memoize",
             "lazycache.stores.redis_coherence",
             "lazycache.stores.postgres_coherence",
         ],

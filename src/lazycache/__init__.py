@@ -9,6 +9,7 @@ from ._compat import IMPLEMENTATION
 from ._open import open, open_redis
 from ._sentinels import MISSING
 from .cache import LazyWriterCache, implementation_class
+from .memoize import cached, hashkey, typedkey
 from .serializers import SerializationError
 from .stats import CacheStats
 from .stores import GeneratedFields, MemoryStore, Store
@@ -28,9 +29,12 @@ __all__ = [
     "MemoryStore",
     "SerializationError",
     "Store",
+    "cached",
+    "hashkey",
     "implementation_class",
     "log_write_error",
     "merge_fields",
     "open",
     "open_redis",
+    "typedkey",
 ]

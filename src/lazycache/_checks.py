@@ -5,8 +5,9 @@ value gets the same exception wherever it is given: TypeError for a value of the
 (a bool is not a number here), ValueError for one out of range, each naming the option.
 What is accepted:
 
-* seconds: an int or a float above 0 and at most `MAX_SECONDS` (NaN and infinity are not:
-  the threads wait these times, and a thread cannot wait forever by a timeout);
+* seconds: an int or a float above 0 and at most `MAX_WAIT` (NaN and infinity are not: the
+  threads wait these times, and a thread cannot wait forever by a timeout), or `MAX_SECONDS`
+  for a deadline that is only compared with a clock (a TTL);
 * an int: at least `minimum` (1 for a size, 0 for a count that may be none);
 * the `_or_none` forms: also None, returned as it is.
 """
@@ -15,20 +16,23 @@ from __future__ import annotations
 
 import threading
 
-MAX_SECONDS: int = min(10**9, int(threading.TIMEOUT_MAX))
-"""The longest time an option takes: 10**9 s (about 31 years), or less where a thread cannot
-wait that long (`threading.TIMEOUT_MAX`, about 49 days on Windows)."""
+MAX_SECONDS = 10**9
+"""The longest time an option takes, in seconds (about 31 years)."""
+
+MAX_WAIT: int = min(MAX_SECONDS, int(threading.TIMEOUT_MAX))
+"""The longest time a thread is asked to wait: `MAX_SECONDS`, or less where a thread cannot
+wait that long (`threading.TIMEOUT_MAX`: about 49 days on Windows)."""
 
 
-def check_seconds(name: str, value: object) -> float:
-    """`value` as a float of seconds, above 0 and at most `MAX_SECONDS`; TypeError or ValueError
-    naming `name` otherwise."""
-    return _seconds(name, value, optional=False)
+def check_seconds(name: str, value: object, *, most: int = MAX_WAIT) -> float:
+    """`value` as a float of seconds, above 0 and at most `most`; TypeError or ValueError naming
+    `name` otherwise."""
+    return _seconds(name, value, most, optional=False)
 
 
-def check_seconds_or_none(name: str, value: object) -> float | None:
+def check_seconds_or_none(name: str, value: object, *, most: int = MAX_WAIT) -> float | None:
     """None, or `value` as `check_seconds` takes it."""
-    return None if value is None else _seconds(name, value, optional=True)
+    return None if value is None else _seconds(name, value, most, optional=True)
 
 
 def check_int(name: str, value: object, *, minimum: int = 1) -> int:
@@ -41,15 +45,14 @@ def check_int_or_none(name: str, value: object, *, minimum: int = 1) -> int | No
     return None if value is None else _int(name, value, minimum, optional=True)
 
 
-def _seconds(name: str, value: object, *, optional: bool) -> float:
+def _seconds(name: str, value: object, most: int, *, optional: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         or_none = " or None" if optional else ""
         raise TypeError(f"{name} must be a number of seconds{or_none}, not {type(value).__name__}")
-    if not 0 < value <= MAX_SECONDS:  # NaN compares false: refused too
+    if not 0 < value <= most:  # NaN compares false: refused too
         or_none = ", or None" if optional else ""
         raise ValueError(
-            f"{name} must be a positive number of seconds, at most {MAX_SECONDS}{or_none}, "
-            f"got {value!r}"
+            f"{name} must be a positive number of seconds, at most {most}{or_none}, got {value!r}"
         )
     return float(value)
 

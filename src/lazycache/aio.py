@@ -174,17 +174,7 @@ class _AsyncLayer(_CacheLayer):
     async def aget_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
         """{key: value} for the keys of `keys` that have a value; the misses load in one store call."""
         keys = list(keys)
-        found: dict[Any, Any] = {}
-        misses: list[Any] = []
-        with _memory_only():
-            for key in keys:
-                try:
-                    value = self.get(key, MISSING)  # type: ignore[attr-defined]
-                except _WouldBlock:
-                    misses.append(key)
-                    continue
-                if value is not MISSING:
-                    found[key] = value
+        found, misses = self._memory_pass(keys)
         if not misses:
             return found
         loop = asyncio.get_running_loop()
@@ -224,23 +214,6 @@ class _AsyncLayer(_CacheLayer):
             load.add_done_callback(lambda done: loads.pop((loop, key), None))
             load.add_done_callback(_consume)
         return asyncio.shield(load)
-
-    def _load_batch(self, keys: list[Any]) -> dict[Any, Any]:
-        """Loads keys in one store call and caches what it found (in a worker thread)."""
-        if not self._reads_through():  # raises once the cache is closed
-            return {}
-        epoch = self._memory_epoch  # type: ignore[attr-defined]
-        stored = self.store.load_many(keys)
-        self._loads += len(stored)
-        found = {}
-        for key in keys:
-            if key in stored:
-                value = stored[key]
-                if self._coherent:  # with the channel down, loads are not cached (as `get`)
-                    value = self._insert_loaded(key, value, epoch)  # type: ignore[attr-defined]
-                if value is not MISSING:
-                    found[key] = value
-        return found
 
     # ----------------------------------------------------------- writes
     async def aset(self, key: Any, value: Any) -> None:

@@ -36,7 +36,7 @@ from typing import (
 
 from ._checks import check_int, check_seconds
 from ._compat import CORES, IMPLEMENTATION, Core
-from ._core_common import SIGNAL_PRUNE, SIGNAL_WRITE, Full
+from ._core_common import SIGNAL_PRUNE, SIGNAL_WRITE, Full, ttl_ns
 from ._sentinels import ABSENT, MISSING
 from ._worker import Backoff, Worker
 from .coherence import Coherence
@@ -211,6 +211,9 @@ class _CacheLayer:
         name: str = "default",
         on_flush: OnFlush | None = None,
         on_evict: OnEvict | None = None,
+        expire_after_write: float | None = None,
+        expire_after_access: float | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not isinstance(store, Store):
             raise TypeError(f"store must be a lazycache.Store, not {type(store).__name__}")
@@ -260,7 +263,15 @@ class _CacheLayer:
             # Unbounded while a journal replays (those writes were acknowledged long ago);
             # the bound is set once replay is done.
             max_pending=None if journal is not None else max_pending,
+            expire_after_write=expire_after_write,
+            expire_after_access=expire_after_access,
+            clock=clock,
         )
+        self.expire_after_write = expire_after_write
+        self.expire_after_access = expire_after_access
+        # Whether the store keeps per-entry TTLs (Redis PX, a SQL expiry column): then each
+        # batch carries the seconds left to its entries that have a write deadline.
+        self._store_takes_ttls = bool(getattr(store, "accepts_ttls", False))
         self._set_clock(_now_ms())  # type: ignore[attr-defined]
         # Opened once the other options are known good, and before _is_closed exists (a failed
         # open leaves nothing for __del__ to close): it takes the journal's lock (released by
@@ -428,27 +439,53 @@ class _CacheLayer:
 
     def _load_missing(self, key: Any) -> Any:
         # Concurrent misses of one key share one store load (no stampede on a hot key).
+        return self._load_once(key, lambda: self._load_and_cache(key, self._fetch))
+
+    def _load_once(self, token: Any, load: Callable[[], Any]) -> Any:
+        """Runs `load()` once for every caller that comes with `token` while it runs.
+
+        The others wait and get its value, or its exception. `token` is the key for a
+        read-through and `(_LOADER, key)` for `get_or_load`: a reader never waits on a
+        loader it did not pass (nor gets its exception).
+        """
         with self._loading_lock:
-            load = self._loading.get(key)
-            leader = load is None
+            pending = self._loading.get(token)
+            leader = pending is None
             if leader:
-                load = self._loading[key] = _Load()
+                pending = self._loading[token] = _Load()
         if not leader:
-            return load.wait()  # type: ignore[union-attr]
+            return pending.wait()  # type: ignore[union-attr]
         try:
-            epoch = self._memory_epoch  # type: ignore[attr-defined]
-            value = self._fetch(key)
-            if value is not MISSING and self._coherent:
-                value = self._insert_loaded(key, value, epoch)  # type: ignore[attr-defined]
+            value = load()
         except BaseException as exc:
-            load.fail(exc)  # type: ignore[union-attr]
+            pending.fail(exc)  # type: ignore[union-attr]
             raise
         else:
-            load.done(value)  # type: ignore[union-attr]
+            pending.done(value)  # type: ignore[union-attr]
             return value
         finally:
             with self._loading_lock:
-                del self._loading[key]
+                del self._loading[token]
+
+    def _load_and_cache(
+        self, key: Any, fetch: Callable[[Any], Any], over_delete: bool = False
+    ) -> Any:
+        """`fetch(key)`, cached clean (see the core's _insert_loaded); returns what a reader sees.
+
+        MISSING passes through; a value is not cached while the coherence channel is down.
+        A delete of key made meanwhile wins (MISSING), unless `over_delete`: then the
+        fetched value is returned, uncached.
+        """
+        epoch = self._memory_epoch  # type: ignore[attr-defined]  # before: see _insert_loaded
+        # A load of key that ended between our caller's miss and our start has cached its value.
+        current, _ = self._read_versioned(key)  # type: ignore[attr-defined]
+        if current is not ABSENT and not (current is MISSING and over_delete):
+            return current
+        value = fetch(key)
+        if value is MISSING or not self._coherent:
+            return value
+        current = self._insert_loaded(key, value, epoch)  # type: ignore[attr-defined]
+        return value if current is MISSING and over_delete else current
 
     def _delete_missing(self, key: Any) -> None:
         if self._fetch(key) is MISSING:
@@ -496,8 +533,11 @@ class _CacheLayer:
             except Full:
                 self._backpressure(key, _NO_WRITE_THROUGH)
 
-    def _write_through(self, key: Any, value: Any) -> None:
-        """Writes one entry to the store now, in order with the batches, then caches it clean."""
+    def _write_through(self, key: Any, value: Any, ttl: int = -1) -> None:
+        """Writes one entry to the store now, in order with the batches, then caches it clean.
+
+        `ttl`: the entry's own TTL in ns, or -1 for the cache's expire_after_write.
+        """
         writer = self._batch_writer
         with writer.lock:
             if value is MISSING:
@@ -508,16 +548,63 @@ class _CacheLayer:
                     raise KeyError(key)
                 self.store.write([], [key])
             else:
-                generated = self.store.write([(key, value)], [])
+                seconds = ttl / 1e9 if ttl > 0 else self.expire_after_write
+                if seconds and self._store_takes_ttls:
+                    generated = self.store.write([(key, value)], [], ttls={key: seconds})  # type: ignore[call-arg]
+                else:
+                    generated = self.store.write([(key, value)], [])
                 fields = generated.get(key) if generated else None
                 if fields:
                     value = writer.merge_generated(value, fields, True)
             writer.writes += 1
             writer.flushes += 1
             writer.write_errors.pop(key, None)
-            self._set_clean(key, value)  # type: ignore[attr-defined]
+            self._set_clean(key, value, ttl)  # type: ignore[attr-defined]
+
+    def _store_ttls(self, items: list[Any]) -> dict[Any, float] | None:
+        """For the writer: per upsert of a batch that has a write deadline, the seconds left to it
+        (at least 1 ms: an entry written after its deadline still reaches the store, and so
+        replaces the older value there). None when the store keeps no TTLs or none applies."""
+        if not self._store_takes_ttls or not self._expiry_enabled:  # type: ignore[attr-defined]
+            return None
+        ttls = {
+            key: left
+            for (key, value, _, _), left in zip(items, self._ttls(items))  # type: ignore[attr-defined]
+            if left is not None and value is not MISSING
+        }
+        return ttls or None
 
     # ----------------------------------------------------------- the rest of the mapping API
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        """`cache[key] = value`, with a time to live of its own: `ttl` seconds from now.
+
+        The entry expires `ttl` seconds after this write (in place of `expire_after_write`),
+        or after `expire_after_access` without a read, whichever comes first; a store
+        that keeps TTLs (Redis, a SQL table with an expiry column) gets the time left when
+        the write reaches it. Without `ttl`, the same as `cache[key] = value`.
+        A write pending in memory does not expire before it is written.
+        """
+        if ttl is None:
+            self[key] = value  # type: ignore[index]
+            return
+        self._put_with_ttl(key, value, ttl_ns("ttl", ttl))
+
+    def _put_with_ttl(self, key: Any, value: Any, ttl: int) -> None:
+        while True:
+            try:
+                self._put(key, value, ttl)  # type: ignore[attr-defined]
+                return
+            except Full:
+                if self._make_room(key, value, ttl):
+                    return
+
+    def _make_room(self, key: Any, value: Any, ttl: int) -> bool:
+        """`_backpressure` for a write with a TTL of its own: write-through keeps the TTL."""
+        if ttl > 0 and self.on_full == "write-through":
+            self._write_through(key, value, ttl)
+            return True
+        return self._backpressure(key, value)
+
     def pop(self, key: Any, default: Any = _UNSET) -> Any:
         """Deletes key (the delete reaches the store in a later flush) and returns its value.
 
@@ -587,6 +674,69 @@ class _CacheLayer:
             if not inserted:
                 journal.undo(mark)
         return value
+
+    # ----------------------------------------------------------- lookups
+    def get_or_load(self, key: Any, loader: Callable[[Any], Any]) -> Any:
+        """The value memory holds for key, else `loader(key)`'s, which is then cached clean.
+
+        The loader stands in for the store: the store is not read, and the value is cached
+        as a read-through's would be, clean (never written to the store: assign it to
+        persist it). Concurrent callers for one key share one call of the loader, across
+        threads; its exception reaches each of them and nothing is cached. A key deleted
+        in memory (its delete not written yet) gets the loader's value, not cached.
+        """
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, not {type(loader).__name__}")
+        value = self._peek(key)  # type: ignore[attr-defined]
+        if value is not ABSENT and value is not MISSING:
+            return value
+        return self._load_once(
+            (_LOADER, key), lambda: self._load_and_cache(key, _checked(loader), over_delete=True)
+        )
+
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        """{key: value} for the keys of `keys` that have a value, in their order.
+
+        Memory answers what it holds; the other keys are read through in one
+        `Store.load_many` call (when `read_through` is on), and what it finds is cached clean.
+        """
+        keys = list(keys)
+        found, misses = self._memory_pass(keys)
+        if misses:
+            found.update(self._load_batch(list(dict.fromkeys(misses))))
+        return {key: found[key] for key in keys if key in found}
+
+    def _memory_pass(self, keys: list[Any]) -> tuple[dict[Any, Any], list[Any]]:
+        """({key: value} memory holds, the keys to read through) for get_many and aget_many."""
+        peek = self._peek  # type: ignore[attr-defined]
+        reads_through = self.read_through  # type: ignore[attr-defined]
+        found: dict[Any, Any] = {}
+        misses: list[Any] = []
+        for key in keys:
+            value = peek(key)
+            if value is ABSENT:
+                if reads_through:
+                    misses.append(key)
+            elif value is not MISSING:
+                found[key] = value
+        return found, misses
+
+    def _load_batch(self, keys: list[Any]) -> dict[Any, Any]:
+        """Loads keys in one store call and caches what it found; returns what readers see."""
+        if not self._reads_through():  # raises once the cache is closed
+            return {}
+        epoch = self._memory_epoch  # type: ignore[attr-defined]
+        stored = self.store.load_many(keys)
+        self._loads += len(stored)
+        found = {}
+        for key in keys:
+            if key in stored:
+                value = stored[key]
+                if self._coherent:  # with the channel down, loads are not cached (as `get`)
+                    value = self._insert_loaded(key, value, epoch)  # type: ignore[attr-defined]
+                if value is not MISSING:
+                    found[key] = value
+        return found
 
     def discard(self, key: Any) -> None:
         """Deletes key from the cache and, in a later flush, from the store, whether or not memory holds it."""
@@ -727,11 +877,13 @@ class _CacheLayer:
         self.prune()
 
     def prune(self) -> int:
-        """Evicts clean entries until the cache is back at maxsize; returns how many. Run by the pruner."""
+        """Drops the expired clean entries, then evicts clean entries until the cache is back at
+        maxsize; returns how many entries it removed. Run by the pruner."""
         self._set_clock(_now_ms())  # type: ignore[attr-defined]
+        expired: int = self._expire()  # type: ignore[attr-defined]
         if not self.maxsize:
-            return 0
-        evicted = 0
+            return expired
+        evicted = expired
         while True:
             excess = len(self) - self.maxsize  # type: ignore[arg-type]
             if excess <= 0:
@@ -793,7 +945,7 @@ class _CacheLayer:
             for s in (self._oldest_since(), writer.inflight_since)  # type: ignore[attr-defined]
             if s is not None and s >= 0
         ]
-        hits, misses, sets, deletes, evictions = self._counters()  # type: ignore[attr-defined]
+        hits, misses, sets, deletes, evictions, expirations = self._counters()  # type: ignore[attr-defined]
         return CacheStats(
             hits=hits,
             misses=misses,
@@ -801,6 +953,7 @@ class _CacheLayer:
             stores=sets,
             deletes=deletes,
             evictions=evictions,
+            expirations=expirations,
             writes=writer.writes,
             failed_writes=writer.failed_writes,
             flushes=writer.flushes,
@@ -944,6 +1097,24 @@ class CacheOptions(TypedDict, total=False):
     name: str
     on_flush: OnFlush | None
     on_evict: OnEvict | None
+    expire_after_write: float | None
+    expire_after_access: float | None
+    clock: Callable[[], float] | None
+
+
+_LOADER: Any = object()  # tags get_or_load's loads apart from read-through loads of the same key
+
+
+def _checked(loader: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`loader`, refusing MISSING as its result (it cannot be cached, nor told from a miss)."""
+
+    def load(key: Any) -> Any:
+        value = loader(key)
+        if value is MISSING:
+            raise ValueError("the loader returned lazycache.MISSING, which cannot be cached")
+        return value
+
+    return load
 
 
 class _Load:
@@ -979,6 +1150,10 @@ class _JournaledLayer:
     """
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        self._put_with_ttl(key, value, -1)
+
+    def _put_with_ttl(self, key: Any, value: Any, ttl: int) -> None:
+        # The record holds no TTL: a replayed entry gets the cache's expiry options.
         journal = self._journal  # type: ignore[attr-defined]
         record = journal.encode(key, value)  # a key or value it cannot record is refused here
         while True:
@@ -986,14 +1161,14 @@ class _JournaledLayer:
                 # The record first: if the append fails (disk full), the cache is not changed.
                 mark = journal.append(record)
                 try:
-                    self._put(key, value)  # type: ignore[attr-defined]
+                    self._put(key, value, ttl)  # type: ignore[attr-defined]
                     return
                 except Full:
                     journal.undo(mark)  # backpressure below, without the journal's lock
                 except BaseException:
                     journal.undo(mark)
                     raise
-            if self._backpressure(key, value):  # type: ignore[attr-defined]
+            if self._make_room(key, value, ttl):  # type: ignore[attr-defined]
                 return  # written through to the store
 
     def __delitem__(self, key: Any) -> None:
@@ -1089,6 +1264,9 @@ if TYPE_CHECKING:
         def setdefault(self, key: K, default: V) -> V: ...
         def setdefault(self, key: K, default: Any = None) -> Any: ...
         def update_entry(self, key: K, fn: Callable[[V], V], default: V = ...) -> V: ...
+        def set(self, key: K, value: V, ttl: float | None = None) -> None: ...
+        def get_or_load(self, key: K, loader: Callable[[K], V]) -> V: ...
+        def get_many(self, keys: Iterable[K]) -> dict[K, V]: ...
         def copy(self) -> dict[K, V]: ...
         def keys(self) -> KeysView[K]: ...
         def values(self) -> ValuesView[V]: ...

@@ -713,8 +713,12 @@ class BatchWriter:
         upserts = [(key, value) for key, value, _, _ in items if value is not MISSING]
         deletes = [key for key, value, _, _ in items if value is MISSING]
         self.inflight_since = cache._oldest_in(items)
+        ttls = cache._store_ttls(items)  # None unless the store keeps TTLs and some apply
         try:
-            generated = self.store.write(upserts, deletes)
+            if ttls is None:
+                generated = self.store.write(upserts, deletes)
+            else:
+                generated = self.store.write(upserts, deletes, ttls=ttls)  # type: ignore[call-arg]
         except Exception as exc:
             acc.errors.append(exc)
             self.last_store_error = exc

@@ -38,10 +38,15 @@ TTL
 `ttl=None` (default: no expiry), a number of seconds (fractions are sent as
 milliseconds, `PX`), or `ttl(key, value) -> seconds | None` per key. The TTL is set
 by every write of the key (`SET key value PX ms`), so it restarts at each write.
-It applies in Redis only: lazycache itself does not expire what it holds, so a value
-read or written by this process stays readable in its memory until it is evicted,
-invalidated or dropped (use `maxsize`, or `cache.invalidate()`), even after Redis
-has expired it. Expiry is not announced on the coherence channel.
+The store's `ttl` applies in Redis only: a value read or written by this process
+stays readable in its memory until it is evicted, invalidated, dropped or expired
+by the cache's own expiry. Expiry is not announced on the coherence channel.
+
+A cache that expires entries (`set(key, value, ttl=...)`, `expire_after_write=`)
+passes each entry's time left to the store (`accepts_ttls`): the key is written with
+that `PX` instead of the store's `ttl`, so Redis forgets it when the cache's memory
+does. A write that reaches Redis after its entry's deadline (the store was down)
+is written with `PX 1`: it still replaces the older value there.
 
 Atomicity
 ---------
@@ -100,7 +105,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "lazycache.stores.redis needs redis-py (5 or later), which is not installed: pip install 'lazywritercache[redis]'"
     ) from exc
 
-from .._checks import check_int, check_seconds
+from .._checks import MAX_SECONDS, check_int, check_seconds
 from ..serializers import SerializationError, Serializer, SerializerSpec, get_serializer
 from .base import GeneratedFields, Store
 
@@ -301,6 +306,8 @@ def _describe_client(client: Any) -> str:
 class RedisStore(Store[Any, Any]):
     """A `Store` over Redis (`redis.Redis`) or Redis Cluster (`redis.cluster.RedisCluster`).
 
+    It takes an expiring cache's per-entry TTLs (`accepts_ttls`), sent as `SET ... PX`.
+
     Parameters
     ----------
     client_or_url
@@ -429,16 +436,24 @@ class RedisStore(Store[Any, Any]):
             raise SerializationError(key, exc) from exc
 
     def _encode_batch(
-        self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]
+        self,
+        upserts: Sequence[tuple[Any, Any]],
+        deletes: Sequence[Any],
+        ttls: Mapping[Any, float] | None = None,
     ) -> tuple[list[tuple[bytes, bytes, int | None]], list[bytes]]:
-        """(rkey, data, ttl ms or None) per upsert and rkey per delete; raises before anything is sent."""
+        """(rkey, data, ttl ms or None) per upsert and rkey per delete; raises before anything is sent.
+
+        A key in `ttls` (the cache's time left for it) gets that TTL instead of the store's.
+        """
         sets = []
         for key, value in upserts:
             try:
                 rkey = self.redis_key(key)
             except Exception as exc:
                 raise RedisKeyError(key, exc) from exc
-            sets.append((rkey, self._encode_value(key, value), self._ttl_ms(key, value)))
+            left = ttls.get(key) if ttls else None
+            ttl_ms = self._ttl_ms(key, value) if left is None else max(1, math.ceil(left * 1000))
+            sets.append((rkey, self._encode_value(key, value), ttl_ms))
         dels = []
         for key in deletes:
             try:
@@ -474,10 +489,15 @@ class RedisStore(Store[Any, Any]):
             pipe.mget(rkeys[start : start + size])
         return [value for chunk in pipe.execute() for value in chunk]
 
+    accepts_ttls = True
+
     def write(
-        self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]
+        self,
+        upserts: Sequence[tuple[Any, Any]],
+        deletes: Sequence[Any],
+        ttls: Mapping[Any, float] | None = None,
     ) -> GeneratedFields | None:
-        sets, dels = self._encode_batch(upserts, deletes)
+        sets, dels = self._encode_batch(upserts, deletes, ttls)
         if not sets and not dels:
             return None
         if self.cluster:
@@ -649,7 +669,7 @@ def _commands(
 
 
 def _ttl_to_ms(seconds: Any) -> int:
-    return max(1, math.ceil(check_seconds("ttl", seconds) * 1000))
+    return max(1, math.ceil(check_seconds("ttl", seconds, most=MAX_SECONDS) * 1000))
 
 
 def _check_ttl_spec(ttl: TTLSpec) -> int | Callable[[Any, Any], float | None] | None:

@@ -4,7 +4,10 @@ Two modes, chosen by what `table` is:
 
 * **Key-value** (`table` is a name): a table `(key PRIMARY KEY, value)`, created if
   missing, whose values are serialised ("json" by default, "pickle", "msgpack" or your
-  own pair; see `lazycache.serializers`). A persistent dict.
+  own pair; see `lazycache.serializers`). A persistent dict. With `expiry=True` the
+  table has a third column, `expires_at` (milliseconds since the Unix epoch, NULL for
+  never), set from an expiring cache's TTLs: reads ignore a row once it has passed,
+  and `purge_expired()` deletes such rows.
 * **Rows** (`table` is a `Table` or an ORM-mapped class): each cached value is one row,
   a dict of column values or an ORM instance, keyed by one column or several (a tuple
   key) that may be a secondary unique key while the database generates the primary key.
@@ -43,6 +46,7 @@ import datetime
 import decimal
 import hashlib
 import importlib.util
+import math
 import queue
 import sys
 import threading
@@ -50,7 +54,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 try:
     import sqlalchemy as sa
@@ -90,6 +94,9 @@ __all__ = [
 
 DEFAULT_URL = "sqlite:///lazycache.db"
 """The embedded default: a SQLite file in the current directory."""
+
+EXPIRES_AT = "expires_at"
+"""The expiry column of a key-value table made with `expiry=True` (ms since the epoch, NULL: never)."""
 
 SQLITE_BUSY_TIMEOUT = 5.0
 """Seconds a SQLite connection made by `make_engine` waits for a lock before "database is locked"."""
@@ -511,6 +518,16 @@ class SQLAlchemyStore(Store[Any, Any]):
         it, otherwise a SELECT by key in the same transaction).
     chunk_size
         Keys per `IN (...)` list of a read or a delete.
+    expiry
+        Key-value mode: keep an `expires_at` column (BIGINT, milliseconds since the Unix
+        epoch, NULL for never), written from the TTLs an expiring cache passes
+        (`set(..., ttl=)`, `expire_after_write=`): reads ignore a row whose time has
+        passed, and `purge_expired()` deletes those rows. An existing table needs the
+        column added first (`ALTER TABLE t ADD COLUMN expires_at BIGINT`). Writes to such
+        a table go through SQLAlchemy Core statements, not the drivers' fast paths.
+    clock
+        With `expiry`: the wall clock the deadlines are set and read by, in seconds since
+        the epoch (default `time.time`; the processes sharing the table should agree on it).
 
     Raises
     ------
@@ -543,8 +560,20 @@ class SQLAlchemyStore(Store[Any, Any]):
         returning: bool | None = None,
         chunk_size: int = 1000,
         engine_options: Mapping[str, Any] | None = None,
+        expiry: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         check_int("chunk_size", chunk_size)
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, not {type(clock).__name__}")
+        if expiry and not isinstance(table, str):
+            raise ValueError(
+                "expiry= is for the key-value mode: a row table's expiry is the cache's (memory only)"
+            )
+        self.expiry = bool(expiry)
+        self.accepts_ttls = self.expiry
+        """Whether `write` takes the cache's TTLs (an expiry column: `expiry=True`)."""
+        self.clock = clock
         if isinstance(bind, Engine):
             if engine_options:
                 raise ValueError("engine_options are for a URL; the engine given is already made")
@@ -603,6 +632,7 @@ class SQLAlchemyStore(Store[Any, Any]):
                 autoincrement=False,
             ),
             sa.Column("value", _value_column_type(self.serializer.binary), nullable=False),
+            *([sa.Column(EXPIRES_AT, sa.BigInteger, nullable=True)] if self.expiry else []),
             schema=schema,
         )
         if create:
@@ -618,7 +648,8 @@ class SQLAlchemyStore(Store[Any, Any]):
         # another (SQLite turns 1 into '1' in a text column; PostgreSQL will not compare
         # them): refuse them everywhere.
         self._key_class = key_type if key_type in (str, int, uuid.UUID, bytes) else None
-        self._kv_sql = self._kv_upsert_sql()
+        # The drivers' fast paths write two columns: an expiry table goes through Core.
+        self._kv_sql = None if self.expiry else self._kv_upsert_sql()
 
     def _connect_once(self) -> None:
         """Initialises the dialect (server version, MariaDB or not); learns MySQL's `max_allowed_packet`."""
@@ -915,9 +946,11 @@ class SQLAlchemyStore(Store[Any, Any]):
                     raise TypeError(self._wrong_key(key))
         loads = self.serializer.loads
         table = self.table
-        for key, data in conn.execute(
-            sa.select(table.c.key, table.c.value).where(table.c.key.in_(chunk))
-        ):
+        query = sa.select(table.c.key, table.c.value).where(table.c.key.in_(chunk))
+        if self.expiry:
+            expires_at = table.c[EXPIRES_AT]
+            query = query.where(sa.or_(expires_at.is_(None), expires_at > self._now_ms()))
+        for key, data in conn.execute(query):
             try:
                 found[key] = loads(data)
             except Exception as exc:
@@ -950,17 +983,42 @@ class SQLAlchemyStore(Store[Any, Any]):
                 )
         return sa.tuple_(*self._key_columns).in_(keys)
 
+    # ------------------------------------------------------------------ expiry
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def purge_expired(self) -> int:
+        """Deletes the rows whose `expires_at` has passed (key-value mode, `expiry=True`); returns how many.
+
+        Reads already ignore them: this reclaims their space. Run it from a job of your own,
+        as often as the table's churn asks for.
+        """
+        if not self.expiry:
+            raise ValueError(
+                "purge_expired() needs an expiry column: SQLAlchemyStore(..., expiry=True)"
+            )
+        expires_at = self.table.c[EXPIRES_AT]
+        with self.engine.begin() as conn:
+            result = conn.execute(sa.delete(self.table).where(expires_at <= self._now_ms()))
+            return int(result.rowcount)
+
     # ------------------------------------------------------------------ writing
     def write(
-        self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]
+        self,
+        upserts: Sequence[tuple[Any, Any]],
+        deletes: Sequence[Any],
+        ttls: Mapping[Any, float] | None = None,
     ) -> GeneratedFields | None:
         """Deletes `deletes` and upserts `upserts` in one transaction; returns generated fields (row mode).
 
         A value that cannot be encoded raises `SerializationError` naming its key, and
-        nothing of the batch is written.
+        nothing of the batch is written. `ttls` (with `expiry=True`): per upserted key,
+        the seconds it is kept; the others never expire.
         """
         if not upserts and not deletes:
             return None
+        if ttls and not self.expiry:
+            raise ValueError("this store keeps no TTLs: make it with expiry=True")
         rows = (
             None if self.serializer is not None else self._rows(upserts)
         )  # before the transaction
@@ -974,7 +1032,7 @@ class SQLAlchemyStore(Store[Any, Any]):
         try:
             with self.engine.begin() as conn:
                 session = _session_id(conn)
-                return self._write_in(conn, upserts, deletes, rows)
+                return self._write_in(conn, upserts, deletes, rows, ttls)
         except BaseException as exc:
             if session is not None and _connection_lost(exc):
                 # The server may still be running this transaction, its COMMIT included:
@@ -989,6 +1047,7 @@ class SQLAlchemyStore(Store[Any, Any]):
         upserts: Sequence[tuple[Any, Any]],
         deletes: Sequence[Any],
         rows: list[tuple[Any, dict[str, Any]]] | None,
+        ttls: Mapping[Any, float] | None = None,
     ) -> GeneratedFields | None:
         """The statements of one `write`, in its transaction."""
         for start in range(0, len(deletes), self.chunk_size):
@@ -1000,7 +1059,7 @@ class SQLAlchemyStore(Store[Any, Any]):
         if not upserts:
             return None
         if rows is None:
-            self._write_kv(conn, upserts)
+            self._write_kv(conn, upserts, ttls)
             return None
         return self._write_rows(conn, rows)
 
@@ -1047,10 +1106,15 @@ class SQLAlchemyStore(Store[Any, Any]):
             keys = [self._key_bind(key) for key in keys]
         return keys, values
 
-    def _write_kv(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
+    def _write_kv(
+        self,
+        conn: Connection,
+        upserts: Sequence[tuple[Any, Any]],
+        ttls: Mapping[Any, float] | None = None,
+    ) -> None:
         sql = self._kv_sql
         if sql is None:
-            self._write_kv_core(conn, upserts)
+            self._write_kv_core(conn, upserts, ttls)
             return
         if self._dialect_name == "postgresql":
             self._write_kv_postgresql(conn, sql, upserts)
@@ -1184,7 +1248,12 @@ class SQLAlchemyStore(Store[Any, Any]):
         self._check_mysql_size(key, total)
         return total
 
-    def _write_kv_core(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
+    def _write_kv_core(
+        self,
+        conn: Connection,
+        upserts: Sequence[tuple[Any, Any]],
+        ttls: Mapping[Any, float] | None = None,
+    ) -> None:
         """Any dialect: the dialect's upsert if SQLAlchemy has one, else delete then insert."""
         assert self.serializer is not None
         encode = self.serializer.encode
@@ -1194,20 +1263,29 @@ class SQLAlchemyStore(Store[Any, Any]):
             if key_class is not None and not isinstance(key, key_class):
                 raise SerializationError(key, TypeError(self._wrong_key(key)))
             params.append({"key": key, "value": encode(key, value)})
+        if self.expiry:
+            now = self._now_ms()
+            for (key, _), row in zip(upserts, params):
+                left = ttls.get(key) if ttls else None
+                row[EXPIRES_AT] = None if left is None else now + max(1, math.ceil(left * 1000))
         table = self.table
         name = self.engine.dialect.name
+        updated = ("value", EXPIRES_AT) if self.expiry else ("value",)
         if name in ("postgresql", "sqlite"):
             module = _postgresql if name == "postgresql" else _sqlite
             insert = module.insert(table)
             conn.execute(
                 insert.on_conflict_do_update(
-                    index_elements=[table.c.key], set_={"value": insert.excluded.value}
+                    index_elements=[table.c.key],
+                    set_={column: insert.excluded[column] for column in updated},
                 ),
                 params,
             )
         elif name in ("mysql", "mariadb"):
             insert = _mysql.insert(table)
-            statement = insert.on_duplicate_key_update(value=insert.inserted.value)
+            statement = insert.on_duplicate_key_update(
+                {column: insert.inserted[column] for column in updated}
+            )
             if self._max_packet is None:
                 conn.execute(statement, params)
                 return
