@@ -29,7 +29,8 @@ from lazycache.cache import implementation_class
 from lazycache.coherence import Coherence
 
 NO_EXTENSIONS = bool(os.environ.get("LAZYCACHE_NO_EXTENSIONS"))
-"""Same rule as lazycache.cache: any non-empty value turns the compiled core off."""
+"""Any non-empty value turns the compiled core off: the rule of lazycache._compat, restated here
+on purpose as what the tests expect of it (test_implementation checks the library against it)."""
 
 SHORT = 0.02
 """Default write/prune interval of caches made by the `make_cache` fixture."""

@@ -42,29 +42,38 @@ def test_the_keywords_are_the_settings_fields() -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("options", "error", "message"),
     [
-        ({"keys": "yaml"}, "keys must be one of"),
-        ({"ping_interval": 0}, "ping_interval must be a positive number"),
-        ({"ping_interval": -1.0}, "ping_interval must be a positive number"),
-        ({"ping_interval": float("nan")}, "ping_interval must be a positive number"),
-        ({"ping_interval": True}, "ping_interval must be a positive number"),
-        ({"ping_interval": "1"}, "ping_interval must be a positive number"),
-        ({"ping_timeout": 0}, "ping_timeout must be a positive number"),
-        ({"reconnect_initial": 0}, "reconnect_initial must be a positive number"),
-        ({"reconnect_max": -2}, "reconnect_max must be a positive number"),
-        ({"max_backlog": -1}, "max_backlog must be an int, 0 or more"),
-        ({"max_backlog": 1.5}, "max_backlog must be an int, 0 or more"),
-        ({"max_backlog": None}, "max_backlog must be an int, 0 or more"),
+        ({"keys": "yaml"}, ValueError, "keys must be one of"),
+        ({"ping_interval": 0}, ValueError, "ping_interval must be a positive number of seconds"),
+        ({"ping_interval": -1.0}, ValueError, "ping_interval must be a positive number"),
+        ({"ping_interval": float("nan")}, ValueError, "ping_interval must be a positive number"),
+        ({"ping_interval": True}, TypeError, "ping_interval must be a number of seconds, not bool"),
+        ({"ping_interval": "1"}, TypeError, "ping_interval must be a number of seconds, not str"),
+        (
+            {"ping_timeout": 0},
+            ValueError,
+            r"ping_timeout must be a positive number of seconds, at most \d+, or None, got 0",
+        ),
+        ({"ping_timeout": "1"}, TypeError, "ping_timeout must be a number of seconds or None"),
+        ({"reconnect_initial": 0}, ValueError, "reconnect_initial must be a positive number"),
+        ({"reconnect_max": -2}, ValueError, "reconnect_max must be a positive number"),
+        ({"max_backlog": -1}, ValueError, "max_backlog must be an int, 0 or more, got -1"),
+        ({"max_backlog": 1.5}, TypeError, "max_backlog must be an int, not float"),
+        ({"max_backlog": None}, TypeError, "max_backlog must be an int, not NoneType"),
     ],
 )
-def test_a_bad_value_is_refused_where_it_is_given(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+def test_a_bad_value_is_refused_where_it_is_given(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    # As every option of the library: ValueError for a value out of range, TypeError for one
+    # of the wrong type (tests/test_validation.py).
+    with pytest.raises(error, match=message):
         ChannelSettings(**options)
     # The same check, whichever way the option reaches a channel; nothing is connected first.
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         RedisCoherence("redis://127.0.0.1:1/0", "c", **options)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         PostgresNotifyCoherence(LIBPQ_URL, "c", settings=ChannelSettings(), **options)
 
 

@@ -1,21 +1,23 @@
-"""The import graph of coherence and the stores: imports point downward, old paths still work.
+"""The import graph of the library: no cycle, no upward import, old paths still work.
 
-The layers: the cache and the openers (`lazycache.cache`, `lazycache._open`) on top; below
-them `lazycache.coherence` (base, message, channel, then one module per transport); below
-that the stores. A store never imports coherence or the cache layer; coherence never
-imports the cache layer, and its transports reach the stores only for connections.
-
-Checked twice: statically (every import statement of the library, those inside functions
-and `if TYPE_CHECKING:` included) and at run time (what importing one module loads).
+The layers and the walker are tools/check_imports.py's (`make lint` runs it): the first test
+runs that check on the package under test, the second shows it catches what it must. The
+ones after it pin finer rules of coherence and the stores: a store never imports coherence
+or the cache layer; coherence never imports the cache layer, and its transports reach the
+stores only for connections. Checked twice: statically (every import statement of the
+library, those inside functions and `if TYPE_CHECKING:` included) and at run time (what
+importing one module loads).
 """
 
 from __future__ import annotations
 
-import ast
+import importlib.util
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -23,16 +25,18 @@ import lazycache
 
 PACKAGE = Path(lazycache.__file__).parent
 
-COMPAT_ALIASES = {
-    "lazycache.stores.redis_coherence": "lazycache.coherence",
-    "lazycache.stores.postgres_coherence": "lazycache.coherence",
-}
-"""Old import paths kept as thin re-exports of what moved up: modules that import upward by
-design. Nothing in the library imports them."""
 
-LAZY_ALIASES = {("lazycache.stores.redis", "__getattr__")}
-"""(module, function): `lazycache.stores.redis.open_redis` and `.default_channel`, resolved on
-first use only, so that importing the store imports nothing above it."""
+def load_tool() -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "tools" / "check_imports.py"
+    spec = importlib.util.spec_from_file_location("check_imports", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+check_imports = load_tool()
 
 CACHE_LAYER = ("lazycache.cache", "lazycache._open", "lazycache.aio", "lazycache.writer")
 
@@ -40,7 +44,11 @@ COHERENCE_IMPORTS = {
     "lazycache.coherence": {"lazycache.coherence.base"},
     "lazycache.coherence.base": set(),
     "lazycache.coherence.message": set(),
-    "lazycache.coherence.channel": {"lazycache.coherence.base", "lazycache.coherence.message"},
+    "lazycache.coherence.channel": {
+        "lazycache._checks",
+        "lazycache.coherence.base",
+        "lazycache.coherence.message",
+    },
     "lazycache.coherence.redis": {"lazycache.coherence.channel", "lazycache.stores.redis"},
     "lazycache.coherence.postgres": {
         "lazycache.coherence.channel",
@@ -49,63 +57,95 @@ COHERENCE_IMPORTS = {
 }
 """Everything of lazycache each coherence module may import: the modules below it only."""
 
-
-def module_name(path: Path) -> str:
-    parts = ["lazycache", *path.relative_to(PACKAGE).with_suffix("").parts]
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def is_module(name: str) -> bool:
-    path = PACKAGE.parent.joinpath(*name.split("."))
-    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
-
-
-def imports_of(tree: ast.AST, package: str) -> list[tuple[str, str | None, int]]:
-    """(imported lazycache module, enclosing function or None, line) for every import in tree."""
-    found: list[tuple[str, str | None, int]] = []
-    todo: list[tuple[ast.AST, str | None]] = [(tree, None)]
-    while todo:
-        node, function = todo.pop()
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                todo.append((child, child.name))
-            elif isinstance(child, ast.Import):
-                found += [(alias.name, function, child.lineno) for alias in child.names]
-            elif isinstance(child, ast.ImportFrom):
-                base = child.module or ""
-                if child.level:
-                    anchor = package.split(".")[: len(package.split(".")) - (child.level - 1)]
-                    base = ".".join([*anchor, base] if base else anchor)
-                found.append((base, function, child.lineno))
-                # `from . import x` may name a module: count x as one if it is.
-                found += [
-                    (f"{base}.{alias.name}", function, child.lineno)
-                    for alias in child.names
-                    if is_module(f"{base}.{alias.name}")
-                ]
-            else:
-                todo.append((child, function))
-    return [item for item in found if item[0] == "lazycache" or item[0].startswith("lazycache.")]
+OLD_PATHS = {"lazycache.stores.redis_coherence", "lazycache.stores.postgres_coherence"}
+"""Old import paths kept as thin re-exports of what moved up to lazycache.coherence."""
 
 
 def library_imports() -> dict[str, list[tuple[str, str | None, int]]]:
     """Per library module: (imported lazycache module, enclosing function or None, line)."""
-    graph = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        name = module_name(path)
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        graph[name] = imports_of(ast.parse(path.read_text(encoding="utf-8")), package)
-    return graph
+    return {
+        module: [(item.target, item.function, item.line) for item in imports]
+        for module, imports in check_imports.walk(PACKAGE).items()
+    }
 
 
 def is_in(module: str, *prefixes: str) -> bool:
     return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
 
 
+def test_no_cycle_and_no_upward_import_in_the_library() -> None:
+    report = check_imports.check(PACKAGE)
+    assert report.problems == [], check_imports.describe(report)
+
+
+def write_package(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / "pkg" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return root / "pkg"
+
+
+def test_the_check_finds_cycles_upward_imports_and_modules_without_a_layer(
+    tmp_path: Path,
+) -> None:
+    package = write_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "low.py": """
+                from typing import TYPE_CHECKING
+                if TYPE_CHECKING:
+                    from .high import Thing  # a type is a dependency too
+                def helper():
+                    from . import high  # hidden in a function: still upward
+            """,
+            "high.py": "from .loop_b import x\n",
+            "loop_b.py": "import pkg.loop_c\n",
+            "loop_c.py": """
+                def late():
+                    from pkg.loop_b import x  # the function-level half of a cycle
+            """,
+            "core.pyx": "from pkg.low import helper\ncimport cython\n",
+            "stray.py": "",
+            "sub/__init__.py": "from . import deep\n",
+            "sub/deep.py": "",
+            "user.py": "from pkg.sub.deep import y\nfrom pkg import core\n",
+        },
+    )
+    layers = [
+        ("bottom", ["pkg.low", "pkg.core", "pkg.sub.*"]),
+        ("top", ["pkg", "pkg.high", "pkg.loop_b", "pkg.loop_c", "pkg.user"]),
+    ]
+    report = check_imports.check(
+        package,
+        layers=layers,
+        allowed={("pkg.gone", "pkg.low", None): "an exception nobody needs any more"},
+        only_imported_by={"pkg.core": frozenset({"pkg.low"})},
+    )
+    problems = "\n".join(report.problems)
+    assert "pkg.stray is in no layer" in problems
+    assert "upward: pkg.low:4 imports pkg.high [TYPE_CHECKING]" in problems
+    assert "upward: pkg.low:6 (in helper) imports pkg.high" in problems
+    assert "cycle among pkg.loop_b, pkg.loop_c:" in problems
+    assert "pkg.loop_c:3 (in late) imports pkg.loop_b" in problems
+    assert "pkg.user:2 imports pkg.core: only pkg.low may import pkg.core" in problems
+    assert "no longer made" in problems and "pkg.gone" in problems
+    assert len(report.problems) == 6, problems
+    # The compiled module's imports are read too, and importing a module runs its package.
+    assert [i.target for i in report.graph["pkg.core"]] == ["pkg.low"]
+    assert {(i.target, i.implicit) for i in report.graph["pkg.user"]} >= {
+        ("pkg.sub.deep", False),
+        ("pkg.sub", True),
+    }
+
+
 def test_the_graph_covers_the_modules_it_checks() -> None:
     graph = library_imports()
     assert set(COHERENCE_IMPORTS) <= set(graph)
-    assert {"lazycache.stores.redis", "lazycache.stores.sqlalchemy"} <= set(graph)
+    assert {"lazycache.stores.redis", "lazycache.stores.sqlalchemy", "lazycache._core"} <= set(
+        graph
+    )
     # The walk sees imports inside functions too (open() imports the SQL store lazily).
     assert any(
         target == "lazycache.stores.sqlalchemy" and function == "open"
@@ -114,13 +154,16 @@ def test_the_graph_covers_the_modules_it_checks() -> None:
 
 
 def test_stores_import_nothing_above_them() -> None:
+    # But in the functions that resolve an old import path on first use (the tool's ALLOWED).
+    lazy_aliases = {(module, function) for module, _, function in check_imports.ALLOWED}
+    assert ("lazycache.stores.redis", "__getattr__") in lazy_aliases
     upward = [
         f"{module}:{line} imports {target}"
         for module, imports in library_imports().items()
-        if is_in(module, "lazycache.stores") and module not in COMPAT_ALIASES
+        if is_in(module, "lazycache.stores") and module not in OLD_PATHS
         for target, function, line in imports
         if (target == "lazycache" or is_in(target, "lazycache.coherence", *CACHE_LAYER))
-        and (module, function) not in LAZY_ALIASES
+        and (module, function) not in lazy_aliases
     ]
     assert upward == []
 
@@ -147,7 +190,7 @@ def test_coherence_imports_only_what_is_below_it() -> None:
         "lazycache._open",
         "lazycache.stores.redis",
         "lazycache.bench.redis",
-        *COMPAT_ALIASES,
+        *OLD_PATHS,
     }
 
 
@@ -179,6 +222,19 @@ FORBIDDEN = {
     ),
     "lazycache.coherence.redis": ("lazycache.coherence.postgres", "psycopg", *CACHE_LAYER),
     "lazycache.coherence.postgres": ("lazycache.stores", "redis", *CACHE_LAYER),
+    # The switch that picks the core, and the cores: nothing above them, not even `info`.
+    "lazycache._compat": (
+        "lazycache.stores",
+        "lazycache.coherence",
+        "lazycache.info",
+        *CACHE_LAYER,
+    ),
+    "lazycache._core_py": (
+        "lazycache._compat",
+        "lazycache._core",
+        "lazycache.stores",
+        *CACHE_LAYER,
+    ),
 }
 
 

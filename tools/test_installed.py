@@ -2,8 +2,8 @@
 
     python tools/test_installed.py [--wheel WHEEL] [--expect cython|python] [-- PYTEST_ARGS...]
 
-The tests (tests/, examples/ which some tests run, and pyproject.toml for the pytest
-settings) are copied to a temporary directory and run from there, so `import lazycache`
+The tests (tests/, examples/ which some tests run, tools/ whose import check a test runs on
+the installed package, and pyproject.toml for the pytest settings) are copied to a temporary directory and run from there, so `import lazycache`
 can only find the installed package. Before pytest runs, a check from that directory
 asserts lazycache is imported from the interpreter's site-packages (not from a source
 tree, nor an editable install), and that the expected core is active.
@@ -36,9 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 """The source tree (or the unpacked sdist, or cibuildwheel's copy of the test sources)."""
 
-COPIED = ("tests", "examples", "pyproject.toml")
-"""What the tests need from the tree: the tests, the example scripts some of them run,
-and the [tool.pytest.ini_options] (markers, timeout)."""
+COPIED = ("tests", "examples", "tools", "pyproject.toml")
+"""What the tests need from the tree: the tests, the example scripts some of them run, the
+import check (tests/test_import_graph.py) and the [tool.pytest.ini_options] (markers, timeout)."""
 
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis")
 

@@ -11,8 +11,6 @@ cdef enum:
     VICTIM = 32     # chosen by the current eviction scan
     STALE = 64      # invalidated by another process while its own write was in flight
     PINNED = DIRTY | INFLIGHT | DELETED
-    SIGNAL_PRUNE = 1
-    SIGNAL_WRITE = 2
 
 
 ctypedef struct Entry:

@@ -64,7 +64,8 @@ from libc.string cimport memset
 
 import os
 
-from lazycache._core_py import Full, _check_size, _clock_ns, _ttl_ns
+from lazycache import _core_common
+from lazycache._core_common import Full, check_limit, clock_ns, ttl_ns
 from lazycache._sentinels import ABSENT, MISSING
 
 cdef extern from "Python.h":
@@ -130,6 +131,11 @@ FREE_THREADED_BUILD = bool(LAZYCACHE_FREE_THREADED)
 cdef object _MISSING = MISSING
 cdef object _ABSENT = ABSENT
 cdef object _EXPIRED = object()  # a lock-free read's find of an expired entry (see _read_expiring)
+
+# The signal bits passed to _wake, defined once for both cores (_core_common); C ints here,
+# so raising and clearing them touches no Python object.
+cdef int SIGNAL_PRUNE = _core_common.SIGNAL_PRUNE
+cdef int SIGNAL_WRITE = _core_common.SIGNAL_WRITE
 
 cdef enum:
     EMPTY = -1      # index slot never used
@@ -360,12 +366,12 @@ cdef class Core:
 
     def __init__(self, maxsize=None, write_threshold=None, read_through=False, max_pending=None,
                  expire_after_write=None, expire_after_access=None, clock=None):
-        self._maxsize = _check_size("maxsize", maxsize)
-        self._write_threshold = _check_size("write_threshold", write_threshold)
-        self._max_pending = _check_size("max_pending", max_pending)
+        self._maxsize = check_limit("maxsize", maxsize)
+        self._write_threshold = check_limit("write_threshold", write_threshold)
+        self._max_pending = check_limit("max_pending", max_pending)
         self._read_through = bool(read_through)
-        self._eaw = _ttl_ns("expire_after_write", expire_after_write)
-        self._eaa = _ttl_ns("expire_after_access", expire_after_access)
+        self._eaw = ttl_ns("expire_after_write", expire_after_write)
+        self._eaa = ttl_ns("expire_after_access", expire_after_access)
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be callable or None, not {type(clock).__name__}")
         self._clock_fn = clock
@@ -419,14 +425,14 @@ cdef class Core:
 
     def _set_max_pending(self, max_pending):
         """Sets the bound admission enforces (None: unbounded, as during journal replay)."""
-        self._max_pending = _check_size("max_pending", max_pending)
+        self._max_pending = check_limit("max_pending", max_pending)
 
     # ----------------------------------------------------------- expiry
     cdef int64_t _now(self) except? -1:
         """The expiry clock, in nanoseconds. Read without the lock: clock= is Python code."""
         if self._clock_fn is None:
             return lazycache_monotonic_ns()
-        return _clock_ns(self._clock_fn)
+        return clock_ns(self._clock_fn)
 
     cdef int _enable_expiry(self) except -1:
         """Turns expiry on (for a per-entry TTL in a cache made without expiry); never off."""

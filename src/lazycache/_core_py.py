@@ -43,13 +43,13 @@ cache's ``clock=``, which is Python code.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from ._core_common import SIGNAL_PRUNE, SIGNAL_WRITE, Full, check_limit, clock_ns, ttl_ns
 from ._sentinels import ABSENT, MISSING
 
 DIRTY = 1  # queued for the writer
@@ -60,9 +60,6 @@ PINNED = DIRTY | INFLIGHT | DELETED
 
 SLICE = 64
 """Entries the writer takes or settles per hold of the lock: setters never wait for a whole batch."""
-
-SIGNAL_PRUNE = 1  # the map grew past maxsize
-SIGNAL_WRITE = 2  # the dirty queue reached write_threshold
 
 # One pending item handed to the writer: (key, value or MISSING for a delete, entry, seq).
 Pending = tuple[Any, Any, "Entry", int]
@@ -112,47 +109,6 @@ class _Held:
         return bool(key == other)
 
 
-class Full(Exception):
-    """Raised by a core operation, under the core's lock and before any change, when it would
-    add a pending entry beyond max_pending. Not an error: the caller applies its on_full policy
-    (without the lock) and tries again."""
-
-
-def _check_size(name: str, value: int | None) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-    return value
-
-
-MAX_TTL = 10**9
-"""The longest TTL or expire_after_* taken, in seconds (about 31 years)."""
-
-
-def _ttl_ns(name: str, seconds: float | None) -> int:
-    """A TTL or expire_after_* in seconds, checked, as nanoseconds (0 for None: no expiry)."""
-    if seconds is None:
-        return 0
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, not {type(seconds).__name__}")
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
-    if seconds > MAX_TTL:
-        raise ValueError(f"{name} must be at most {MAX_TTL} seconds, got {seconds!r}")
-    return max(1, math.ceil(seconds * 1_000_000_000))
-
-
-def _clock_ns(clock: Any) -> int:
-    """What a `clock=` function says now, in nanoseconds (both cores convert through here)."""
-    seconds = clock()
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"clock() must return a number of seconds, not {type(seconds).__name__}")
-    return int(seconds * 1_000_000_000)
-
-
 class Core:
     """Map, dirty queue and CLOCK eviction bookkeeping (pure Python)."""
 
@@ -166,12 +122,12 @@ class Core:
         expire_after_access: float | None = None,
         clock: Any = None,
     ) -> None:
-        self._maxsize = _check_size("maxsize", maxsize)
-        self._write_threshold = _check_size("write_threshold", write_threshold)
-        self._max_pending = _check_size("max_pending", max_pending)
+        self._maxsize = check_limit("maxsize", maxsize)
+        self._write_threshold = check_limit("write_threshold", write_threshold)
+        self._max_pending = check_limit("max_pending", max_pending)
         self._read_through = bool(read_through)
-        self._eaw = _ttl_ns("expire_after_write", expire_after_write)
-        self._eaa = _ttl_ns("expire_after_access", expire_after_access)
+        self._eaw = ttl_ns("expire_after_write", expire_after_write)
+        self._eaa = ttl_ns("expire_after_access", expire_after_access)
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be callable or None, not {type(clock).__name__}")
         self._clock_fn = clock
@@ -218,13 +174,13 @@ class Core:
 
     def _set_max_pending(self, max_pending: int | None) -> None:
         """Sets the bound admission enforces (None: unbounded, as during journal replay)."""
-        self._max_pending = _check_size("max_pending", max_pending)
+        self._max_pending = check_limit("max_pending", max_pending)
 
     # ----------------------------------------------------------- expiry
     def _now(self) -> int:
         """The expiry clock, in nanoseconds. Read without the lock: it may be Python code."""
         clock = self._clock_fn
-        return time.monotonic_ns() if clock is None else _clock_ns(clock)
+        return time.monotonic_ns() if clock is None else clock_ns(clock)
 
     def _enable_expiry(self) -> None:
         """Turns expiry on (for a per-entry TTL in a cache made without expiry); never off."""

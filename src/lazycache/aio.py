@@ -32,9 +32,9 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
+from ._compat import IMPLEMENTATION
 from ._sentinels import MISSING
 from .cache import (
-    IMPLEMENTATION,
     LazyWriterCache,
     _CacheLayer,
     _classes,

@@ -14,7 +14,6 @@ import difflib
 import inspect
 import logging
 import os
-import sys
 import threading
 import time
 import weakref
@@ -36,8 +35,9 @@ from typing import (
     overload,
 )
 
-from . import _core_py
-from ._core_py import Full, _ttl_ns
+from ._checks import check_int, check_seconds
+from ._compat import CORES, IMPLEMENTATION, Core
+from ._core_common import SIGNAL_PRUNE, SIGNAL_WRITE, Full, ttl_ns
 from ._sentinels import ABSENT, MISSING
 from ._worker import Backoff, Worker
 from .coherence import Coherence
@@ -53,7 +53,6 @@ from .writer import (
     MergeGenerated,
     OnFlush,
     OnWriteError,
-    _check_seconds,
     describe_keys,
     log_extra,
     log_write_error,
@@ -76,25 +75,6 @@ pruner_log = logging.getLogger("lazycache.pruner")
 
 OnEvict = Callable[[Any, Any], None]
 """on_evict(key, value): called for each entry the pruner (or `prune()`) evicted."""
-
-NO_EXTENSIONS = (
-    bool(os.environ.get("LAZYCACHE_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
-)
-
-_cores: dict[str, type] = {"python": _core_py.Core}
-_core_import_error: ImportError | None = None
-if not NO_EXTENSIONS:
-    try:
-        from . import _core as _core_c
-    except ImportError as exc:  # the twin behaves the same, only slower: say so, once
-        _core_import_error = exc
-        from .info import warn_pure_fallback
-
-        warn_pure_fallback(exc)
-    else:
-        _cores["cython"] = _core_c.Core
-
-IMPLEMENTATION = "cython" if "cython" in _cores else "python"
 
 _UNSET: Any = object()
 _NO_WRITE_THROUGH: Any = object()  # a write that backpressure may delay or refuse, but not perform
@@ -238,10 +218,7 @@ class _CacheLayer:
     ) -> None:
         if not isinstance(store, Store):
             raise TypeError(f"store must be a lazycache.Store, not {type(store).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise TypeError(f"batch_size must be an int, not {type(batch_size).__name__}")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_int("batch_size", batch_size)
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         if not name:
@@ -253,12 +230,12 @@ class _CacheLayer:
             raise ValueError(
                 f"on_full must be one of {', '.join(map(repr, ON_FULL_POLICIES))}, got {on_full!r}"
             )
-        write_interval = _check_seconds("write_interval", write_interval)
-        prune_interval = _check_seconds("prune_interval", prune_interval)
-        self.block_timeout = _check_seconds("block_timeout", block_timeout)
+        write_interval = check_seconds("write_interval", write_interval)
+        prune_interval = check_seconds("prune_interval", prune_interval)
+        self.block_timeout = check_seconds("block_timeout", block_timeout)
         # A cache left open is closed at exit (or by the garbage collector) within this deadline:
         # a store that hangs must not hang the interpreter's exit, nor lose keys unnamed.
-        self.exit_timeout = _check_seconds("exit_timeout", exit_timeout)
+        self.exit_timeout = check_seconds("exit_timeout", exit_timeout)
         self._batch_writer = BatchWriter(
             store,
             batch_size=batch_size,
@@ -517,9 +494,9 @@ class _CacheLayer:
         self._discard(key)  # type: ignore[attr-defined]
 
     def _wake(self, signal: int) -> None:
-        if signal & _core_py.SIGNAL_PRUNE:
+        if signal & SIGNAL_PRUNE:
             self._pruner.wake()
-        if signal & _core_py.SIGNAL_WRITE:
+        if signal & SIGNAL_WRITE:
             self._writer.wake()
 
     def _backpressure(self, key: Any, value: Any, wait: _Wait | None = None) -> bool:
@@ -636,7 +613,7 @@ class _CacheLayer:
         if ttl is None:
             self[key] = value  # type: ignore[index]
             return
-        self._put_with_ttl(key, value, _ttl_ns("ttl", ttl))
+        self._put_with_ttl(key, value, ttl_ns("ttl", ttl))
 
     def _put_with_ttl(self, key: Any, value: Any, ttl: int) -> None:
         wait = _Wait()
@@ -929,7 +906,7 @@ class _CacheLayer:
         if timeout is None:
             result = self._batch_writer.flush(self)
         else:
-            result = self._flush_within(_check_seconds("timeout", timeout))
+            result = self._flush_within(check_seconds("timeout", timeout))
         if not result.ok:
             raise FlushError(result)
         return result
@@ -1085,9 +1062,7 @@ class _CacheLayer:
         RuntimeError, as does every write and entering `with` again. `len`, iteration,
         `copy`, `stats`, `flush()` and `invalidate()` still work.
         """
-        deadline = (
-            None if timeout is None else time.monotonic() + _check_seconds("timeout", timeout)
-        )
+        deadline = None if timeout is None else time.monotonic() + check_seconds("timeout", timeout)
         with self._close_lock:
             if self._is_closed:
                 return None
@@ -1345,14 +1320,14 @@ def _cache_class(implementation: str, core: type) -> type:
     return cls
 
 
-_classes: dict[str, type] = {name: _cache_class(name, core) for name, core in _cores.items()}
+_classes: dict[str, type] = {name: _cache_class(name, core) for name, core in CORES.items()}
 
 if TYPE_CHECKING:
     # What type checkers see: the real class is built at import time on the active core.
     # The methods below are implemented by the core or _CacheLayer with Any; here they get
     # the key and value types of the cache.
 
-    class LazyWriterCache(_CacheLayer, _core_py.Core, MutableMapping[K, V]):
+    class LazyWriterCache(_CacheLayer, Core, MutableMapping[K, V]):
         def __getitem__(self, key: K) -> V: ...
         def __setitem__(self, key: K, value: V) -> None: ...
         def __delitem__(self, key: K) -> None: ...

@@ -56,6 +56,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from ._checks import check_int_or_none, check_seconds
 from ._sentinels import MISSING
 from .metrics import BATCH_SIZE_BUCKETS, FLUSH_DURATION_BUCKETS, Histogram
 from .serializers import SerializationError, Serializer
@@ -202,14 +203,6 @@ def log_write_error(key: Any, value: Any, exc: BaseException) -> None:
     )
 
 
-def _check_seconds(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
 class _Accumulator:
     """What one flush has done so far."""
 
@@ -279,21 +272,13 @@ class BatchWriter:
             raise TypeError("merge_generated must be callable")
         if not callable(on_write_error):
             raise TypeError("on_write_error must be callable")
-        self.retry_initial = _check_seconds("retry_initial", retry_initial)
-        self.retry_max = _check_seconds("retry_max", retry_max)
+        self.retry_initial = check_seconds("retry_initial", retry_initial)
+        self.retry_max = check_seconds("retry_max", retry_max)
         if self.retry_max < self.retry_initial:
             raise ValueError(
                 f"retry_max ({retry_max!r}) must not be less than retry_initial ({retry_initial!r})"
             )
-        if max_retries is not None:
-            if isinstance(max_retries, bool) or not isinstance(max_retries, int):
-                raise TypeError(
-                    f"max_retries must be None (unlimited) or an int, not {type(max_retries).__name__}"
-                )
-            if max_retries < 0:
-                raise ValueError(
-                    f"max_retries must be None (unlimited) or a non-negative integer, got {max_retries!r}"
-                )
+        check_int_or_none("max_retries", max_retries, minimum=0)  # None: unlimited
         self.store = store
         self.batch_size = batch_size
         self.merge_generated = merge_generated

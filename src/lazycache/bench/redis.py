@@ -93,8 +93,8 @@ def measure(
     progress: Callable[[str], None] = lambda message: None,
 ) -> RedisBench:
     """Runs every measurement against the Redis (or cluster) at url; cleans up its keys."""
-    from ..stores.redis import RedisStore
     from ..coherence.redis import RedisCoherence
+    from ..stores.redis import RedisStore
 
     prefix = f"lazycache-bench:{uuid.uuid4().hex[:12]}:"
     store = RedisStore(url, prefix)

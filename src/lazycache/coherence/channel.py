@@ -70,6 +70,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, TypedDict
 
+from .._checks import check_int, check_seconds, check_seconds_or_none
 from .base import Coherence
 from .message import ALL_KEYS, KEY_FORMATS, all_message, decode_message, encode_message
 
@@ -90,7 +91,8 @@ class ChannelSettings:
 
     Pass one as `settings=` to `RedisCoherence` or `PostgresNotifyCoherence` (several
     channels can share one); the same names given as keywords still work, and override
-    the values of `settings`. Invalid values raise ValueError here.
+    the values of `settings`. Invalid values raise here: ValueError, or TypeError for a value of
+    the wrong type.
 
     >>> fast = ChannelSettings(ping_interval=0.2, reconnect_max=0.5)
     >>> channel = RedisCoherence(store, "users:invalidate", settings=fast)
@@ -117,16 +119,10 @@ class ChannelSettings:
     def __post_init__(self) -> None:
         if self.keys not in KEY_FORMATS:
             raise ValueError(f"keys must be one of {KEY_FORMATS}, got {self.keys!r}")
-        for name in ("ping_interval", "ping_timeout", "reconnect_initial", "reconnect_max"):
-            value = getattr(self, name)
-            if value is None and name == "ping_timeout":
-                continue
-            # `not value > 0` also refuses NaN.
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        backlog = self.max_backlog
-        if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 0:
-            raise ValueError(f"max_backlog must be an int, 0 or more, got {backlog!r}")
+        for name in ("ping_interval", "reconnect_initial", "reconnect_max"):
+            check_seconds(name, getattr(self, name))
+        check_seconds_or_none("ping_timeout", self.ping_timeout)
+        check_int("max_backlog", self.max_backlog, minimum=0)
 
     @property
     def ping_deadline(self) -> float:

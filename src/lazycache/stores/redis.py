@@ -105,6 +105,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "lazycache.stores.redis needs redis-py (5 or later), which is not installed: pip install 'lazywritercache[redis]'"
     ) from exc
 
+from .._checks import MAX_SECONDS, check_int, check_seconds
 from ..serializers import SerializationError, Serializer, SerializerSpec, get_serializer
 from .base import GeneratedFields, Store
 
@@ -346,8 +347,7 @@ class RedisStore(Store[Any, Any]):
         chunk_size: int = 1000,
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        check_int("chunk_size", chunk_size)
         if key_encoder is not None and not callable(key_encoder):
             raise TypeError("key_encoder must be callable: key -> str | bytes")
         self.prefix: bytes = prefix.encode("utf-8") if isinstance(prefix, str) else bytes(prefix)
@@ -669,11 +669,7 @@ def _commands(
 
 
 def _ttl_to_ms(seconds: Any) -> int:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"a TTL is a number of seconds, not {type(seconds).__name__}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"a TTL must be a positive number of seconds, got {seconds!r}")
-    return max(1, math.ceil(seconds * 1000))
+    return max(1, math.ceil(check_seconds("ttl", seconds, most=MAX_SECONDS) * 1000))
 
 
 def _check_ttl_spec(ttl: TTLSpec) -> int | Callable[[Any, Any], float | None] | None:

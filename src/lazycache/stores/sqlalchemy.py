@@ -78,6 +78,7 @@ if int(sa.__version__.split(".")[0]) < 2:  # pragma: no cover
         f"lazycache.stores.sqlalchemy needs SQLAlchemy 2.x, found {sa.__version__}: pip install 'lazywritercache[sqlalchemy]'"
     )
 
+from .._checks import check_int
 from ..serializers import SerializationError, Serializer, SerializerSpec, get_serializer
 from .base import GeneratedFields, Store
 
@@ -723,8 +724,7 @@ class SQLAlchemyStore(Store[Any, Any]):
         expiry: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        check_int("chunk_size", chunk_size)
         if not callable(clock):
             raise TypeError(f"clock must be callable, not {type(clock).__name__}")
         if expiry and not isinstance(table, str):

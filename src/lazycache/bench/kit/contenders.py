@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ... import MemoryStore, implementation_class
+from ... import MemoryStore, _compat, implementation_class
 from ...stores.base import Store
 
 IDLE_INTERVAL = 3600.0
@@ -83,11 +82,8 @@ def lazycache_class(core: str) -> type:
     try:
         return implementation_class(core)
     except ValueError:
-        if core == "cython" and os.environ.get("LAZYCACHE_NO_EXTENSIONS"):
-            raise Unavailable("compiled core disabled by LAZYCACHE_NO_EXTENSIONS") from None
-        raise Unavailable(
-            "compiled core not built" if core == "cython" else f"no {core} core"
-        ) from None
+        why = _compat.why_pure() if core == "cython" else None
+        raise Unavailable(why or f"no {core} core") from None
 
 
 def lazycache_classes() -> tuple[dict[str, type], dict[str, str]]:
