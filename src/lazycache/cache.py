@@ -924,8 +924,16 @@ class _CacheLayer:
                 name="lazycache-flush",
                 daemon=True,
             )
-            worker.start()
-            worker.join(timeout)
+            try:
+                worker.start()
+            except RuntimeError:
+                # CPython 3.12.0-3.12.2 refuse new threads in atexit handlers (cpython#113964):
+                # the flush at exit runs here, its deadline kept between attempts, though a
+                # store call that never returns cannot be cut short.
+                log.warning("no thread can start now; flushing in this thread", exc_info=True)
+                outcome.append(writer.flush(self, deadline, persist=True))
+            else:
+                worker.join(timeout)
             if outcome:
                 result = outcome[0]
                 if len(rejected) > len(result.poisoned_keys):
