@@ -458,7 +458,7 @@ def test_a_value_over_max_allowed_packet_alone_takes_the_error_path_on_mariadb(
     # The store refuses a row over the limit it learned when it connected (ValueTooLargeError).
     # Here the DBA lowered the limit since: the server drops the connection (2006/2013,
     # recoverable), and only the writer can tell that one entry is to blame.
-    store._max_packet = packet * 4
+    store._layout.packets.max_packet = packet * 4
     errors = recorder()
     cache = make_cache(store, quiet=True, max_retries=2, on_write_error=errors)
     try:

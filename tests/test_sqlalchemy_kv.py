@@ -277,7 +277,7 @@ def test_a_fresh_engine_sees_exactly_the_last_value_of_every_key_after_close(
 def test_sqlalchemy_core_fallback_writes_the_same(database, key_type) -> None:
     """The path taken for drivers without a hand-tuned one (e.g. psycopg2, mysql-connector)."""
     store = kv_store(database, key_type=key_type)
-    store._kv_sql = None  # as for such a driver
+    store._layout.fast_path = None  # as for such a driver
     keys = [key_type(f"{i:032x}") for i in range(300)]
     store.write([(key, {"n": i}) for i, key in enumerate(keys)], [])
     store.write([(keys[0], "changed")], keys[1:100])

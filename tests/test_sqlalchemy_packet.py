@@ -55,7 +55,7 @@ def test_only_the_oversized_value_is_rejected_and_the_rest_of_its_batch_is_writt
     if mode.startswith("kv"):
         store = SQLAlchemyStore(database.engine, database.table_name())
         if mode == "kv-core":
-            store._kv_sql = None  # as for a driver the store has no fast path for
+            store._layout.fast_path = None  # as for a driver the store has no fast path for
         good = {f"k{i}": f"value {i}" for i in range(20)}
     else:
         store = SQLAlchemyStore(database.engine, documents_table(database), key="name")

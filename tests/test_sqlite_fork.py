@@ -23,7 +23,7 @@ from lazycache import FlushError
 def test_a_child_forked_during_a_transaction_can_write_the_database(
     impl: str, tmp_path: Any
 ) -> None:
-    from lazycache.stores.sqlalchemy import _FORK_GUARDS
+    from lazycache.stores.sqlalchemy.sqlite import _FORK_GUARDS
 
     path = tmp_path / "fork.db"
     cache = lazycache.open(path, implementation=impl, write_interval=0.02)

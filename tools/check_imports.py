@@ -60,6 +60,27 @@ LAYERS: Layers = [
         "cores",
         ["lazycache._core_common", "lazycache._core_py", "lazycache._core", "lazycache._compat"],
     ),
+    # The SQL store's package (its __init__ says what each module holds), from the bottom up:
+    # how database errors are seen; each database's own ways; engines, writes in doubt and
+    # what both modes do to their table; the two modes. Its front, `store`, is a store.
+    ("sql store: errors", ["lazycache.stores.sqlalchemy.errors"]),
+    (
+        "sql store: databases",
+        [
+            "lazycache.stores.sqlalchemy.postgresql",
+            "lazycache.stores.sqlalchemy.sqlite",
+            "lazycache.stores.sqlalchemy.mysql",
+        ],
+    ),
+    (
+        "sql store: engines, sessions, tables",
+        [
+            "lazycache.stores.sqlalchemy.engine",
+            "lazycache.stores.sqlalchemy.sessions",
+            "lazycache.stores.sqlalchemy.layout",
+        ],
+    ),
+    ("sql store: modes", ["lazycache.stores.sqlalchemy.kv", "lazycache.stores.sqlalchemy.rows"]),
     (
         "stores",
         [
@@ -67,6 +88,7 @@ LAYERS: Layers = [
             "lazycache.stores.memory",
             "lazycache.stores.redis",
             "lazycache.stores.sqlalchemy",
+            "lazycache.stores.sqlalchemy.store",
         ],
     ),
     # From the core's dirty queue to the store: the batch writer, the journal, the thread runner.
