@@ -61,9 +61,13 @@ LAYERS: Layers = [
         ["lazycache._core_common", "lazycache._core_py", "lazycache._core", "lazycache._compat"],
     ),
     # The SQL store's package (its __init__ says what each module holds), from the bottom up:
-    # how database errors are seen; each database's own ways; engines, writes in doubt and
-    # what both modes do to their table; the two modes. Its front, `store`, is a store.
-    ("sql store: errors", ["lazycache.stores.sqlalchemy.errors"]),
+    # how database errors are seen, and what a driver's fast path is; each database's own
+    # ways; engines, writes in doubt and what both modes do to their table; the two modes.
+    # Its front, `store`, is a store.
+    (
+        "sql store: errors, fast path",
+        ["lazycache.stores.sqlalchemy.errors", "lazycache.stores.sqlalchemy.fastpath"],
+    ),
     (
         "sql store: databases",
         [

@@ -52,6 +52,7 @@ is importable from the package itself):
 * `postgresql`, `sqlite`, `mysql`: each database's own ways: the key-value fast path of its
   drivers; SQLite's set-up and fork guard (`configure_sqlite`, `hold_forks_while_in_use`);
   MySQL's packet limit (`ValueTooLargeError`) and row upsert guard (`KeyConflictError`);
+* `fastpath`: what a key-value fast path is (`KeyValueUpsert`, the base of those three);
 * `errors`: `is_recoverable_error`, by each database's error codes, and driver errors
   wrapped as SQLAlchemy wraps them.
 """

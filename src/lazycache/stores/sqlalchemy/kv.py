@@ -13,7 +13,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, Union
+from typing import Any, Union
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from ...serializers import SerializationError, Serializer
 from ..base import GeneratedFields
 from . import mysql, postgresql, sqlite
+from .fastpath import KeyValueUpsert
 from .layout import TableLayout, UnusableTableError
 
 EXPIRES_AT = "expires_at"
@@ -28,15 +29,6 @@ EXPIRES_AT = "expires_at"
 
 KeyType = Union[type, "sa.types.TypeEngine[Any]"]
 """What `key_type=` takes: str, int, uuid.UUID, bytes, or a SQLAlchemy type."""
-
-
-class FastPath(Protocol):
-    """A driver's own upsert of a key-value batch (`postgresql`, `sqlite` and `mysql` each have one)."""
-
-    sql: str
-
-    def write(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
-        """Upserts `upserts` in `conn`'s transaction; driver errors come out as SQLAlchemy's."""
 
 
 class KeyValueLayout(TableLayout[Sequence[tuple[Any, Any]]]):
@@ -87,7 +79,7 @@ class KeyValueLayout(TableLayout[Sequence[tuple[Any, Any]]]):
         # them): refuse them everywhere.
         self._key_class = key_type if key_type in (str, int, uuid.UUID, bytes) else None
         # The drivers' fast paths write two columns: an expiry table goes through Core.
-        self.fast_path: FastPath | None = None if expiry else self._fast_path()
+        self.fast_path: KeyValueUpsert | None = None if expiry else self._fast_path()
 
     def _check_value_column(self, stored: sa.types.TypeEngine[Any]) -> None:
         """An existing table's value column must be of the serializer's kind (text or binary)."""
@@ -102,18 +94,17 @@ class KeyValueLayout(TableLayout[Sequence[tuple[Any, Any]]]):
                 f"{self.serializer.name!r} serializer makes {'bytes' if self.serializer.binary else 'text'}",
             )
 
-    def _fast_path(self) -> FastPath | None:
+    def _fast_path(self) -> KeyValueUpsert | None:
         """The driver-level upsert of the key-value hot path, or None to go through Core."""
         table, dialect, encode = self.table, self.engine.dialect, self._encode
-        if dialect.name == "postgresql":
-            return postgresql.KeyValueUpsert.for_driver(
-                table, dialect, self.serializer.binary, encode
-            )
-        if dialect.name == "sqlite":
-            return sqlite.KeyValueUpsert.for_driver(table, dialect, encode)
-        if dialect.name in mysql.NAMES:
+        name, driver = dialect.name, dialect.driver
+        if name == "postgresql" and driver in postgresql.KeyValueUpsert.drivers:
+            return postgresql.KeyValueUpsert(table, dialect, encode, binary=self.serializer.binary)
+        if name == "sqlite" and driver in sqlite.KeyValueUpsert.drivers:
+            return sqlite.KeyValueUpsert(table, dialect, encode)
+        if name in mysql.NAMES and driver in mysql.KeyValueUpsert.drivers:
             assert self.packets is not None
-            return mysql.KeyValueUpsert.for_driver(table, dialect, encode, self.packets)
+            return mysql.KeyValueUpsert(table, dialect, encode, limit=self.packets)
         return None
 
     def describe(self) -> str:

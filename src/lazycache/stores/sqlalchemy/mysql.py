@@ -22,7 +22,9 @@ from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.engine import Connection
 
 from ...serializers import SerializationError
+from . import fastpath
 from .errors import driver_errors, mysql_code
+from .fastpath import Encode
 
 NAMES = ("mysql", "mariadb")
 """The SQLAlchemy dialect names this module serves."""
@@ -222,42 +224,25 @@ class PacketLimit:
 # ----------------------------------------------------------------------------- key-value fast path
 
 
-class KeyValueUpsert:
+class KeyValueUpsert(fastpath.KeyValueUpsert):
     """PyMySQL, mysqlclient: a key-value batch as `INSERT ... ON DUPLICATE KEY UPDATE`.
 
     Through the driver's `executemany` (both rewrite it into multi-row INSERTs), kept under
     the server's packet limit; a larger PyMySQL batch is pipelined (`_write_pipelined`).
     """
 
+    drivers = ("pymysql", "mysqldb")
+
     def __init__(
-        self,
-        table: sa.Table,
-        dialect: sa.engine.Dialect,
-        encode: Callable[[Sequence[tuple[Any, Any]]], tuple[list[Any], list[Any]]],
-        limit: PacketLimit,
+        self, table: sa.Table, dialect: sa.engine.Dialect, encode: Encode, *, limit: PacketLimit
     ) -> None:
-        quote = dialect.identifier_preparer.quote
-        name = dialect.identifier_preparer.format_table(table)
-        key, value = quote("key"), quote("value")
-        self._head = f"INSERT INTO {name} ({key}, {value}) VALUES "
+        super().__init__(table, dialect, encode)
+        value = self._value
+        self._head = f"INSERT INTO {self._table_name} ({self._key}, {value}) VALUES "
         self._tail = f" ON DUPLICATE KEY UPDATE {value} = VALUES({value})"
         self.sql = f"{self._head}(%s, %s){self._tail}"
         self._pipelined = dialect.driver == "pymysql"
-        self._encode = encode
         self._limit = limit
-
-    @classmethod
-    def for_driver(
-        cls,
-        table: sa.Table,
-        dialect: sa.engine.Dialect,
-        encode: Callable[[Sequence[tuple[Any, Any]]], tuple[list[Any], list[Any]]],
-        limit: PacketLimit,
-    ) -> KeyValueUpsert | None:
-        """The fast path for `dialect`'s driver, or None if it is neither PyMySQL nor mysqlclient."""
-        if dialect.driver not in ("pymysql", "mysqldb"):
-            return None
-        return cls(table, dialect, encode, limit)
 
     def write(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
         if self._pipelined and len(upserts) > _SINGLE_STATEMENT:

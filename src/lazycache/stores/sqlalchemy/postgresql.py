@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from . import fastpath
 from .errors import driver_errors
+from .fastpath import Encode
 
 _SINGLE_STATEMENT = 64
 """Key-value batches up to this size go as one statement; larger ones are pipelined in chunks
@@ -27,41 +29,27 @@ def lock_table_creation(conn: Connection, name: str) -> None:
     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
 
 
-class KeyValueUpsert:
+class KeyValueUpsert(fastpath.KeyValueUpsert):
     """psycopg 3: `INSERT ... SELECT * FROM unnest(keys, values) ON CONFLICT DO UPDATE`.
 
     Binary array parameters; a larger batch goes in chunks sent in pipeline mode, so that
     the server upserts one chunk while Python encodes the next.
     """
 
+    drivers = ("psycopg",)
+
     def __init__(
-        self,
-        table: sa.Table,
-        dialect: sa.engine.Dialect,
-        binary: bool,
-        encode: Callable[[Sequence[tuple[Any, Any]]], tuple[list[Any], list[Any]]],
+        self, table: sa.Table, dialect: sa.engine.Dialect, encode: Encode, *, binary: bool
     ) -> None:
-        quote = dialect.identifier_preparer.quote
-        name = dialect.identifier_preparer.format_table(table)
-        key, value = quote("key"), quote("value")
+        super().__init__(table, dialect, encode)
+        key, value = self._key, self._value
         key_sql = table.c.key.type.compile(dialect=dialect)
         value_sql = "BYTEA" if binary else "TEXT"
         self.sql = (
-            f"INSERT INTO {name} ({key}, {value}) SELECT * FROM unnest(%b::{key_sql}[], %b::{value_sql}[]) "
+            f"INSERT INTO {self._table_name} ({key}, {value}) "
+            f"SELECT * FROM unnest(%b::{key_sql}[], %b::{value_sql}[]) "
             f"ON CONFLICT ({key}) DO UPDATE SET {value} = EXCLUDED.{value}"
         )
-        self._encode = encode
-
-    @classmethod
-    def for_driver(
-        cls,
-        table: sa.Table,
-        dialect: sa.engine.Dialect,
-        binary: bool,
-        encode: Callable[[Sequence[tuple[Any, Any]]], tuple[list[Any], list[Any]]],
-    ) -> KeyValueUpsert | None:
-        """The fast path for `dialect`'s driver, or None if it is not psycopg 3."""
-        return cls(table, dialect, binary, encode) if dialect.driver == "psycopg" else None
 
     def write(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
         sql, encode = self.sql, self._encode

@@ -7,14 +7,16 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from . import fastpath
 from .errors import driver_errors
+from .fastpath import Encode
 
 _log = logging.getLogger("lazycache.store.sqlalchemy")
 
@@ -168,33 +170,18 @@ if hasattr(os, "register_at_fork"):
 # ----------------------------------------------------------------------------- key-value fast path
 
 
-class KeyValueUpsert:
+class KeyValueUpsert(fastpath.KeyValueUpsert):
     """sqlite3: a key-value batch as one `executemany` of `INSERT ... ON CONFLICT DO UPDATE`."""
 
-    def __init__(
-        self,
-        table: sa.Table,
-        dialect: sa.engine.Dialect,
-        encode: Callable[[Sequence[tuple[Any, Any]]], tuple[list[Any], list[Any]]],
-    ) -> None:
-        quote = dialect.identifier_preparer.quote
-        name = dialect.identifier_preparer.format_table(table)
-        key, value = quote("key"), quote("value")
+    drivers = ("pysqlite",)
+
+    def __init__(self, table: sa.Table, dialect: sa.engine.Dialect, encode: Encode) -> None:
+        super().__init__(table, dialect, encode)
+        key, value = self._key, self._value
         self.sql = (
-            f"INSERT INTO {name} ({key}, {value}) VALUES (?, ?) "
+            f"INSERT INTO {self._table_name} ({key}, {value}) VALUES (?, ?) "
             f"ON CONFLICT ({key}) DO UPDATE SET {value} = excluded.{value}"
         )
-        self._encode = encode
-
-    @classmethod
-    def for_driver(
-        cls,
-        table: sa.Table,
-        dialect: sa.engine.Dialect,
-        encode: Callable[[Sequence[tuple[Any, Any]]], tuple[list[Any], list[Any]]],
-    ) -> KeyValueUpsert | None:
-        """The fast path for `dialect`'s driver, or None if it is not sqlite3."""
-        return cls(table, dialect, encode) if dialect.driver == "pysqlite" else None
 
     def write(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
         keys, values = self._encode(upserts)
