@@ -189,6 +189,9 @@ def main() -> None:
         "--compare", action="store_true", help="alternate runs with the GIL pacing on and off"
     )
     parser.add_argument(
+        "--sync-only", action="store_true", help="only the synchronous flush's throughput"
+    )
+    parser.add_argument(
         "--no-process-control",
         action="store_true",
         help="skip the control run that flushes from another process",
@@ -221,7 +224,7 @@ def main() -> None:
     )
     pool = (
         None
-        if args.no_process_control
+        if args.no_process_control or args.sync_only
         else ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     )
     for batch_size in args.batch_size:
@@ -230,13 +233,17 @@ def main() -> None:
         for _ in range(args.runs):
             for on in settings:  # alternated, so that the machine's load weighs on both alike
                 with pacing(on):
-                    lag_runs[on].append(asyncio.run(lag_run(args.url, args.entries, batch_size, pool)))
-                    if args.sync:
+                    if not args.sync_only:
+                        lag_runs[on].append(
+                            asyncio.run(lag_run(args.url, args.entries, batch_size, pool))
+                        )
+                    if args.sync or args.sync_only:
                         sync_rates[on].append(sync_run(args.url, args.entries, batch_size))
         print(f"batch_size {batch_size}:")
         for on in settings:
-            report_lags("paced" if on else "not paced", lag_runs[on])
-        if args.sync:
+            if lag_runs[on]:
+                report_lags("paced" if on else "not paced", lag_runs[on])
+        if args.sync or args.sync_only:
             for on in settings:
                 rates = sync_rates[on]
                 print(
