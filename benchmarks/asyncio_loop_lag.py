@@ -200,7 +200,10 @@ def main() -> None:
         "--sync", action="store_true", help="the synchronous flush's throughput too (no probe)"
     )
     parser.add_argument(
-        "--gil-slice", type=float, default=None, help="the pacing's slice in ms (default: the library's)"
+        "--gil-slice",
+        type=float,
+        default=None,
+        help="the pacing's slice in ms (default: the library's)",
     )
     parser.add_argument(
         "--switch-interval",

@@ -62,7 +62,10 @@ def test_a_pacer_counts_its_slice_from_its_last_yield() -> None:
 @pytest.mark.parametrize("database", ["postgresql", "mariadb"], indirect=True)
 @pytest.mark.parametrize("spent", [True, False], ids=["slice-spent", "slice-not-spent"])
 def test_a_pipelined_batch_yields_the_gil_between_its_chunks(
-    database, db_cache, monkeypatch, spent
+    database,  # noqa: F811  (fixture)
+    db_cache,  # noqa: F811  (fixture)
+    monkeypatch,
+    spent,
 ) -> None:
     # A slice of 0 is spent after every chunk; an hour's never is.
     monkeypatch.setattr(lazycache._pacing, "SLICE", 0.0 if spent else 3600.0)
