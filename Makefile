@@ -14,13 +14,21 @@ $(PY):
 # Reinstalled whenever the build inputs change, so the compiled core never lags behind its source.
 # A core that fails to compile is an error here (setup.py would otherwise fall back to pure Python).
 $(STAMP): $(PY) pyproject.toml setup.py src/lazycache/_core.pyx src/lazycache/_core.pxd
-	LAZYCACHE_REQUIRE_EXTENSIONS=1 $(PY) -m pip install --quiet -e '.[dev,bench]'
+	LAZYCACHE_REQUIRE_EXTENSIONS=1 $(PY) -m pip install --quiet -e '.[dev,service,bench]'
 	touch $@
 
 install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# make test-explore: the property-based tests (Hypothesis) with fresh random examples each run;
+# `make test` replays the same ones every time. RUNS=N repeats them N times.
+RUNS ?= 5
+.PHONY: test-explore
+test-explore: $(STAMP)
+	for i in $$(seq $(RUNS)); do HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q -p no:cacheprovider \
+		tests/test_stateful.py tests/test_serializers.py tests/test_journal_damage.py || exit 1; done
 
 # make chaos MINUTES=10: randomized fault injection (tests/chaos) with fresh seeds for that long;
 # prints each failure's seed and replay command, then the totals. Needs the local servers.
@@ -76,18 +84,20 @@ docs: $(STAMP).docs
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --clean --site-dir site
 
 # make lint: ruff, cython-lint, mypy --strict (the package, and the typed example as a user
-# sees the installed package), pyright (strict, on the example), and stubtest (the compiled
-# core against _core.pyi).
+# sees the installed package), pyright (strict, on the example), stubtest (the compiled
+# core against _core.pyi), and the import graph (tools/check_imports.py: no cycle between the
+# library's modules, no import pointing up its layers).
 .PHONY: lint
 lint: $(STAMP).lint
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples tools/check_imports.py
+	$(VENV)/bin/ruff format --check src tests benchmarks examples tools/check_imports.py
 	# cython-lint runs pycodestyle, which it looks up on PATH.
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/cython-lint src/lazycache/_core.pyx src/lazycache/_core.pxd
-	$(VENV)/bin/mypy --strict src/lazycache
+	$(VENV)/bin/mypy --strict src/lazycache tools/check_imports.py
 	$(VENV)/bin/mypy --strict examples/typed_usage.py examples/async_profiles.py
 	$(VENV)/bin/pyright examples/typed_usage.py
 	$(PY) -m mypy.stubtest lazycache._core --allowlist stubtest_allowlist.txt
+	$(PY) tools/check_imports.py
 
 # Release checks. Their tools (the `release` extra) go into the same venv, from the installed
 # package's metadata, so the package itself is not reinstalled.

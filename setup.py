@@ -34,6 +34,8 @@ def env_flag(name):
     return bool(os.environ.get(name))
 
 
+# Whether to build the compiled core. Which core runs is decided at import, by
+# src/lazycache/_compat.py (the same variable: set, the pure-Python one runs on purpose).
 NO_EXTENSIONS = env_flag("LAZYCACHE_NO_EXTENSIONS")
 REQUIRE_EXTENSIONS = env_flag("LAZYCACHE_REQUIRE_EXTENSIONS")
 CYTHON_TRACE = env_flag("LAZYCACHE_CYTHON_TRACE")

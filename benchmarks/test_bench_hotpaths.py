@@ -18,7 +18,8 @@ import pytest
 
 pytest.importorskip("pytest_benchmark")
 
-from lazycache.cli import CONTENDERS, Contender, Unavailable, Workload
+from lazycache.bench.kit.contenders import CONTENDERS, Contender, Unavailable
+from lazycache.bench.kit.workload import Workload
 
 SIZE = 20_000
 SET_NEW_ROUNDS = 20

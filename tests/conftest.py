@@ -14,9 +14,17 @@ from typing import Any, Callable
 
 import pytest
 from helpers import LONG, SHORT, close_caches, quiet_class, require_implementation
+from hypothesis import settings
 
 from lazycache import MemoryStore
 from lazycache.cache import implementation_class
+
+# Hypothesis: `make test` (and CI) replays the same examples every run, so a red build means a
+# change broke something, not that this run was unlucky; `make test-explore` draws new ones
+# (HYPOTHESIS_PROFILE=explore) each run. A failure prints the blob that replays it.
+settings.register_profile("replay", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "replay"))
 
 IMPLEMENTATIONS = [
     pytest.param("python", id="pure-python"),

@@ -29,7 +29,8 @@ from lazycache.cache import implementation_class
 from lazycache.coherence import Coherence
 
 NO_EXTENSIONS = bool(os.environ.get("LAZYCACHE_NO_EXTENSIONS"))
-"""Same rule as lazycache.cache: any non-empty value turns the compiled core off."""
+"""Any non-empty value turns the compiled core off: the rule of lazycache._compat, restated here
+on purpose as what the tests expect of it (test_implementation checks the library against it)."""
 
 SHORT = 0.02
 """Default write/prune interval of caches made by the `make_cache` fixture."""
@@ -146,6 +147,19 @@ def quiet_class(cache_cls: type) -> type:
 
     QuietCache.__name__ = QuietCache.__qualname__ = f"Quiet{cache_cls.__name__}"
     return QuietCache
+
+
+class FakeClock:
+    """A cache's `clock=` for tests: monotonic seconds that move only when the test says so."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class FailingStore(MemoryStore):

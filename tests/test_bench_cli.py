@@ -13,8 +13,13 @@ from typing import Any
 import pytest
 
 from lazycache import cli
-from lazycache.bench_latency import FLUSH_MEMORY, FLUSH_SQLITE, IDLE
-from lazycache.bench_threads import QUICK_THREAD_COUNTS
+from lazycache.bench.hotpaths import OPERATIONS
+from lazycache.bench.kit.contenders import CONTENDERS, load_contenders
+from lazycache.bench.kit.output import format_table, rate
+from lazycache.bench.kit.progress import Progress
+from lazycache.bench.kit.workload import Workload, zipf_ranks
+from lazycache.bench.latency import FLUSH_MEMORY, FLUSH_SQLITE, IDLE
+from lazycache.bench.threads import QUICK_THREAD_COUNTS
 
 SECTIONS = ["ops", "threads", "latency", "memory"]
 
@@ -33,7 +38,7 @@ def run_bench(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str,
 
 
 def available_contenders() -> list[str]:
-    return list(cli.load_contenders()[0])
+    return list(load_contenders()[0])
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +73,12 @@ def test_quick_json_ops(quick_json: tuple[dict[str, Any], Path]) -> None:
     ops = quick_json[0]["ops"]
     contenders = available_contenders()
     assert ops["contenders"] == contenders
-    assert set(ops["contenders"]) | set(ops["skipped"]) == set(cli.CONTENDERS)
-    assert list(ops["operations"]) == list(cli.OPERATIONS)
+    assert set(ops["contenders"]) | set(ops["skipped"]) == set(CONTENDERS)
+    assert list(ops["operations"]) == list(OPERATIONS)
     assert "mixed" in ops["operations"]
     cells = {(r["operation"], r["size"], r["contender"]) for r in ops["results"]}
     assert cells == {
-        (op, size, name) for op in cli.OPERATIONS for size in ops["sizes"] for name in contenders
+        (op, size, name) for op in OPERATIONS for size in ops["sizes"] for name in contenders
     }
     for record in ops["results"]:
         assert record["ns_per_op"] > 0 and record["ratio_to_dict"] > 0 and record["spread"] >= 0
@@ -138,7 +143,7 @@ def test_quick_table_has_every_section(capsys: pytest.CaptureFixture[str]) -> No
         assert f"== {section}:" in out
     for name in available_contenders():
         assert name in out
-    for op in cli.OPERATIONS:
+    for op in OPERATIONS:
         assert f"\n{op} " in out
     for header in ("p50", "p99", "p99.9", "beyond dict", "B/entry", "reads/s"):
         assert header in out
@@ -208,7 +213,7 @@ def test_progress_bar_draws_on_a_terminal_only_after_its_delay() -> None:
     import io
 
     stream = io.StringIO()
-    progress = cli.Progress(enabled=True, stream=stream, delay=0.0, sections=2)
+    progress = Progress(enabled=True, stream=stream, delay=0.0, sections=2)
     progress.section("ops", 4)
     progress.advance("get-hit @ 2k: dict")
     progress._last_draw = 0.0
@@ -218,7 +223,7 @@ def test_progress_bar_draws_on_a_terminal_only_after_its_delay() -> None:
     assert "[1/2] ops" in text and "25%" in text and text.endswith("\r\x1b[K")
 
     quiet = io.StringIO()
-    progress = cli.Progress(enabled=True, stream=quiet, delay=60.0)
+    progress = Progress(enabled=True, stream=quiet, delay=60.0)
     progress.section("ops", 4)
     progress.advance("get-hit")
     progress.close()
@@ -228,10 +233,10 @@ def test_progress_bar_draws_on_a_terminal_only_after_its_delay() -> None:
 def test_zipf_ranks_favour_the_first_ranks() -> None:
     import random
 
-    ranks = cli.zipf_ranks(20_000, 1_000, 1.1, random.Random(0))
+    ranks = zipf_ranks(20_000, 1_000, 1.1, random.Random(0))
     assert all(0 <= r < 1_000 for r in ranks)
     assert ranks.count(0) > ranks.count(1) > ranks.count(10) > 0
-    work = cli.Workload.build(1_000)
+    work = Workload.build(1_000)
     sets = sum(is_set for _, is_set in work.mixed)
     assert len(work.mixed) == 1_000 and 50 < sets < 150
 
@@ -340,7 +345,7 @@ def test_quick_tables_fit_120_columns_and_the_writer_rate_is_never_0k() -> None:
 def test_format_table_wraps_columns_into_blocks_that_fit() -> None:
     header = ["name", *(f"column {i}" for i in range(8))]
     rows = [["row", *(f"{i * 1111.1:.1f} ({i}.00x) +-{i}%".rjust(30) for i in range(8))]]
-    lines = cli.format_table(header, rows, width=120)
+    lines = format_table(header, rows, width=120)
     assert max(map(len, lines)) <= 120
     assert (
         sum(line.startswith("row ") for line in lines) == 3
@@ -351,10 +356,86 @@ def test_format_table_wraps_columns_into_blocks_that_fit() -> None:
 
 
 def test_writer_rates_below_a_thousand_are_shown_as_they_are() -> None:
-    from lazycache.bench_threads import _rate
+    assert rate(480.0) == "480/s"
+    assert rate(2_500.0) == "2.5k/s"
+    assert rate(25_000.0) == "25k/s"
+    assert rate(0.0) == "0/s"
+    assert rate(float("nan")) == "-"
 
-    assert _rate(480.0) == "480/s"
-    assert _rate(2_500.0) == "2.5k/s"
-    assert _rate(25_000.0) == "25k/s"
-    assert _rate(0.0) == "0/s"
-    assert _rate(float("nan")) == "-"
+
+def test_format_table_sets_groups_of_rows_apart() -> None:
+    rows = [["1,000", "a", "1"], ["1,000", "b", "2"], ["10,000", "a", "3"]]
+    lines = format_table(["batch", "method", "rows/s"], rows, left=2, breaks=[2])
+    assert lines[2:] == [
+        "1,000   a            1",
+        "1,000   b            2",
+        "",
+        "10,000  a            3",
+    ]
+
+
+def test_runs_of_a_rate_take_the_highest_as_best() -> None:
+    from lazycache.bench.kit.timing import Runs
+
+    class Times(Runs):
+        def __init__(self, samples: list[float]) -> None:
+            self.samples = samples
+
+    class Rates(Times):
+        higher_is_better = True
+
+    assert (Times([4.0, 5.0]).best, Times([4.0, 5.0]).spread) == (4.0, 25.0)
+    assert (Rates([4.0, 5.0]).best, Rates([4.0, 5.0]).spread) == (5.0, 20.0)
+
+
+# ----------------------------------------------------------------------------- the kit's layers
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "lazycache"
+SECTION_MODULES = {"hotpaths", "threads", "latency", "memory", "store", "redis"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The absolute names of the lazycache modules `path` imports, at any depth of its code."""
+    import ast
+
+    package = ".".join(("lazycache", *path.relative_to(SRC).parent.parts))
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(filter(None, (base, node.module)))
+            names.add(module)
+            names |= {f"{module}.{alias.name}" for alias in node.names}
+    return {name for name in names if name.startswith("lazycache")}
+
+
+def test_bench_imports_point_downward_only() -> None:
+    for path in sorted((SRC / "bench").rglob("*.py")):
+        name = path.relative_to(SRC / "bench").with_suffix("").as_posix().replace("/", ".")
+        bench = {
+            module.removeprefix("lazycache.bench.").split(".")[0]
+            for module in imported_modules(path)
+            if module.startswith("lazycache.bench.")
+        }
+        assert "lazycache.cli" not in imported_modules(path), name
+        if name.startswith("kit"):
+            assert bench <= {"kit"}, (name, bench)  # the kit imports no section
+        elif name in SECTION_MODULES:
+            assert bench <= {"kit"}, (name, bench)  # a section imports the kit only
+    for path in sorted(SRC.rglob("*.py")):
+        if (SRC / "bench") not in path.parents and path.name != "cli.py":
+            library = imported_modules(path)
+            assert not any(m.startswith("lazycache.bench") for m in library), (
+                path
+            )  # nor the library
+
+
+def test_importing_lazycache_leaves_the_bench_kit_unloaded() -> None:
+    code = "import json, sys, lazycache; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = [m for m in json.loads(done.stdout) if m.startswith("lazycache.")]
+    assert "lazycache.cache" in loaded
+    assert not [m for m in loaded if m.startswith(("lazycache.bench", "lazycache.cli"))]

@@ -42,13 +42,13 @@ def _build(spec: dict[str, Any]) -> Any:
 
     cls = implementation_class(spec["impl"])
     if spec["kind"] == "redis":
+        from lazycache.coherence.redis import RedisCoherence
         from lazycache.stores.redis import RedisStore
-        from lazycache.stores.redis_coherence import RedisCoherence
 
         store = RedisStore(spec["url"], spec["prefix"], cluster=False)
         coherence = RedisCoherence(store, spec["channel"])
     else:
-        from lazycache.stores.postgres_coherence import PostgresNotifyCoherence
+        from lazycache.coherence.postgres import PostgresNotifyCoherence
         from lazycache.stores.sqlalchemy import SQLAlchemyStore
 
         store = SQLAlchemyStore(spec["url"], spec["table"])

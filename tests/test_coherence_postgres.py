@@ -14,7 +14,7 @@ from helpers import wait_until
 from services import POSTGRES_URL, Database, postgres_url, unique_name
 
 from lazycache import MemoryStore
-from lazycache.stores.postgres_coherence import MAX_PAYLOAD, PostgresNotifyCoherence, conninfo_of
+from lazycache.coherence.postgres import MAX_PAYLOAD, PostgresNotifyCoherence, conninfo_of
 from lazycache.stores.sqlalchemy import SQLAlchemyStore
 
 LIBPQ_URL = "postgresql://postgres@127.0.0.1:5432/test"

@@ -20,15 +20,16 @@ from redis_cluster import private_redis  # noqa: F401  (fixture)
 from services import delete_redis_keys, redis_client, redis_url, unique_name
 
 from lazycache import MemoryStore
-from lazycache.stores.redis import RedisStore
-from lazycache.stores.redis_coherence import (
-    RedisCoherence,
+from lazycache.coherence.channel import ChannelSettings
+from lazycache.coherence.message import (
     all_message,
     decode_message,
     encode_keys,
     encode_message,
     envelope,
 )
+from lazycache.coherence.redis import RedisCoherence
+from lazycache.stores.redis import RedisStore
 
 
 class CountingStore(RedisStore):
@@ -391,10 +392,20 @@ def test_a_server_restart_and_a_channel_down_at_start(make_cache, names, private
         store.close()
 
 
-def test_a_server_that_stops_answering_is_declared_lost(make_cache, names, private_redis) -> None:
-    channel = RedisCoherence(
-        private_redis.url, names[1], ping_interval=0.1, ping_timeout=0.3, connect_timeout=0.5
-    )
+@pytest.mark.parametrize("given_as", ["keywords", "settings"])
+def test_a_server_that_stops_answering_is_declared_lost(
+    make_cache, names, private_redis, given_as
+) -> None:
+    # The default ping_timeout (3 s) would outlast the pause: noticing it proves the
+    # channel took its timings, whichever way they were given.
+    timings: dict[str, Any] = {"ping_interval": 0.1, "ping_timeout": 0.3}
+    if given_as == "settings":
+        channel = RedisCoherence(
+            private_redis.url, names[1], settings=ChannelSettings(**timings), connect_timeout=0.5
+        )
+    else:
+        channel = RedisCoherence(private_redis.url, names[1], **timings, connect_timeout=0.5)
+    assert channel.settings.ping_deadline == 0.3
     cache = make_cache(MemoryStore({"k": 1}), coherence=channel)
     assert cache["k"] == 1 and list(cache.keys()) == ["k"]
     admin = private_redis.client()

@@ -14,8 +14,8 @@ from services import delete_redis_keys, redis_client, redis_url, unique_name
 
 import lazycache.cache as cache_module
 from lazycache import MemoryStore
+from lazycache.coherence.redis import RedisCoherence
 from lazycache.stores.redis import RedisStore
-from lazycache.stores.redis_coherence import RedisCoherence
 
 THREADS = 32
 

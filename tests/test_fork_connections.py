@@ -36,10 +36,11 @@ from services import (
 )
 
 import lazycache
+from lazycache import open_redis
 from lazycache.cache import implementation_class
-from lazycache.stores.postgres_coherence import PostgresNotifyCoherence
-from lazycache.stores.redis import RedisStore, open_redis
-from lazycache.stores.redis_coherence import RedisCoherence
+from lazycache.coherence.postgres import PostgresNotifyCoherence
+from lazycache.coherence.redis import RedisCoherence
+from lazycache.stores.redis import RedisStore
 from lazycache.stores.sqlalchemy import SQLAlchemyStore, make_engine
 
 pytestmark = [

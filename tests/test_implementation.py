@@ -15,7 +15,7 @@ import pytest
 from helpers import HOT_METHODS, NO_EXTENSIONS, require_implementation
 
 import lazycache
-from lazycache import _core_py
+from lazycache import _compat, _core_common, _core_py
 from lazycache.cache import implementation_class
 
 
@@ -147,3 +147,30 @@ def test_the_core_suite_passes_with_every_operation_locked(compiled_core: types.
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
+
+
+def test_both_cores_signal_and_refuse_with_what_they_share(impl: str) -> None:
+    """The signal bits and Full come from lazycache._core_common, for both cores (the compiled
+    one copies the bits into C ints at import: a wrong copy would wake the wrong thread)."""
+
+    class Probe(_compat.CORES[impl]):
+        def __init__(self) -> None:
+            super().__init__(maxsize=1, write_threshold=2, max_pending=2)
+            self.signals: list[int] = []
+
+        def _wake(self, signal: int) -> None:
+            self.signals.append(signal)
+
+    core = Probe()
+    core._put("a", 1)
+    core._put("b", 2)  # a second entry: past maxsize, and the write threshold reached
+    assert core.signals and all(
+        s & ~(_core_common.SIGNAL_PRUNE | _core_common.SIGNAL_WRITE) == 0 for s in core.signals
+    ), core.signals
+    raised = 0
+    for signal in core.signals:
+        raised |= signal
+    assert raised == _core_common.SIGNAL_PRUNE | _core_common.SIGNAL_WRITE
+    with pytest.raises(_core_common.Full):
+        core._put("c", 3)  # a third pending entry, beyond max_pending
+    assert len(core) == 2

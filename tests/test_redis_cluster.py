@@ -16,9 +16,9 @@ from redis.crc import key_slot
 from redis_cluster import Cluster, redis_cluster  # noqa: F401  (fixture)
 from services import unique_name
 
-from lazycache import FlushError
-from lazycache.stores.redis import RedisStore, open_redis
-from lazycache.stores.redis_coherence import RedisCoherence
+from lazycache import FlushError, open_redis
+from lazycache.coherence.redis import RedisCoherence
+from lazycache.stores.redis import RedisStore
 
 SLOTS = 16384
 

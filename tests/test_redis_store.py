@@ -23,17 +23,15 @@ from redis.retry import Retry
 from redis_cluster import free_port, private_redis  # noqa: F401  (fixture)
 from services import delete_redis_keys, redis_client, redis_url, unique_name
 
-from lazycache import MISSING, FlushError
+from lazycache import MISSING, FlushError, open_redis
+from lazycache.coherence.redis import RedisCoherence, default_channel
 from lazycache.serializers import SerializationError
 from lazycache.stores.redis import (
     RedisKeyError,
     RedisStore,
     TTLError,
-    default_channel,
     is_recoverable_error,
-    open_redis,
 )
-from lazycache.stores.redis_coherence import RedisCoherence
 
 
 @pytest.fixture
@@ -507,7 +505,9 @@ def test_the_default_channel_names_the_database(prefix) -> None:
 def test_without_redis_py_the_import_error_names_the_extra() -> None:
     for statement in (
         "import lazycache.stores.redis",
-        "from lazycache.stores.redis_coherence import RedisCoherence; RedisCoherence('redis://127.0.0.1:6379/0')",
+        "import lazycache.coherence.redis",
+        "import lazycache; lazycache.open_redis('redis://127.0.0.1:6379/0')",
+        "from lazycache.stores.redis_coherence import RedisCoherence",  # the old path
     ):
         code = f"import sys; sys.modules['redis'] = None\n{statement}"
         run = subprocess.run(

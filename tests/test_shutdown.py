@@ -296,6 +296,11 @@ HUNG_EXIT_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.skipif(
+    (3, 12, 0) <= sys.version_info[:3] < (3, 12, 3),
+    reason="CPython 3.12.0-3.12.2 start no thread in atexit handlers (cpython#113964): the exit "
+    "flush runs in the exiting thread, where a store call that never returns cannot be cut short",
+)
 def test_cache_left_open_with_a_hung_store_does_not_hang_interpreter_exit(impl) -> None:
     # A store that never answers must not keep the process alive forever (a container stop
     # would end in SIGKILL, the lost keys never named): the exit close has a deadline

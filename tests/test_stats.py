@@ -16,6 +16,7 @@ FIELDS = [
     "stores",
     "deletes",
     "evictions",
+    "expirations",
     "writes",
     "failed_writes",
     "flushes",

@@ -50,6 +50,7 @@ SDIST_REQUIRED = [
     "tests/conftest.py",
     "tests/helpers.py",
     "tools/test_installed.py",
+    "tools/check_imports.py",
 ]
 """Paths relative to the sdist's top directory; every test module and example is added."""
 

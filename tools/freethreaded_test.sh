@@ -22,25 +22,23 @@
 #   FT_PYTHON_GIL  if set, exported as PYTHON_GIL to the test runs (0: the GIL stays off even if
 #                  a module not declared free-threading compatible is imported)
 #
-# What is installed in the chroot, and why (pip install -e '.[dev]' does not work on 3.13t):
+# What is installed in the chroot, and why:
 #   * lazycache itself: a wheel built from a copy of the working tree (tracked and untracked
 #     files, not ignored ones: no host .venv, no host-built .so), with
 #     LAZYCACHE_REQUIRE_EXTENSIONS=1, so a compiled core that fails to build is an error, never a
 #     silent pure-Python fallback. tools/test_installed.py then checks that the compiled core is
 #     the active one and that importing it left the GIL disabled.
-#   * the `dev` extra (read from the built wheel's metadata, tools/extra_requirements.py), except
-#     psycopg[binary] -> psycopg: psycopg-binary has no free-threaded wheels; the pure-Python
-#     psycopg uses libpq5, which freethreaded-python.sh installs in the chroot from Debian.
-#   * msgpack with MSGPACK_PUREPYTHON=1: where no free-threaded wheel exists, its sdist builds
-#     as pure Python (its C extension is not declared free-threading compatible).
-#   * the rest with --prefer-binary: an older release with a wheel that installs here wins over
-#     a newer sdist. Hypothesis's newest releases ship compiled wheels only, none for 3.13t, and
-#     their sdist needs a Rust toolchain downloaded at build time (not reachable): this picks
-#     its last pure-Python wheel instead (6.155.7 when written). pydantic-core (fastapi's, via
-#     pydantic) only as a wheel: pydantic pins one exact pydantic-core, whose newest releases
-#     have no 3.13t wheel and an sdist that needs Rust, so pip must step pydantic back to a
-#     release whose pydantic-core has one (2.41.4 when written). pytest, pytest-timeout,
-#     SQLAlchemy, PyMySQL, redis: pure-Python wheels.
+#   * the `dev` extra (read from the built wheel's metadata, tools/extra_requirements.py), which
+#     installs on 3.13t as it is (pyproject.toml says how), with --prefer-binary (a release with
+#     a wheel wins over a newer sdist) and MSGPACK_PUREPYTHON=1 (msgpack has no 3.13t wheel; its
+#     sdist then builds as pure Python rather than an extension not declared free-threading
+#     compatible).
+#   * SQLAlchemy[asyncio] (greenlet: its newest sdist does not build on 3.13t, --prefer-binary
+#     takes the last release with a 3.13t wheel), and FastAPI and uvicorn from the `service`
+#     extra, with pydantic-core only as a wheel: pydantic
+#     pins one exact pydantic-core, whose newest releases have no 3.13t wheel and an sdist that
+#     needs Rust, so pip must step pydantic back to a release whose pydantic-core has one
+#     (2.41.4 when written).
 #   * redis-server and redis-tools from Debian (apt, in the chroot), for the tests that start
 #     Redis servers of their own; matplotlib (the `bench` extra) is not installed: the one test
 #     that plots skips, saying so.
@@ -116,8 +114,13 @@ if [ "\$(cat $VENV/.lazycache-stamp 2>/dev/null)" != "\$stamp" ]; then
     # same package directory; removed first, so that only the new wheel's files remain.
     \$py -m pip uninstall --quiet --yes lazycache 2>/dev/null || true
     \$py -m pip install --quiet --force-reinstall --no-deps $BUILD/wheels/*.whl
-    \$py src/tools/extra_requirements.py dev | sed 's/^psycopg\[binary\]/psycopg/' > dev-requirements.txt
-    MSGPACK_PUREPYTHON=1 \$py -m pip install --quiet --prefer-binary --only-binary pydantic-core -r dev-requirements.txt
+    \$py src/tools/extra_requirements.py dev > dev-requirements.txt
+    MSGPACK_PUREPYTHON=1 \$py -m pip install --quiet --prefer-binary -r dev-requirements.txt
+    # greenlet (the asyncio extra's), FastAPI and uvicorn (the service extra's; its
+    # lazywritercache[asyncpg] is installed already).
+    { \$py src/tools/extra_requirements.py asyncio; \$py src/tools/extra_requirements.py service; } |
+        grep -v '^lazywritercache' > service-requirements.txt
+    \$py -m pip install --quiet --prefer-binary --only-binary pydantic-core -r service-requirements.txt
     echo "\$stamp" > $VENV/.lazycache-stamp
 fi
 \$py -c 'import sys, sysconfig; print("interpreter:", sys.version.replace("\\n", " "), "| free-threaded build:", bool(sysconfig.get_config_var("Py_GIL_DISABLED")))'

@@ -2,8 +2,8 @@
 
     python tools/test_installed.py [--wheel WHEEL] [--expect cython|python] [-- PYTEST_ARGS...]
 
-The tests (tests/, examples/ which some tests run, and pyproject.toml for the pytest
-settings) are copied to a temporary directory and run from there, so `import lazycache`
+The tests (tests/, examples/ which some tests run, tools/ whose import check a test runs on
+the installed package, and pyproject.toml for the pytest settings) are copied to a temporary directory and run from there, so `import lazycache`
 can only find the installed package. Before pytest runs, a check from that directory
 asserts lazycache is imported from the interpreter's site-packages (not from a source
 tree, nor an editable install), and that the expected core is active.
@@ -36,9 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 """The source tree (or the unpacked sdist, or cibuildwheel's copy of the test sources)."""
 
-COPIED = ("tests", "examples", "pyproject.toml")
-"""What the tests need from the tree: the tests, the example scripts some of them run,
-and the [tool.pytest.ini_options] (markers, timeout)."""
+COPIED = ("tests", "examples", "tools", "pyproject.toml")
+"""What the tests need from the tree: the tests, the example scripts some of them run, the
+import check (tests/test_import_graph.py) and the [tool.pytest.ini_options] (markers, timeout)."""
 
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis")
 
@@ -87,14 +87,18 @@ def venv_python(directory: Path) -> Path:
 
 
 def install_wheel(wheel: Path, directory: Path, env: dict[str, str]) -> Path:
-    """A fresh virtual environment with the wheel, checked importable on its own, then with `dev`."""
+    """A fresh virtual environment with the wheel, checked importable on its own, then with the
+    extras the suite uses: `dev`, and `service` (FastAPI, uvicorn) for the example service's tests."""
     venv.EnvBuilder(with_pip=True).create(directory)
     python = venv_python(directory)
     pip = [str(python), "-m", "pip", "install", "--quiet"]
     run([*pip, str(wheel)], env=env)
     # Nothing but the wheel and its declared dependencies: an undeclared import fails here.
-    run([str(python), "-c", "import lazycache, lazycache.cli"], env=env, cwd=directory)
-    run([*pip, f"{wheel}[dev]"], env=env)
+    # The bench command imports its sections when a run needs them: imported here by name.
+    modules = ["lazycache", "lazycache.cli"]
+    modules += [f"lazycache.bench.{name}" for name in ("run", "plot", "store", "redis")]
+    run([str(python), "-c", f"import {', '.join(modules)}"], env=env, cwd=directory)
+    run([*pip, f"{wheel}[dev,service]"], env=env)
     return python
 
 

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import lazycache.aio
 from lazycache.aio import AsyncLazyWriterCache
-from lazycache.stores.postgres_coherence import PostgresNotifyCoherence
+from lazycache.coherence.postgres import PostgresNotifyCoherence
 
 MODE = os.environ.get("LAZYCACHE_SERVICE_MODE", "lazycache")
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1/test")

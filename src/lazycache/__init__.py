@@ -1,12 +1,15 @@
 """lazycache: a write-behind cache that is nearly as fast as a dict.
 
 The compiled core is used when it is importable and LAZYCACHE_NO_EXTENSIONS is not
-set; `IMPLEMENTATION` says which core is active ("cython" or "python").
+set (`lazycache._compat` decides); `IMPLEMENTATION` says which core is active ("cython"
+or "python").
 """
 
-from ._open import open
+from ._compat import IMPLEMENTATION
+from ._open import open, open_redis
 from ._sentinels import MISSING
-from .cache import IMPLEMENTATION, LazyWriterCache, implementation_class
+from .cache import LazyWriterCache, implementation_class
+from .memoize import cached, hashkey, typedkey
 from .serializers import SerializationError
 from .stats import CacheStats
 from .stores import GeneratedFields, MemoryStore, Store
@@ -26,8 +29,12 @@ __all__ = [
     "MemoryStore",
     "SerializationError",
     "Store",
+    "cached",
+    "hashkey",
     "implementation_class",
     "log_write_error",
     "merge_fields",
     "open",
+    "open_redis",
+    "typedkey",
 ]

@@ -11,8 +11,6 @@ cdef enum:
     VICTIM = 32     # chosen by the current eviction scan
     STALE = 64      # invalidated by another process while its own write was in flight
     PINNED = DIRTY | INFLIGHT | DELETED
-    SIGNAL_PRUNE = 1
-    SIGNAL_WRITE = 2
 
 
 ctypedef struct Entry:
@@ -70,6 +68,15 @@ cdef class Core:
     cdef unsigned long long _sets
     cdef unsigned long long _deletes
     cdef unsigned long long _evictions
+    cdef unsigned long long _expirations
+    # Expiry (see _core_py): off until asked for; then per ring slot a write and an access
+    # deadline on the expiry clock (ns, 0 for none), the arrays made when it is turned on.
+    cdef bint _expiry_on
+    cdef int64_t _eaw                   # expire_after_write, ns (0: none)
+    cdef int64_t _eaa                   # expire_after_access, ns (0: none)
+    cdef object _clock_fn               # the cache's clock= (seconds), or None: CLOCK_MONOTONIC
+    cdef int64_t *_wdl
+    cdef int64_t *_adl
     # Re-entrant lock for operations that may run Python code (keys with Python hash/eq).
     cdef PyThread_type_lock _lock
     cdef unsigned long _owner
@@ -89,9 +96,15 @@ cdef class Core:
     cdef int _detach(self, uint32_t r) except -1
     cdef int _mark_dirty(self, uint32_t r) except -1
     cdef int _signal(self) noexcept
-    cdef int _set(self, object key, object value, PyObject **old) except -1
+    cdef int _set(self, object key, object value, PyObject **old, int64_t now,
+                  int64_t ttl) except -1
     cdef int _tombstone(self, uint32_t r, PyObject **old) except -1
     cdef object _remove_impl(self, object key)
-    cdef object _remove_unlocked(self, object key)
+    cdef object _remove_unlocked(self, object key, int64_t now)
+    cdef int64_t _now(self) except? -1
+    cdef int _enable_expiry(self) except -1
+    cdef void _stamp(self, uint32_t r, int64_t now, int64_t ttl) noexcept
+    cdef bint _expired(self, uint32_t r, int64_t now) noexcept
+    cdef int _drop_expired(self, uint32_t r) except -1
     cdef int _finish(self, uint32_t r) except -1
-    cdef list _snapshot(self, int what)
+    cdef list _snapshot(self, int what, int64_t now)

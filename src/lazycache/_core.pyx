@@ -33,6 +33,13 @@ atomic, so there every operation takes the core's lock: the module then reports
 the import does the same on a GIL build, which is how the tests check that the
 locked paths alone are complete.
 
+Expiry (see ``_core_py``) keeps two deadlines per ring slot in C arrays made when
+it is turned on; a cache without it pays one flag test on the hot path. The expiry
+clock is ``CLOCK_MONOTONIC`` (what ``time.monotonic_ns`` reads), or the cache's
+``clock=``, which is Python code: it is read before a lock-free section starts or the
+lock is taken. A lock-free read only finds an entry expired; dropping it takes the
+lock (a lock holder may be sweeping the ring without the GIL).
+
 The GIL is released while choosing eviction victims: the CLOCK hand sweeps the
 C arrays under the core's lock (which keeps writers out) but without the GIL,
 so readers carry on. The other operations cannot release it: they compare keys
@@ -57,7 +64,8 @@ from libc.string cimport memset
 
 import os
 
-from lazycache._core_py import Full, _check_size
+from lazycache import _core_common
+from lazycache._core_common import Full, check_limit, clock_ns, ttl_ns
 from lazycache._sentinels import ABSENT, MISSING
 
 cdef extern from "Python.h":
@@ -89,6 +97,28 @@ cdef extern from *:
     const bint LAZYCACHE_FREE_THREADED
     const bint LAZYCACHE_GIL_NOT_ATOMIC
 
+cdef extern from *:
+    """
+    #ifdef _WIN32
+    #include <windows.h>
+    static int64_t lazycache_monotonic_ns(void) {
+        LARGE_INTEGER count, frequency;
+        QueryPerformanceCounter(&count);
+        QueryPerformanceFrequency(&frequency);
+        return (int64_t)(count.QuadPart / frequency.QuadPart) * 1000000000
+            + (int64_t)(count.QuadPart % frequency.QuadPart) * 1000000000 / frequency.QuadPart;
+    }
+    #else
+    #include <time.h>
+    static int64_t lazycache_monotonic_ns(void) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        return (int64_t)now.tv_sec * 1000000000 + (int64_t)now.tv_nsec;
+    }
+    #endif
+    """
+    int64_t lazycache_monotonic_ns() noexcept nogil
+
 # The lock-free paths run only while _nslow == 0. Starting every core's count of
 # slow keys at this bias keeps it non-zero for good, so every operation locks,
 # at no cost to the hot path of a GIL build (2**30: fits a 32-bit Py_ssize_t).
@@ -100,6 +130,12 @@ FREE_THREADED_BUILD = bool(LAZYCACHE_FREE_THREADED)
 
 cdef object _MISSING = MISSING
 cdef object _ABSENT = ABSENT
+cdef object _EXPIRED = object()  # a lock-free read's find of an expired entry (see _read_expiring)
+
+# The signal bits passed to _wake, defined once for both cores (_core_common); C ints here,
+# so raising and clearing them touches no Python object.
+cdef int SIGNAL_PRUNE = _core_common.SIGNAL_PRUNE
+cdef int SIGNAL_WRITE = _core_common.SIGNAL_WRITE
 
 cdef enum:
     EMPTY = -1      # index slot never used
@@ -238,6 +274,46 @@ cdef inline object _read(Core self, object key, bint count):
         self._release()
 
 
+cdef object _outcome_expiring(Core self, Py_ssize_t ix, bint count, int64_t now):
+    """_outcome in an expiring cache: _EXPIRED for an expired clean entry (counted a miss)."""
+    cdef uint32_t r
+    if ix >= 0 and self._entries[ix].value != NULL:
+        r = _ring(&self._entries[ix])
+        if self._expired(r, now):
+            if count:
+                self._misses += 1
+            return _EXPIRED
+        if self._eaa:
+            self._adl[r] = now + self._eaa
+    return _outcome(self, ix, count)
+
+
+cdef object _read_expiring(Core self, object key, bint count):
+    """_read in an expiring cache: an expired clean entry is dropped and reads as ABSENT."""
+    cdef int64_t now = self._now()  # first: it may run Python code (the cache's clock=)
+    cdef Py_ssize_t ix
+    if self._nslow == 0 and _simple(key):
+        value = _outcome_expiring(self, _find(self, key), count, now)
+    else:
+        self._acquire()
+        try:
+            value = _outcome_expiring(self, _find(self, key), count, now)
+        finally:
+            self._release()
+    if value is not _EXPIRED:
+        return value
+    self._acquire()  # a change: under the lock, whatever the key
+    try:
+        ix = _find(self, key)
+        if ix >= 0 and self._entries[ix].value != NULL:
+            if self._expired(_ring(&self._entries[ix]), now):
+                self._drop_expired(_ring(&self._entries[ix]))
+    finally:
+        self._release()
+        self._bury()
+    return _ABSENT
+
+
 cdef inline int _push_dirty(Core self, uint32_t r, bint front) except -1:
     """Queues ring slot r for the writer (at the front: a batch put back after a failure)."""
     if self._qlen == self._qcap:
@@ -258,17 +334,18 @@ cdef inline bint _full(Core self, bint new, uint8_t f) noexcept:
             and (new or not f & (DIRTY | INFLIGHT)))
 
 
-cdef inline int _put_entry(Core self, object key, object value) except -1:
+cdef inline int _put_entry(Core self, object key, object value, int64_t now,
+                           int64_t ttl) except -1:
     """Sets key; returns 1, changing nothing, if that would exceed max_pending."""
     cdef int raised, full
     cdef PyObject *old = NULL
     if self._lock_free(key):
-        full = self._set(key, value, &old)
+        full = self._set(key, value, &old, now, ttl)
         raised = self._signal()
     else:
         self._acquire()
         try:
-            full = self._set(key, value, &old)
+            full = self._set(key, value, &old, now, ttl)
             raised = self._signal()
         finally:
             self._release()
@@ -287,11 +364,19 @@ cdef class Core:
             raise MemoryError("cannot allocate the core's lock")
         self._nslow = _SLOW_BIAS
 
-    def __init__(self, maxsize=None, write_threshold=None, read_through=False, max_pending=None):
-        self._maxsize = _check_size("maxsize", maxsize)
-        self._write_threshold = _check_size("write_threshold", write_threshold)
-        self._max_pending = _check_size("max_pending", max_pending)
+    def __init__(self, maxsize=None, write_threshold=None, read_through=False, max_pending=None,
+                 expire_after_write=None, expire_after_access=None, clock=None):
+        self._maxsize = check_limit("maxsize", maxsize)
+        self._write_threshold = check_limit("write_threshold", write_threshold)
+        self._max_pending = check_limit("max_pending", max_pending)
         self._read_through = bool(read_through)
+        self._eaw = ttl_ns("expire_after_write", expire_after_write)
+        self._eaa = ttl_ns("expire_after_access", expire_after_access)
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be callable or None, not {type(clock).__name__}")
+        self._clock_fn = clock
+        if self._eaw or self._eaa:
+            self._enable_expiry()
 
     def __dealloc__(self):
         cdef Py_ssize_t ix
@@ -308,6 +393,8 @@ cdef class Core:
         PyMem_Free(self._flags)
         PyMem_Free(self._since)
         PyMem_Free(self._seqs)
+        PyMem_Free(self._wdl)
+        PyMem_Free(self._adl)
         PyMem_Free(self._free)
         PyMem_Free(self._queue)
         PyMem_Free(self._grave)
@@ -338,7 +425,95 @@ cdef class Core:
 
     def _set_max_pending(self, max_pending):
         """Sets the bound admission enforces (None: unbounded, as during journal replay)."""
-        self._max_pending = _check_size("max_pending", max_pending)
+        self._max_pending = check_limit("max_pending", max_pending)
+
+    # ----------------------------------------------------------- expiry
+    cdef int64_t _now(self) except? -1:
+        """The expiry clock, in nanoseconds. Read without the lock: clock= is Python code."""
+        if self._clock_fn is None:
+            return lazycache_monotonic_ns()
+        return clock_ns(self._clock_fn)
+
+    cdef int _enable_expiry(self) except -1:
+        """Turns expiry on (for a per-entry TTL in a cache made without expiry); never off."""
+        cdef int64_t *wdl
+        cdef int64_t *adl
+        self._acquire()
+        try:
+            if self._expiry_on:
+                return 0
+            if self._cap:
+                wdl = <int64_t *>PyMem_Malloc(self._cap * sizeof(int64_t))
+                adl = <int64_t *>PyMem_Malloc(self._cap * sizeof(int64_t))
+                if wdl == NULL or adl == NULL:
+                    PyMem_Free(wdl)
+                    PyMem_Free(adl)
+                    raise MemoryError()
+                memset(wdl, 0, self._cap * sizeof(int64_t))  # entries so far: no deadline
+                memset(adl, 0, self._cap * sizeof(int64_t))
+                self._wdl = wdl
+                self._adl = adl
+            self._expiry_on = True
+        finally:
+            self._release()
+        return 0
+
+    cdef void _stamp(self, uint32_t r, int64_t now, int64_t ttl) noexcept:
+        """Sets the deadlines of an entry just written or loaded (ttl: ns; -1: the cache's)."""
+        if ttl > 0:
+            self._wdl[r] = now + ttl
+        else:
+            self._wdl[r] = now + self._eaw if self._eaw else 0
+        self._adl[r] = now + self._eaa if self._eaa else 0
+
+    cdef bint _expired(self, uint32_t r, int64_t now) noexcept:
+        """Whether a live entry is past a deadline and clean (a pending change never expires)."""
+        cdef int64_t w = self._wdl[r], a = self._adl[r]
+        return ((0 < w <= now) or (0 < a <= now)) and not self._flags[r] & PINNED
+
+    cdef int _drop_expired(self, uint32_t r) except -1:
+        self._detach(r)
+        self._expirations += 1
+        return 0
+
+    def _expire(self):
+        """Drops every expired clean entry (run by the pruner); returns how many."""
+        cdef int64_t now
+        cdef uint32_t r
+        cdef Py_ssize_t n = 0
+        if not self._expiry_on:
+            return 0
+        now = self._now()
+        self._acquire()
+        try:
+            for r in range(<uint32_t>self._nslots):
+                if self._flags[r] & USED and self._entries[self._pos[r]].value != NULL:
+                    if self._expired(r, now):
+                        self._drop_expired(r)
+                        n += 1
+        finally:
+            self._release()
+            self._bury()
+        return n
+
+    def _ttls(self, list batch):
+        """Per batch item, the seconds left before its write deadline (at least 1 ms), or None."""
+        cdef int64_t now = self._now() if self._expiry_on else 0
+        cdef int64_t w
+        cdef list out = []
+        self._acquire()
+        try:
+            for item in batch:
+                w = self._wdl[<uint32_t>item[2]] if self._expiry_on else 0
+                out.append(max(w - now, 1000000) / 1e9 if w else None)
+        finally:
+            self._release()
+        return out
+
+    @property
+    def _expiry_enabled(self):
+        """Whether expiry is on (from the start, or since the first TTL)."""
+        return self._expiry_on
 
     # ----------------------------------------------------------- lock and released references
     cdef int _acquire(self) except -1:
@@ -438,6 +613,11 @@ cdef class Core:
         self._flags = <uint8_t *>_grown(self._flags, cap * sizeof(uint8_t))
         self._since = <int64_t *>_grown(self._since, cap * sizeof(int64_t))
         self._seqs = <uint32_t *>_grown(self._seqs, cap * sizeof(uint32_t))
+        if self._expiry_on:
+            self._wdl = <int64_t *>_grown(self._wdl, cap * sizeof(int64_t))
+            self._adl = <int64_t *>_grown(self._adl, cap * sizeof(int64_t))
+            memset(self._wdl + self._cap, 0, (cap - self._cap) * sizeof(int64_t))
+            memset(self._adl + self._cap, 0, (cap - self._cap) * sizeof(int64_t))
         self._cap = cap
         return 0
 
@@ -562,10 +742,12 @@ cdef class Core:
             raise RuntimeError("the cache is closed: it accepts no more writes")
         return 0
 
-    cdef int _set(self, object key, object value, PyObject **old) except -1:
+    cdef int _set(self, object key, object value, PyObject **old, int64_t now,
+                  int64_t ttl) except -1:
         """Sets key; hands the replaced value's reference to *old (to release after the lock).
 
-        Returns 1, changing nothing, if that would exceed max_pending (see _full).
+        Returns 1, changing nothing, if that would exceed max_pending (see _full). With
+        expiry on, the deadlines count from now (ttl: ns, or -1 for expire_after_write).
         """
         cdef Py_hash_t h
         cdef Py_ssize_t ix
@@ -581,7 +763,9 @@ cdef class Core:
             if _full(self, True, 0):
                 return 1
             self._sets += 1
-            self._insert(key, h, value, DIRTY)
+            r = <uint32_t>self._insert(key, h, value, DIRTY)
+            if self._expiry_on:
+                self._stamp(r, now, ttl)
             return 0
         ep = &self._entries[ix]
         r = _ring(ep)
@@ -605,6 +789,8 @@ cdef class Core:
             self._since[r] = self._clock
             f |= DIRTY
         self._flags[r] = f
+        if self._expiry_on:
+            self._stamp(r, now, ttl)
         return 0
 
     cdef int _tombstone(self, uint32_t r, PyObject **old) except -1:
@@ -619,7 +805,7 @@ cdef class Core:
         self._deletes += 1
         return 0
 
-    cdef object _remove_unlocked(self, object key):
+    cdef object _remove_unlocked(self, object key, int64_t now):
         cdef Py_ssize_t ix
         cdef PyObject *old = NULL
         self._check_writable()
@@ -628,6 +814,9 @@ cdef class Core:
             return _ABSENT
         if self._entries[ix].value == NULL:
             return _MISSING
+        if self._expiry_on and self._expired(_ring(&self._entries[ix]), now):
+            self._drop_expired(_ring(&self._entries[ix]))
+            return _ABSENT
         if _full(self, False, self._flags[_ring(&self._entries[ix])]):
             raise Full
         self._tombstone(_ring(&self._entries[ix]), &old)
@@ -637,7 +826,7 @@ cdef class Core:
 
     # ----------------------------------------------------------- dict protocol (hot path)
     def __getitem__(self, key):
-        value = _read(self, key, True)
+        value = _read_expiring(self, key, True) if self._expiry_on else _read(self, key, True)
         if value is _ABSENT:
             if not self._read_through:
                 raise KeyError(key)
@@ -647,27 +836,45 @@ cdef class Core:
         return value
 
     def get(self, key, default=None):
-        value = _read(self, key, True)
+        value = _read_expiring(self, key, True) if self._expiry_on else _read(self, key, True)
         if value is _ABSENT:
             if not self._read_through:
                 return default
             value = self._load_missing(key)
         return default if value is _MISSING else value
 
+    def _peek(self, key):
+        """A read of memory only (counted as a hit or a miss): the value, MISSING (a tombstone),
+        or ABSENT (memory does not know the key); never reads through."""
+        return _read_expiring(self, key, True) if self._expiry_on else _read(self, key, True)
+
     def __contains__(self, key):
-        value = _read(self, key, False)
+        value = _read_expiring(self, key, False) if self._expiry_on else _read(self, key, False)
         if value is _ABSENT:
             return self._read_through and self._load_missing(key) is not _MISSING
         return value is not _MISSING
 
     def __setitem__(self, key, value):
-        while _put_entry(self, key, value):
+        cdef int64_t now = 0
+        while True:
+            if self._expiry_on:  # the one test expiry costs a cache without it
+                now = self._now()
+            if not _put_entry(self, key, value, now, -1):
+                return
             if self._backpressure(key, value):
                 return  # it wrote the entry itself
 
-    def _put(self, key, value):
-        """Sets key; raises Full (changing nothing) where __setitem__ would apply backpressure."""
-        if _put_entry(self, key, value):
+    def _put(self, key, value, long long ttl=-1):
+        """Sets key; raises Full (changing nothing) where __setitem__ would apply backpressure.
+
+        ttl: the entry's TTL in ns (turning expiry on), or -1 for the cache's.
+        """
+        cdef int64_t now = 0
+        if ttl > 0 and not self._expiry_on:
+            self._enable_expiry()
+        if self._expiry_on:
+            now = self._now()
+        if _put_entry(self, key, value, now, ttl):
             raise Full
 
     def __delitem__(self, key):
@@ -709,16 +916,19 @@ cdef class Core:
 
     cdef object _remove_impl(self, object key):
         cdef int raised
+        cdef int64_t now = self._now() if self._expiry_on else 0
         if self._lock_free(key):
-            old = self._remove_unlocked(key)
+            old = self._remove_unlocked(key, now)
             raised = self._signal()
         else:
             self._acquire()
             try:
-                old = self._remove_unlocked(key)
+                old = self._remove_unlocked(key, now)
                 raised = self._signal()
             finally:
                 self._release()
+        if self._ngrave:  # an expired entry it dropped
+            self._bury()
         if raised:
             self._wake(raised)
         return old
@@ -729,9 +939,10 @@ cdef class Core:
         Returns the old value or MISSING.
         """
         cdef int raised
+        cdef int64_t now = self._now() if self._expiry_on else 0
         self._acquire()
         try:
-            old = self._remove_unlocked(key)
+            old = self._remove_unlocked(key, now)
             if old is _ABSENT:
                 if _full(self, True, 0):
                     raise Full
@@ -741,6 +952,7 @@ cdef class Core:
             raised = self._signal()
         finally:
             self._release()
+            self._bury()
         if raised:
             self._wake(raised)
         return old
@@ -749,20 +961,30 @@ cdef class Core:
         """Caches a value read from the store as clean, unless memory changed meanwhile."""
         cdef Py_hash_t h
         cdef Py_ssize_t ix
+        cdef uint32_t r
         cdef int raised = 0
+        cdef int64_t now = self._now() if self._expiry_on else 0
         self._acquire()
         try:
             h = _hash(key)
             ix = _lookup(self, key, h)
+            if (ix >= 0 and self._expiry_on and self._entries[ix].value != NULL
+                    and self._expired(_ring(&self._entries[ix]), now)):
+                # Dropping it moves the epoch on: the load is not cached.
+                self._drop_expired(_ring(&self._entries[ix]))
+                ix = -1
             if ix >= 0:
                 if self._entries[ix].value == NULL:
                     return _MISSING
                 return <object>self._entries[ix].value
             if epoch == self._epoch and not self._closed:
-                self._insert(key, h, value, 0)
+                r = <uint32_t>self._insert(key, h, value, 0)
+                if self._expiry_on:
+                    self._stamp(r, now, -1)
                 raised = self._signal()
         finally:
             self._release()
+            self._bury()
         if raised:
             self._wake(raised)
         return value
@@ -772,17 +994,23 @@ cdef class Core:
         cdef Py_ssize_t ix
         cdef PyObject *old = NULL
         cdef int raised = 0
+        cdef int64_t now = self._now() if self._expiry_on else 0
         self._acquire()
         try:
             ix = _find(self, key)
+            if (ix >= 0 and self._expiry_on and self._entries[ix].value != NULL
+                    and self._expired(_ring(&self._entries[ix]), now)):
+                self._drop_expired(_ring(&self._entries[ix]))
+                ix = -1
             if ix >= 0 and self._entries[ix].value != NULL:
                 self._entries[ix].meta |= REF_BIT
                 return False, <object>self._entries[ix].value
-            if self._set(key, value, &old):
+            if self._set(key, value, &old, now, -1):
                 raise Full
             raised = self._signal()
         finally:
             self._release()
+            self._bury()
         Py_XDECREF(old)
         if raised:
             self._wake(raised)
@@ -792,9 +1020,14 @@ cdef class Core:
         """(value or MISSING or ABSENT, version) for optimistic read-modify-write."""
         cdef Py_ssize_t ix
         cdef Entry *ep
+        cdef int64_t now = self._now() if self._expiry_on else 0
         self._acquire()
         try:
             ix = _find(self, key)
+            if (ix >= 0 and self._expiry_on and self._entries[ix].value != NULL
+                    and self._expired(_ring(&self._entries[ix]), now)):
+                self._drop_expired(_ring(&self._entries[ix]))
+                ix = -1
             if ix < 0:
                 return _ABSENT, self._epoch
             ep = &self._entries[ix]
@@ -803,12 +1036,14 @@ cdef class Core:
             return <object>ep.value, self._seqs[_ring(ep)]
         finally:
             self._release()
+            self._bury()
 
     def _compare_and_set(self, key, value, expected, unsigned long long version):
         """Sets key to value if memory still holds what _read_versioned saw."""
         cdef Py_ssize_t ix
         cdef PyObject *old = NULL
         cdef int raised = 0
+        cdef int64_t now = self._now() if self._expiry_on else 0
         self._acquire()
         try:
             ix = _find(self, key)
@@ -817,7 +1052,7 @@ cdef class Core:
                     return False
             elif ix < 0 or self._seqs[_ring(&self._entries[ix])] != version:
                 return False
-            if self._set(key, value, &old):
+            if self._set(key, value, &old, now, -1):
                 raise Full
             raised = self._signal()
         finally:
@@ -837,10 +1072,11 @@ cdef class Core:
         finally:
             self._release()
 
-    def _set_clean(self, key, value):
+    def _set_clean(self, key, value, long long ttl=-1):
         """Records a value (MISSING: a delete) the caller has just written to the store itself.
 
         Does nothing if a newer change of key is pending: that one reaches the store later.
+        ttl: the entry's TTL in ns (turning expiry on), or -1 for the cache's.
         """
         cdef Py_hash_t h
         cdef Py_ssize_t ix
@@ -848,6 +1084,11 @@ cdef class Core:
         cdef Entry *ep
         cdef PyObject *old = NULL
         cdef int raised = 0
+        cdef int64_t now = 0
+        if ttl > 0 and not self._expiry_on:
+            self._enable_expiry()
+        if self._expiry_on:
+            now = self._now()
         self._acquire()
         try:
             h = _hash(key)
@@ -863,7 +1104,7 @@ cdef class Core:
                 return
             self._sets += 1
             if ix < 0:
-                self._insert(key, h, value, 0)
+                r = <uint32_t>self._insert(key, h, value, 0)
                 raised = self._signal()
             else:
                 ep = &self._entries[ix]
@@ -871,6 +1112,8 @@ cdef class Core:
                 Py_XINCREF(<PyObject *>value)
                 ep.value = <PyObject *>value
                 ep.meta |= REF_BIT
+            if self._expiry_on:
+                self._stamp(r, now, ttl)
         finally:
             self._release()
             Py_XDECREF(old)
@@ -879,15 +1122,19 @@ cdef class Core:
             self._wake(raised)
 
     def _popitem(self):
-        """Deletes and returns the most recently inserted live item."""
+        """Deletes and returns the most recently inserted live item (expired ones are skipped)."""
         cdef Py_ssize_t ix
         cdef PyObject *old = NULL
         cdef int raised = 0
+        cdef int64_t now = self._now() if self._expiry_on else 0
         self._acquire()
         try:
             self._check_writable()
             ix = self._nentries - 1
-            while ix >= 0 and (self._entries[ix].key == NULL or self._entries[ix].value == NULL):
+            while ix >= 0 and (
+                self._entries[ix].key == NULL or self._entries[ix].value == NULL
+                or (self._expiry_on and self._expired(_ring(&self._entries[ix]), now))
+            ):
                 ix -= 1
             if ix < 0:
                 raise KeyError("popitem(): cache is empty")
@@ -905,13 +1152,23 @@ cdef class Core:
         return key, value
 
     def _delete_all(self):
-        """Deletes every live entry in memory; returns how many."""
-        cdef Py_ssize_t ix, n = 0
+        """Deletes every live entry in memory; returns how many.
+
+        Raises Full, changing nothing, if that would make more than max_pending entries pending.
+        """
+        cdef Py_ssize_t ix, n = 0, new = 0
         cdef PyObject *old
         cdef int raised
         self._acquire()
         try:
             self._check_writable()
+            if self._max_pending:
+                for ix in range(self._nentries):
+                    if (self._entries[ix].key != NULL and self._entries[ix].value != NULL
+                            and not self._flags[_ring(&self._entries[ix])] & (DIRTY | INFLIGHT)):
+                        new += 1
+                if new and self._npending + new > self._max_pending:
+                    raise Full
             for ix in range(self._nentries):
                 if self._entries[ix].key != NULL and self._entries[ix].value != NULL:
                     old = NULL
@@ -927,8 +1184,9 @@ cdef class Core:
         return n
 
     # ----------------------------------------------------------- snapshots
-    cdef list _snapshot(self, int what):
-        """The live entries' keys (0), values (1) or (key, value) items (2), in insertion order."""
+    cdef list _snapshot(self, int what, int64_t now):
+        """The live entries' keys (0), values (1) or (key, value) items (2), in insertion order
+        (expired ones left out)."""
         cdef Py_ssize_t ix
         cdef Entry *ep
         cdef list out = []
@@ -937,6 +1195,8 @@ cdef class Core:
             for ix in range(self._nentries):
                 ep = &self._entries[ix]
                 if ep.key == NULL or ep.value == NULL:
+                    continue
+                if self._expiry_on and self._expired(_ring(ep), now):
                     continue
                 if what == 0:
                     out.append(<object>ep.key)
@@ -949,13 +1209,13 @@ cdef class Core:
         return out
 
     def _keys(self):
-        return self._snapshot(0)
+        return self._snapshot(0, self._now() if self._expiry_on else 0)
 
     def _values(self):
-        return self._snapshot(1)
+        return self._snapshot(1, self._now() if self._expiry_on else 0)
 
     def _items(self):
-        return self._snapshot(2)
+        return self._snapshot(2, self._now() if self._expiry_on else 0)
 
     def _pending_keys(self):
         """Keys whose latest change has not been written (queued or in flight)."""
@@ -1275,8 +1535,9 @@ cdef class Core:
         return self._qlen
 
     def _counters(self):
-        """(hits, misses, sets, deletes, evictions)."""
-        return self._hits, self._misses, self._sets, self._deletes, self._evictions
+        """(hits, misses, sets, deletes, evictions, expirations)."""
+        return (self._hits, self._misses, self._sets, self._deletes, self._evictions,
+                self._expirations)
 
     @property
     def _memory_epoch(self):

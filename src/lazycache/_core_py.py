@@ -28,15 +28,28 @@ for keys whose ``__hash__``/``__eq__`` run Python code. Reads take no lock (see
 hash/eq runs: the hooks
 ``_load_missing``, ``_delete_missing`` and ``_wake`` are called after it is
 released, and replaced or evicted values are dropped after it is released.
+
+Expiry (``expire_after_write``, ``expire_after_access``, a per-entry TTL) is off until
+a cache asks for it, and then costs the hot path one flag test when off: each entry
+carries two deadlines on the core's expiry clock (nanoseconds), the write deadline
+(set by every write or load: the TTL, else ``expire_after_write``) and the access
+deadline (``expire_after_access`` past the last read or write); 0 is "none". An entry
+is expired once either has passed, unless its change is pending: an acknowledged write
+is never dropped by a timer (and the store's older value must not be read instead).
+A read that finds a clean entry expired drops it and reads through; the pruner drops
+the others (``_expire``). The clock is read before any lock is taken: it may be the
+cache's ``clock=``, which is Python code.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from ._core_common import SIGNAL_PRUNE, SIGNAL_WRITE, Full, check_limit, clock_ns, ttl_ns
 from ._sentinels import ABSENT, MISSING
 
 DIRTY = 1  # queued for the writer
@@ -48,15 +61,12 @@ PINNED = DIRTY | INFLIGHT | DELETED
 SLICE = 64
 """Entries the writer takes or settles per hold of the lock: setters never wait for a whole batch."""
 
-SIGNAL_PRUNE = 1  # the map grew past maxsize
-SIGNAL_WRITE = 2  # the dirty queue reached write_threshold
-
 # One pending item handed to the writer: (key, value or MISSING for a delete, entry, seq).
 Pending = tuple[Any, Any, "Entry", int]
 
 
 class Entry:
-    __slots__ = ("flags", "hash", "key", "ref", "seq", "since", "slot", "value")
+    __slots__ = ("adl", "flags", "hash", "key", "ref", "seq", "since", "slot", "value", "wdl")
 
     def __init__(
         self, key: Any, value: Any, flags: int, seq: int, slot: int, since: int, hash_: int
@@ -69,6 +79,8 @@ class Entry:
         self.seq = seq
         self.slot = slot
         self.since = since  # the core's clock when the entry last became pending
+        self.wdl = 0  # expiry: write deadline (ns on the expiry clock), 0 for none
+        self.adl = 0  # expiry: access deadline, 0 for none
 
 
 class _Held:
@@ -97,22 +109,6 @@ class _Held:
         return bool(key == other)
 
 
-class Full(Exception):
-    """Raised by a core operation, under the core's lock and before any change, when it would
-    add a pending entry beyond max_pending. Not an error: the caller applies its on_full policy
-    (without the lock) and tries again."""
-
-
-def _check_size(name: str, value: int | None) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-    return value
-
-
 class Core:
     """Map, dirty queue and CLOCK eviction bookkeeping (pure Python)."""
 
@@ -122,11 +118,21 @@ class Core:
         write_threshold: int | None = None,
         read_through: bool = False,
         max_pending: int | None = None,
+        expire_after_write: float | None = None,
+        expire_after_access: float | None = None,
+        clock: Any = None,
     ) -> None:
-        self._maxsize = _check_size("maxsize", maxsize)
-        self._write_threshold = _check_size("write_threshold", write_threshold)
-        self._max_pending = _check_size("max_pending", max_pending)
+        self._maxsize = check_limit("maxsize", maxsize)
+        self._write_threshold = check_limit("write_threshold", write_threshold)
+        self._max_pending = check_limit("max_pending", max_pending)
         self._read_through = bool(read_through)
+        self._eaw = ttl_ns("expire_after_write", expire_after_write)
+        self._eaa = ttl_ns("expire_after_access", expire_after_access)
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be callable or None, not {type(clock).__name__}")
+        self._clock_fn = clock
+        self._expiring = bool(self._eaw or self._eaa)  # on for good once a TTL is used
+        self._expirations = 0
         self._clock = 0
         self._lock = threading.RLock()
         self._map: dict[Any, Entry] = {}
@@ -168,7 +174,81 @@ class Core:
 
     def _set_max_pending(self, max_pending: int | None) -> None:
         """Sets the bound admission enforces (None: unbounded, as during journal replay)."""
-        self._max_pending = _check_size("max_pending", max_pending)
+        self._max_pending = check_limit("max_pending", max_pending)
+
+    # ----------------------------------------------------------- expiry
+    def _now(self) -> int:
+        """The expiry clock, in nanoseconds. Read without the lock: it may be Python code."""
+        clock = self._clock_fn
+        return time.monotonic_ns() if clock is None else clock_ns(clock)
+
+    def _enable_expiry(self) -> None:
+        """Turns expiry on (for a per-entry TTL in a cache made without expiry); never off."""
+        with self._lock:
+            self._expiring = True
+
+    def _stamp(self, entry: Entry, now: int, ttl: int) -> None:
+        """Sets the deadlines of an entry just written or loaded (ttl: ns, or -1 for the cache's)."""
+        if ttl > 0:
+            entry.wdl = now + ttl
+        else:
+            entry.wdl = now + self._eaw if self._eaw else 0
+        entry.adl = now + self._eaa if self._eaa else 0
+
+    def _expired(self, entry: Entry, now: int) -> bool:
+        """Whether a live entry is past a deadline and clean (a pending change never expires)."""
+        return (0 < entry.wdl <= now or 0 < entry.adl <= now) and not entry.flags & PINNED
+
+    def _drop_expired(self, entry: Entry) -> None:
+        """Removes an expired entry (lock held); its value is released by the caller, unlocked."""
+        self._detach(entry)
+        self._expirations += 1
+
+    def _read_expiring(self, key: Any, count: bool) -> Any:
+        """A read of memory in an expiring cache: the value, MISSING (a tombstone), or ABSENT
+        (unknown or expired: an expired clean entry is dropped here)."""
+        now = self._now()
+        entry = self._map.get(key)
+        if entry is not None:
+            value = entry.value
+            if value is not MISSING and self._expired(entry, now):
+                with self._lock:
+                    if self._map.get(key) is entry and self._expired(entry, now):
+                        self._drop_expired(entry)
+                value = ABSENT
+            elif value is not MISSING:
+                if count:
+                    entry.ref = True
+                    self._hits += 1
+                if self._eaa:
+                    entry.adl = now + self._eaa
+                return value
+            if count:
+                self._misses += 1
+            return value
+        if count:
+            self._misses += 1
+        return ABSENT
+
+    def _expire(self) -> int:
+        """Drops every expired clean entry (run by the pruner); returns how many."""
+        if not self._expiring:
+            return 0
+        now = self._now()
+        with self._lock:
+            expired = [e for e in self._ring if e is not None and self._expired(e, now)]
+            for entry in expired:
+                self._drop_expired(entry)
+        return len(expired)
+
+    def _ttls(self, batch: list[Pending]) -> list[float | None]:
+        """Per batch item, the seconds left before its write deadline (at least 1 ms), or None."""
+        now = self._now() if self._expiring else 0
+        with self._lock:
+            return [
+                max(entry.wdl - now, 1_000_000) / 1e9 if entry.wdl else None
+                for _, _, entry, _ in batch
+            ]
 
     # ----------------------------------------------------------- internals (lock held)
     def _admit(self, entry: Entry | None) -> None:
@@ -267,8 +347,12 @@ class Core:
             self._signals = signals | raised
         return raised
 
-    def _set_locked(self, key: Any, value: Any) -> tuple[Any, int]:
-        """Sets key; returns (replaced value or MISSING, signals raised)."""
+    def _set_locked(self, key: Any, value: Any, now: int = 0, ttl: int = -1) -> tuple[Any, int]:
+        """Sets key; returns (replaced value or MISSING, signals raised).
+
+        With expiry on, the entry's deadlines count from `now` (its TTL: `ttl` ns, or -1
+        for the cache's expire_after_write).
+        """
         if self._closed:
             raise RuntimeError("the cache is closed: it accepts no more writes")
         if value is MISSING:
@@ -280,8 +364,12 @@ class Core:
             self._admit(entry)
         self._sets += 1
         if entry is None:
-            self._new_entry(key, value, DIRTY)
+            entry = self._new_entry(key, value, DIRTY)
+            if self._expiring:
+                self._stamp(entry, now, ttl)
             return MISSING, self._signal()
+        if self._expiring:
+            self._stamp(entry, now, ttl)
         old = entry.value
         flags = entry.flags
         revived = flags & DELETED
@@ -325,6 +413,13 @@ class Core:
     # live value from a deleted one, and the reference bit is an attribute of its own,
     # so setting it cannot undo a writer's change to the flags.
     def __getitem__(self, key: Any) -> Any:
+        if self._expiring:
+            value = self._read_expiring(key, True)
+            if value is ABSENT and self._read_through:
+                value = self._load_missing(key)
+            if value is MISSING or value is ABSENT:
+                raise KeyError(key)
+            return value
         entry = self._map.get(key)
         if entry is not None:
             value = entry.value
@@ -342,6 +437,11 @@ class Core:
         raise KeyError(key)
 
     def get(self, key: Any, default: Any = None) -> Any:
+        if self._expiring:
+            value = self._read_expiring(key, True)
+            if value is ABSENT and self._read_through:
+                value = self._load_missing(key)
+            return default if value is MISSING or value is ABSENT else value
         entry = self._map.get(key)
         if entry is not None:
             value = entry.value
@@ -358,13 +458,38 @@ class Core:
                 return value
         return default
 
+    def _peek(self, key: Any) -> Any:
+        """A read of memory only (counted as a hit or a miss): the value, MISSING (a tombstone),
+        or ABSENT (memory does not know the key); never reads through."""
+        if self._expiring:
+            return self._read_expiring(key, True)
+        entry = self._map.get(key)
+        if entry is None:
+            self._misses += 1
+            return ABSENT
+        value = entry.value
+        if value is MISSING:
+            self._misses += 1
+            return MISSING
+        entry.ref = True
+        self._hits += 1
+        return value
+
     def __contains__(self, key: Any) -> bool:
+        if self._expiring:
+            value = self._read_expiring(key, False)
+            if value is ABSENT:
+                return self._read_through and self._load_missing(key) is not MISSING
+            return value is not MISSING
         entry = self._map.get(key)
         if entry is not None:
             return entry.value is not MISSING
         return self._read_through and self._load_missing(key) is not MISSING
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        if self._expiring:  # the one test expiry costs a cache without it
+            self._set_expiring(key, value, -1)
+            return
         # acquire()/release() rather than `with`, and the common case of _set_locked inline:
         # each halves what its part costs on this path (callgrind), and a set is the hot write.
         lock = self._lock
@@ -411,10 +536,26 @@ class Core:
         if raised:
             self._wake(raised)
 
-    def _put(self, key: Any, value: Any) -> None:
-        """Sets key; raises Full (changing nothing) where __setitem__ would apply backpressure."""
+    def _set_expiring(self, key: Any, value: Any, ttl: int) -> None:
+        """`__setitem__` in an expiring cache (ttl: ns, or -1 for the cache's)."""
+        while True:
+            try:
+                self._put(key, value, ttl)
+                return
+            except Full:
+                if self._backpressure(key, value):
+                    return  # it wrote the entry itself
+
+    def _put(self, key: Any, value: Any, ttl: int = -1) -> None:
+        """Sets key; raises Full (changing nothing) where __setitem__ would apply backpressure.
+
+        `ttl`: the entry's TTL in ns (turning expiry on), or -1 for the cache's.
+        """
+        if ttl > 0 and not self._expiring:
+            self._enable_expiry()
+        now = self._now() if self._expiring else 0
         with self._lock:
-            old, raised = self._set_locked(key, value)
+            old, raised = self._set_locked(key, value, now, ttl)
         del old
         if raised:
             self._wake(raised)
@@ -449,12 +590,17 @@ class Core:
 
     # ----------------------------------------------------------- compound operations
     def _remove(self, key: Any) -> Any:
-        """Deletes a live entry and returns its value; MISSING if already deleted; ABSENT if unknown."""
+        """Deletes a live entry and returns its value; MISSING if already deleted; ABSENT if unknown
+        (or expired: dropped)."""
+        now = self._now() if self._expiring else 0
         lock = self._lock  # acquire()/release(): see __setitem__
         lock.acquire()
         try:
             self._check_writable()
             entry = self._map.get(key)
+            if entry is not None and self._expiring and self._expired(entry, now):
+                self._drop_expired(entry)
+                entry = None
             if entry is None:
                 return ABSENT
             if entry.flags & DELETED:
@@ -470,9 +616,13 @@ class Core:
 
     def _discard(self, key: Any) -> Any:
         """Records a delete whether or not memory knows the key; returns the old value or MISSING."""
+        now = self._now() if self._expiring else 0
         with self._lock:
             self._check_writable()
             entry = self._map.get(key)
+            if entry is not None and self._expiring and self._expired(entry, now):
+                self._drop_expired(entry)  # its value is not what this delete removes
+                entry = None
             if entry is None or not entry.flags & DELETED:
                 self._admit(entry)
             if entry is None:
@@ -494,12 +644,18 @@ class Core:
         Returns the value a reader should see: the loaded one, or a newer one in memory,
         or MISSING if the key has been deleted since.
         """
+        now = self._now() if self._expiring else 0
         with self._lock:
             entry = self._map.get(key)
+            if entry is not None and self._expiring and self._expired(entry, now):
+                self._drop_expired(entry)  # which moves the epoch on: the load is not cached
+                entry = None
             if entry is not None:
                 return MISSING if entry.flags & DELETED else entry.value
             if epoch == self._epoch and not self._closed:
-                self._new_entry(key, value, 0)
+                entry = self._new_entry(key, value, 0)
+                if self._expiring:
+                    self._stamp(entry, now, -1)
                 raised = self._signal()
             else:
                 raised = 0
@@ -509,12 +665,16 @@ class Core:
 
     def _insert_if_absent(self, key: Any, value: Any) -> tuple[bool, Any]:
         """Sets key to value unless a live value is in memory; returns (inserted, current value)."""
+        now = self._now() if self._expiring else 0
         with self._lock:
             entry = self._map.get(key)
+            if entry is not None and self._expiring and self._expired(entry, now):
+                self._drop_expired(entry)
+                entry = None
             if entry is not None and not entry.flags & DELETED:
                 entry.ref = True
                 return False, entry.value
-            old, raised = self._set_locked(key, value)
+            old, raised = self._set_locked(key, value, now)
         del old
         if raised:
             self._wake(raised)
@@ -522,8 +682,12 @@ class Core:
 
     def _read_versioned(self, key: Any) -> tuple[Any, int]:
         """(value or MISSING or ABSENT, version) for optimistic read-modify-write."""
+        now = self._now() if self._expiring else 0
         with self._lock:
             entry = self._map.get(key)
+            if entry is not None and self._expiring and self._expired(entry, now):
+                self._drop_expired(entry)
+                entry = None
             if entry is None:
                 return ABSENT, self._epoch
             if entry.flags & DELETED:
@@ -532,6 +696,7 @@ class Core:
 
     def _compare_and_set(self, key: Any, value: Any, expected: Any, version: int) -> bool:
         """Sets key to value if memory still holds what _read_versioned saw."""
+        now = self._now() if self._expiring else 0
         with self._lock:
             entry = self._map.get(key)
             if expected is ABSENT:
@@ -539,7 +704,7 @@ class Core:
                     return False
             elif entry is None or entry.seq != version:
                 return False
-            old, raised = self._set_locked(key, value)
+            old, raised = self._set_locked(key, value, now)
         del old
         if raised:
             self._wake(raised)
@@ -551,11 +716,15 @@ class Core:
             entry = self._map.get(key)
             return entry is not None and bool(entry.flags & (DIRTY | INFLIGHT))
 
-    def _set_clean(self, key: Any, value: Any) -> None:
+    def _set_clean(self, key: Any, value: Any, ttl: int = -1) -> None:
         """Records a value (MISSING: a delete) the caller has just written to the store itself.
 
         Does nothing if a newer change of key is pending: that one reaches the store later.
+        `ttl`: the entry's TTL in ns (turning expiry on), or -1 for the cache's.
         """
+        if ttl > 0 and not self._expiring:
+            self._enable_expiry()
+        now = self._now() if self._expiring else 0
         with self._lock:
             entry = self._map.get(key)
             if entry is not None and entry.flags & (DIRTY | INFLIGHT):
@@ -567,7 +736,7 @@ class Core:
                 return
             self._sets += 1
             if entry is None:
-                self._new_entry(key, value, 0)
+                entry = self._new_entry(key, value, 0)
                 raised = self._signal()
             else:
                 # Held until the lock is released: a replaced value's __del__ runs outside it.
@@ -575,15 +744,18 @@ class Core:
                 entry.value = value
                 entry.ref = True
                 raised = 0
+            if self._expiring:
+                self._stamp(entry, now, ttl)
         if raised:
             self._wake(raised)
 
     def _popitem(self) -> tuple[Any, Any]:
-        """Deletes and returns the most recently inserted live item."""
+        """Deletes and returns the most recently inserted live item (expired ones are skipped)."""
+        now = self._now() if self._expiring else 0
         with self._lock:
             self._check_writable()
             for entry in reversed(self._map.values()):
-                if not entry.flags & DELETED:
+                if not entry.flags & DELETED and not (self._expiring and self._expired(entry, now)):
                     self._admit(entry)
                     key = entry.key
                     value = self._tombstone(entry)
@@ -596,10 +768,17 @@ class Core:
         return key, value
 
     def _delete_all(self) -> int:
-        """Deletes every live entry in memory; returns how many."""
+        """Deletes every live entry in memory; returns how many.
+
+        Raises Full, changing nothing, if that would make more than max_pending entries pending.
+        """
         with self._lock:
             self._check_writable()
             live = [e for e in self._map.values() if not e.flags & DELETED]
+            if self._max_pending:
+                new = sum(1 for e in live if not e.flags & (DIRTY | INFLIGHT))
+                if new and self._npending + new > self._max_pending:
+                    raise Full
             olds = [self._tombstone(e) for e in live]
             raised = self._signal()
         del olds
@@ -608,17 +787,28 @@ class Core:
         return len(live)
 
     # ----------------------------------------------------------- snapshots
+    def _live(self, now: int) -> list[Entry]:
+        """The live entries, in insertion order (expired ones left out); lock held."""
+        if not self._expiring:
+            return [e for e in self._map.values() if not e.flags & DELETED]
+        return [
+            e for e in self._map.values() if not e.flags & DELETED and not self._expired(e, now)
+        ]
+
     def _keys(self) -> list[Any]:
+        now = self._now() if self._expiring else 0
         with self._lock:
-            return [e.key for e in self._map.values() if not e.flags & DELETED]
+            return [e.key for e in self._live(now)]
 
     def _values(self) -> list[Any]:
+        now = self._now() if self._expiring else 0
         with self._lock:
-            return [e.value for e in self._map.values() if not e.flags & DELETED]
+            return [e.value for e in self._live(now)]
 
     def _items(self) -> list[tuple[Any, Any]]:
+        now = self._now() if self._expiring else 0
         with self._lock:
-            return [(e.key, e.value) for e in self._map.values() if not e.flags & DELETED]
+            return [(e.key, e.value) for e in self._live(now)]
 
     def _pending_keys(self) -> list[Any]:
         """Keys whose latest change has not been written (queued or in flight)."""
@@ -840,9 +1030,21 @@ class Core:
         """Entries in the dirty queue (pending, not yet in flight)."""
         return len(self._dirty)
 
-    def _counters(self) -> tuple[int, int, int, int, int]:
-        """(hits, misses, sets, deletes, evictions)."""
-        return self._hits, self._misses, self._sets, self._deletes, self._evictions
+    def _counters(self) -> tuple[int, int, int, int, int, int]:
+        """(hits, misses, sets, deletes, evictions, expirations)."""
+        return (
+            self._hits,
+            self._misses,
+            self._sets,
+            self._deletes,
+            self._evictions,
+            self._expirations,
+        )
+
+    @property
+    def _expiry_enabled(self) -> bool:
+        """Whether expiry is on (from the start, or since the first TTL)."""
+        return self._expiring
 
     @property
     def _memory_epoch(self) -> int:

@@ -1,4 +1,5 @@
-"""`lazycache.open()`: a persistent write-behind dict over a SQL key-value table (or Redis), in one call."""
+"""Opening a cache in one call: `lazycache.open()` (a SQL key-value table, or Redis by URL) and
+`lazycache.open_redis()` (Redis with all its options), with the coherence channel they make."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class OpenOptions(CacheOptions, total=False):
     """The keywords `lazycache.open()` passes on: the cache's options, and those of a Redis store.
 
     `ttl`, `key_encoder`, `cluster`, `channel` and `client_options` are for a Redis URL
-    only (see `lazycache.stores.redis.open_redis`); `coherence` takes a bool there.
+    only (see `open_redis`); `coherence` takes a bool there.
     """
 
     coherence: Coherence | bool | None
@@ -121,7 +122,7 @@ def open(
 
     A `redis://`, `rediss://` or `unix://` URL gives a cache over Redis (or a Redis
     Cluster) instead, keys under the prefix `table + ":"`, with the coherence channel
-    on (see `lazycache.stores.redis.open_redis`).
+    on (see `open_redis`).
 
     `url` is any SQLAlchemy URL (default: `lazycache.db`, a SQLite file in the current
     directory, in WAL mode), an existing `Engine`, or a file path (a `str` without `://`, or
@@ -159,8 +160,6 @@ def open(
     if redis:
         if key_type is not str or engine_options:
             raise ValueError("key_type= and engine_options= are for SQL databases, not Redis")
-        from .stores.redis import open_redis
-
         return open_redis(
             url,
             prefix=f"{table}:",
@@ -180,5 +179,74 @@ def open(
     try:
         return cls(store, owns_store=True, **cache_options)  # closing the cache closes the store
     except BaseException:
+        store.close()
+        raise
+
+
+# The defaults of url and prefix are RedisStore's (stores.redis.DEFAULT_URL, DEFAULT_PREFIX),
+# spelt out because redis-py, which that module needs, is optional; a test holds them equal.
+def open_redis(
+    url: Any = "redis://127.0.0.1:6379/0",
+    *,
+    prefix: str | bytes = "lazycache:",
+    serializer: SerializerSpec = "json",
+    ttl: TTLSpec = None,
+    key_encoder: KeyEncoder | None = None,
+    cluster: bool | None = None,
+    coherence: Coherence | bool | None = True,
+    channel: str | None = None,
+    client_options: Mapping[str, Any] | None = None,
+    implementation: str | None = None,
+    **cache_options: Any,
+) -> LazyWriterCache[Any, Any]:
+    """A ready `LazyWriterCache` over a `RedisStore` at `url` (a URL or a redis-py client).
+
+    `coherence=True` (default) subscribes the cache to the invalidation channel of its
+    prefix (`channel`, default `prefix + "invalidate"`, with `@db` appended for a
+    database other than 0: `lazycache.coherence.redis.default_channel`), so that caches in
+    other processes over the same Redis and prefix drop what this one writes, and the other
+    way round; pass False for a cache that is the only writer, or a `Coherence` of your
+    own. `prefix`, `serializer`, `ttl`, `key_encoder`, `cluster` and `client_options` are
+    `RedisStore`'s; `implementation` picks the core ("cython" or "python"). Every other
+    keyword is a `LazyWriterCache` option. Needs redis-py: `pip install 'lazywritercache[redis]'`.
+
+    >>> with lazycache.open_redis("redis://127.0.0.1:6379/0", prefix="users:") as users:
+    ...     users["alice"] = {"age": 30}
+
+    The cache owns the store and the channel: closing the cache (or its being garbage-
+    collected, or the interpreter's exit) flushes it, then closes the channel and the
+    store (and so the client the store made from a URL; a client passed in is left to its
+    owner). After `close()`, reads are answered from memory only (a miss raises RuntimeError).
+    """
+    # Without redis-py these raise an ImportError that says what to install.
+    from .coherence.redis import RedisCoherence, default_channel
+    from .stores.redis import RedisStore
+
+    if not (coherence is None or isinstance(coherence, (bool, Coherence))):
+        raise TypeError(
+            f"coherence must be True, False or a Coherence, not {type(coherence).__name__}"
+        )
+    cls = LazyWriterCache if implementation is None else implementation_class(implementation)
+    store = RedisStore(
+        url,
+        prefix,
+        serializer,
+        ttl,
+        key_encoder=key_encoder,
+        cluster=cluster,
+        client_options=client_options,
+    )
+    channel_made = None
+    try:
+        if coherence is True:
+            channel_made = RedisCoherence(store, channel or default_channel(store))
+            coherence = channel_made
+        elif coherence is False:
+            coherence = None
+        # Closing the cache closes the store, and the channel it was given.
+        return cls(store, coherence=coherence, owns_store=True, **cache_options)
+    except BaseException:
+        if channel_made is not None:
+            channel_made.close()
         store.close()
         raise

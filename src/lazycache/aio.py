@@ -35,9 +35,9 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
+from ._compat import IMPLEMENTATION
 from ._sentinels import MISSING
 from .cache import (
-    IMPLEMENTATION,
     LazyWriterCache,
     _CacheLayer,
     _classes,
@@ -157,11 +157,11 @@ class _AsyncLayer(_CacheLayer):
             raise _WouldBlock(_LOAD)
         super()._delete_missing(key)
 
-    def _backpressure(self, key: Any, value: Any) -> bool:
+    def _backpressure(self, key: Any, value: Any, wait: Any = None) -> bool:
         # "raise" refuses at once, and a key already pending adds nothing: neither waits.
         if _on_loop.get() and self.on_full != "raise" and not self._is_pending(key):  # type: ignore[attr-defined]
             raise _WouldBlock(_FULL)
-        return super()._backpressure(key, value)
+        return super()._backpressure(key, value, wait)
 
     # ----------------------------------------------------------- reads
     async def aget(self, key: Any, default: Any = None) -> Any:
@@ -177,17 +177,7 @@ class _AsyncLayer(_CacheLayer):
     async def aget_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
         """{key: value} for the keys of `keys` that have a value; the misses load in one store call."""
         keys = list(keys)
-        found: dict[Any, Any] = {}
-        misses: list[Any] = []
-        with _memory_only():
-            for key in keys:
-                try:
-                    value = self.get(key, MISSING)  # type: ignore[attr-defined]
-                except _WouldBlock:
-                    misses.append(key)
-                    continue
-                if value is not MISSING:
-                    found[key] = value
+        found, misses = self._memory_pass(keys)
         if not misses:
             return found
         loop = asyncio.get_running_loop()
@@ -227,23 +217,6 @@ class _AsyncLayer(_CacheLayer):
             load.add_done_callback(lambda done: loads.pop((loop, key), None))
             load.add_done_callback(_consume)
         return asyncio.shield(load)
-
-    def _load_batch(self, keys: list[Any]) -> dict[Any, Any]:
-        """Loads keys in one store call and caches what it found (in a worker thread)."""
-        if not self._reads_through():  # raises once the cache is closed
-            return {}
-        epoch = self._memory_epoch  # type: ignore[attr-defined]
-        stored = self.store.load_many(keys)
-        self._loads += len(stored)
-        found = {}
-        for key in keys:
-            if key in stored:
-                value = stored[key]
-                if self._coherent:  # with the channel down, loads are not cached (as `get`)
-                    value = self._insert_loaded(key, value, epoch)  # type: ignore[attr-defined]
-                if value is not MISSING:
-                    found[key] = value
-        return found
 
     # ----------------------------------------------------------- writes
     async def aset(self, key: Any, value: Any) -> None:
@@ -418,10 +391,9 @@ def sync_url(url: Any) -> Any:
     return url
 
 
-def _is_redis(url: Any) -> bool:
-    if isinstance(url, str):
-        return url.split("://", 1)[0].lower() in ("redis", "rediss", "unix")
-    return type(url).__module__.startswith("redis.")
+def _is_redis_client(target: Any) -> bool:
+    """Whether `target` is a redis-py client (sync or `redis.asyncio`), told apart without importing redis."""
+    return type(target).__module__.startswith("redis.")
 
 
 def _sync_redis_client(client: Any) -> Any:
@@ -461,28 +433,26 @@ async def open(
     ...     users["alice"] = {"age": 30}
     ...     await users.aget("bob")
     """
+    from ._open import is_redis_url, open_redis
     from ._open import open as open_sync
 
     sync_engine = getattr(url, "sync_engine", None)
     if sync_engine is not None:  # an AsyncEngine: its URL, for an engine of our own
         url = sync_engine.url
-    if _is_redis(url):
-        if not isinstance(url, str):
-            import redis
+    if _is_redis_client(url):
+        import redis
 
-            from .stores.redis import open_redis
-
-            made_client = isinstance(url, redis.asyncio.Redis)
-            client = _sync_redis_client(url) if made_client else url
-            prefix = options.pop("prefix", f"{table}:")
-            made = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: open_redis(client, prefix=prefix, **options)
-            )
-            # A client made here from the caller's is the store's: closed with the cache.
-            made.store.owns_client = made.store.owns_client or made_client  # type: ignore[attr-defined]
-            return _upgrade(made)
-    elif not (hasattr(url, "dialect") and hasattr(url, "connect")):  # not an Engine
-        url = sync_url(url)
+        made_client = isinstance(url, redis.asyncio.Redis)
+        client = _sync_redis_client(url) if made_client else url
+        prefix = options.pop("prefix", f"{table}:")
+        made = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: open_redis(client, prefix=prefix, **options)
+        )
+        # A client made here from the caller's is the store's: closed with the cache.
+        made.store.owns_client = made.store.owns_client or made_client  # type: ignore[attr-defined]
+        return _upgrade(made)
+    if not (is_redis_url(url) or (hasattr(url, "dialect") and hasattr(url, "connect"))):
+        url = sync_url(url)  # a SQLAlchemy URL, not an Engine
     target = url
     made = await asyncio.get_running_loop().run_in_executor(
         None, lambda: open_sync(target, table, **options)

@@ -9,11 +9,11 @@ needs Python: the store, the threads, read-through, flushing and closing.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import difflib
 import inspect
 import logging
 import os
-import sys
 import threading
 import time
 import weakref
@@ -35,8 +35,9 @@ from typing import (
     overload,
 )
 
-from . import _core_py
-from ._core_py import Full
+from ._checks import check_int, check_seconds
+from ._compat import CORES, IMPLEMENTATION, Core
+from ._core_common import SIGNAL_PRUNE, SIGNAL_WRITE, Full, ttl_ns
 from ._sentinels import ABSENT, MISSING
 from ._worker import Backoff, Worker
 from .coherence import Coherence
@@ -52,7 +53,6 @@ from .writer import (
     MergeGenerated,
     OnFlush,
     OnWriteError,
-    _check_seconds,
     describe_keys,
     log_extra,
     log_write_error,
@@ -75,25 +75,6 @@ pruner_log = logging.getLogger("lazycache.pruner")
 
 OnEvict = Callable[[Any, Any], None]
 """on_evict(key, value): called for each entry the pruner (or `prune()`) evicted."""
-
-NO_EXTENSIONS = (
-    bool(os.environ.get("LAZYCACHE_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
-)
-
-_cores: dict[str, type] = {"python": _core_py.Core}
-_core_import_error: ImportError | None = None
-if not NO_EXTENSIONS:
-    try:
-        from . import _core as _core_c
-    except ImportError as exc:  # the twin behaves the same, only slower: say so, once
-        _core_import_error = exc
-        from .info import warn_pure_fallback
-
-        warn_pure_fallback(exc)
-    else:
-        _cores["cython"] = _core_c.Core
-
-IMPLEMENTATION = "cython" if "cython" in _cores else "python"
 
 _UNSET: Any = object()
 _NO_WRITE_THROUGH: Any = object()  # a write that backpressure may delay or refuse, but not perform
@@ -231,13 +212,13 @@ class _CacheLayer:
         name: str = "default",
         on_flush: OnFlush | None = None,
         on_evict: OnEvict | None = None,
+        expire_after_write: float | None = None,
+        expire_after_access: float | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not isinstance(store, Store):
             raise TypeError(f"store must be a lazycache.Store, not {type(store).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise TypeError(f"batch_size must be an int, not {type(batch_size).__name__}")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_int("batch_size", batch_size)
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         if not name:
@@ -249,12 +230,12 @@ class _CacheLayer:
             raise ValueError(
                 f"on_full must be one of {', '.join(map(repr, ON_FULL_POLICIES))}, got {on_full!r}"
             )
-        write_interval = _check_seconds("write_interval", write_interval)
-        prune_interval = _check_seconds("prune_interval", prune_interval)
-        self.block_timeout = _check_seconds("block_timeout", block_timeout)
+        write_interval = check_seconds("write_interval", write_interval)
+        prune_interval = check_seconds("prune_interval", prune_interval)
+        self.block_timeout = check_seconds("block_timeout", block_timeout)
         # A cache left open is closed at exit (or by the garbage collector) within this deadline:
         # a store that hangs must not hang the interpreter's exit, nor lose keys unnamed.
-        self.exit_timeout = _check_seconds("exit_timeout", exit_timeout)
+        self.exit_timeout = check_seconds("exit_timeout", exit_timeout)
         self._batch_writer = BatchWriter(
             store,
             batch_size=batch_size,
@@ -283,7 +264,15 @@ class _CacheLayer:
             # Unbounded while a journal replays (those writes were acknowledged long ago);
             # the bound is set once replay is done.
             max_pending=None if journal is not None else max_pending,
+            expire_after_write=expire_after_write,
+            expire_after_access=expire_after_access,
+            clock=clock,
         )
+        self.expire_after_write = expire_after_write
+        self.expire_after_access = expire_after_access
+        # Whether the store keeps per-entry TTLs (Redis PX, a SQL expiry column): then each
+        # batch carries the seconds left to its entries that have a write deadline.
+        self._store_takes_ttls = bool(getattr(store, "accepts_ttls", False))
         self._set_clock(_now_ms())  # type: ignore[attr-defined]
         # Opened once the other options are known good, and before _is_closed exists (a failed
         # open leaves nothing for __del__ to close): it takes the journal's lock (released by
@@ -451,27 +440,53 @@ class _CacheLayer:
 
     def _load_missing(self, key: Any) -> Any:
         # Concurrent misses of one key share one store load (no stampede on a hot key).
+        return self._load_once(key, lambda: self._load_and_cache(key, self._fetch))
+
+    def _load_once(self, token: Any, load: Callable[[], Any]) -> Any:
+        """Runs `load()` once for every caller that comes with `token` while it runs.
+
+        The others wait and get its value, or its exception. `token` is the key for a
+        read-through and `(_LOADER, key)` for `get_or_load`: a reader never waits on a
+        loader it did not pass (nor gets its exception).
+        """
         with self._loading_lock:
-            load = self._loading.get(key)
-            leader = load is None
+            pending = self._loading.get(token)
+            leader = pending is None
             if leader:
-                load = self._loading[key] = _Load()
+                pending = self._loading[token] = _Load()
         if not leader:
-            return load.wait()  # type: ignore[union-attr]
+            return pending.wait()  # type: ignore[union-attr]
         try:
-            epoch = self._memory_epoch  # type: ignore[attr-defined]
-            value = self._fetch(key)
-            if value is not MISSING and self._coherent:
-                value = self._insert_loaded(key, value, epoch)  # type: ignore[attr-defined]
+            value = load()
         except BaseException as exc:
-            load.fail(exc)  # type: ignore[union-attr]
+            pending.fail(exc)  # type: ignore[union-attr]
             raise
         else:
-            load.done(value)  # type: ignore[union-attr]
+            pending.done(value)  # type: ignore[union-attr]
             return value
         finally:
             with self._loading_lock:
-                del self._loading[key]
+                del self._loading[token]
+
+    def _load_and_cache(
+        self, key: Any, fetch: Callable[[Any], Any], over_delete: bool = False
+    ) -> Any:
+        """`fetch(key)`, cached clean (see the core's _insert_loaded); returns what a reader sees.
+
+        MISSING passes through; a value is not cached while the coherence channel is down.
+        A delete of key made meanwhile wins (MISSING), unless `over_delete`: then the
+        fetched value is returned, uncached.
+        """
+        epoch = self._memory_epoch  # type: ignore[attr-defined]  # before: see _insert_loaded
+        # A load of key that ended between our caller's miss and our start has cached its value.
+        current, _ = self._read_versioned(key)  # type: ignore[attr-defined]
+        if current is not ABSENT and not (current is MISSING and over_delete):
+            return current
+        value = fetch(key)
+        if value is MISSING or not self._coherent:
+            return value
+        current = self._insert_loaded(key, value, epoch)  # type: ignore[attr-defined]
+        return value if current is MISSING and over_delete else current
 
     def _delete_missing(self, key: Any) -> None:
         if self._fetch(key) is MISSING:
@@ -479,48 +494,76 @@ class _CacheLayer:
         self._discard(key)  # type: ignore[attr-defined]
 
     def _wake(self, signal: int) -> None:
-        if signal & _core_py.SIGNAL_PRUNE:
+        if signal & SIGNAL_PRUNE:
             self._pruner.wake()
-        if signal & _core_py.SIGNAL_WRITE:
+        if signal & SIGNAL_WRITE:
             self._writer.wake()
 
-    def _backpressure(self, key: Any, value: Any) -> bool:
+    def _backpressure(self, key: Any, value: Any, wait: _Wait | None = None) -> bool:
         """Applies on_full to a write the core refused (Full): it would add a pending entry
-        beyond max_pending. Returns True if it wrote the entry through itself; False if the
-        caller should try again (the core checks again, atomically with the change)."""
+        beyond max_pending. "write-through" writes the entry itself (unless `value` is
+        _NO_WRITE_THROUGH); "raise" raises BackpressureError; "block" waits for room.
+
+        `block_timeout` bounds the whole write, however often other writers take the room
+        first. Called by the core's own `__setitem__`/`__delitem__` (`wait` None), it writes
+        the entry itself once there is room, trying again until the deadline, and returns
+        True. A caller that retries its write itself passes its `_Wait` (one per write): this
+        returns False once there is room, and every wait of that write shares its deadline.
+        """
         if self.on_full == "write-through" and value is not _NO_WRITE_THROUGH:
             self._write_through(key, value)
             return True
         if self.on_full == "raise":
             raise BackpressureError(
                 f"{self.pending} writes are waiting for the store (max_pending={self.max_pending}); "  # type: ignore[attr-defined]
-                f"refused the write of {key!r}"
+                f"refused the write of {safe_repr(key)}"
             )
-        deadline = time.monotonic() + self.block_timeout
+        if wait is not None:
+            self._block_until_room(key, wait)
+            return False
+        wait = _Wait()
+        while True:
+            self._block_until_room(key, wait)
+            try:
+                if value is MISSING:
+                    self._delete(key)  # type: ignore[attr-defined]
+                else:
+                    self._put(key, value)  # type: ignore[attr-defined]
+                return True
+            except Full:
+                continue  # another writer took the room first
+
+    def _block_until_room(self, key: Any, wait: _Wait) -> None:
+        """Waits until fewer than max_pending entries are pending; BackpressureError at the deadline."""
+        if wait.deadline is None:
+            wait.deadline = time.monotonic() + self.block_timeout
         while self.pending >= self.max_pending:  # type: ignore[attr-defined]
             if self._is_closed:
                 raise RuntimeError("the cache is closed: it accepts no more writes")
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= wait.deadline:
                 raise BackpressureError(
                     f"waited {self.block_timeout}s for the writer to catch up ({self.pending} pending, "  # type: ignore[attr-defined]
-                    f"max_pending={self.max_pending}); refused the write of {key!r}"
+                    f"max_pending={self.max_pending}); refused the write of {safe_repr(key)}"
                 )
             self._writer.wake()
             time.sleep(0.002)
-        return False
 
     def _admitted(self, key: Any, write: Callable[..., Any], *args: Any) -> Any:
         """Runs a compound write, applying backpressure (never write-through) each time the
         core refuses it with Full; a refused attempt changed nothing (its journal record is
-        undone) and holds no lock."""
+        undone) and holds no lock. One deadline for all of its waits."""
+        wait = _Wait()
         while True:
             try:
                 return write(*args)
             except Full:
-                self._backpressure(key, _NO_WRITE_THROUGH)
+                self._backpressure(key, _NO_WRITE_THROUGH, wait)
 
-    def _write_through(self, key: Any, value: Any) -> None:
-        """Writes one entry to the store now, in order with the batches, then caches it clean."""
+    def _write_through(self, key: Any, value: Any, ttl: int = -1) -> None:
+        """Writes one entry to the store now, in order with the batches, then caches it clean.
+
+        `ttl`: the entry's own TTL in ns, or -1 for the cache's expire_after_write.
+        """
         writer = self._batch_writer
         with writer.lock:
             if value is MISSING:
@@ -531,16 +574,65 @@ class _CacheLayer:
                     raise KeyError(key)
                 self.store.write([], [key])
             else:
-                generated = self.store.write([(key, value)], [])
+                seconds = ttl / 1e9 if ttl > 0 else self.expire_after_write
+                if seconds and self._store_takes_ttls:
+                    generated = self.store.write([(key, value)], [], ttls={key: seconds})  # type: ignore[call-arg]
+                else:
+                    generated = self.store.write([(key, value)], [])
                 fields = generated.get(key) if generated else None
                 if fields:
                     value = writer.merge_generated(value, fields, True)
             writer.writes += 1
             writer.flushes += 1
             writer.write_errors.pop(key, None)
-            self._set_clean(key, value)  # type: ignore[attr-defined]
+            self._set_clean(key, value, ttl)  # type: ignore[attr-defined]
+
+    def _store_ttls(self, items: list[Any]) -> dict[Any, float] | None:
+        """For the writer: per upsert of a batch that has a write deadline, the seconds left to it
+        (at least 1 ms: an entry written after its deadline still reaches the store, and so
+        replaces the older value there). None when the store keeps no TTLs or none applies."""
+        if not self._store_takes_ttls or not self._expiry_enabled:  # type: ignore[attr-defined]
+            return None
+        ttls = {
+            key: left
+            for (key, value, _, _), left in zip(items, self._ttls(items))  # type: ignore[attr-defined]
+            if left is not None and value is not MISSING
+        }
+        return ttls or None
 
     # ----------------------------------------------------------- the rest of the mapping API
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        """`cache[key] = value`, with a time to live of its own: `ttl` seconds from now.
+
+        The entry expires `ttl` seconds after this write (in place of `expire_after_write`),
+        or after `expire_after_access` without a read, whichever comes first; a store
+        that keeps TTLs (Redis, a SQL table with an expiry column) gets the time left when
+        the write reaches it. Without `ttl`, the same as `cache[key] = value`.
+        A write pending in memory does not expire before it is written.
+        """
+        if ttl is None:
+            self[key] = value  # type: ignore[index]
+            return
+        self._put_with_ttl(key, value, ttl_ns("ttl", ttl))
+
+    def _put_with_ttl(self, key: Any, value: Any, ttl: int) -> None:
+        wait = _Wait()
+        while True:
+            try:
+                self._put(key, value, ttl)  # type: ignore[attr-defined]
+                return
+            except Full:
+                if self._make_room(key, value, ttl, wait):
+                    return
+
+    def _make_room(self, key: Any, value: Any, ttl: int, wait: _Wait) -> bool:
+        """`_backpressure` for a write with a TTL of its own, which the caller retries itself:
+        write-through keeps the TTL."""
+        if ttl > 0 and self.on_full == "write-through":
+            self._write_through(key, value, ttl)
+            return True
+        return self._backpressure(key, value, wait)
+
     def pop(self, key: Any, default: Any = _UNSET) -> Any:
         """Deletes key (the delete reaches the store in a later flush) and returns its value.
 
@@ -611,6 +703,69 @@ class _CacheLayer:
                 journal.undo(mark)
         return value
 
+    # ----------------------------------------------------------- lookups
+    def get_or_load(self, key: Any, loader: Callable[[Any], Any]) -> Any:
+        """The value memory holds for key, else `loader(key)`'s, which is then cached clean.
+
+        The loader stands in for the store: the store is not read, and the value is cached
+        as a read-through's would be, clean (never written to the store: assign it to
+        persist it). Concurrent callers for one key share one call of the loader, across
+        threads; its exception reaches each of them and nothing is cached. A key deleted
+        in memory (its delete not written yet) gets the loader's value, not cached.
+        """
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, not {type(loader).__name__}")
+        value = self._peek(key)  # type: ignore[attr-defined]
+        if value is not ABSENT and value is not MISSING:
+            return value
+        return self._load_once(
+            (_LOADER, key), lambda: self._load_and_cache(key, _checked(loader), over_delete=True)
+        )
+
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        """{key: value} for the keys of `keys` that have a value, in their order.
+
+        Memory answers what it holds; the other keys are read through in one
+        `Store.load_many` call (when `read_through` is on), and what it finds is cached clean.
+        """
+        keys = list(keys)
+        found, misses = self._memory_pass(keys)
+        if misses:
+            found.update(self._load_batch(list(dict.fromkeys(misses))))
+        return {key: found[key] for key in keys if key in found}
+
+    def _memory_pass(self, keys: list[Any]) -> tuple[dict[Any, Any], list[Any]]:
+        """({key: value} memory holds, the keys to read through) for get_many and aget_many."""
+        peek = self._peek  # type: ignore[attr-defined]
+        reads_through = self.read_through  # type: ignore[attr-defined]
+        found: dict[Any, Any] = {}
+        misses: list[Any] = []
+        for key in keys:
+            value = peek(key)
+            if value is ABSENT:
+                if reads_through:
+                    misses.append(key)
+            elif value is not MISSING:
+                found[key] = value
+        return found, misses
+
+    def _load_batch(self, keys: list[Any]) -> dict[Any, Any]:
+        """Loads keys in one store call and caches what it found; returns what readers see."""
+        if not self._reads_through():  # raises once the cache is closed
+            return {}
+        epoch = self._memory_epoch  # type: ignore[attr-defined]
+        stored = self.store.load_many(keys)
+        self._loads += len(stored)
+        found = {}
+        for key in keys:
+            if key in stored:
+                value = stored[key]
+                if self._coherent:  # with the channel down, loads are not cached (as `get`)
+                    value = self._insert_loaded(key, value, epoch)  # type: ignore[attr-defined]
+                if value is not MISSING:
+                    found[key] = value
+        return found
+
     def discard(self, key: Any) -> None:
         """Deletes key from the cache and, in a later flush, from the store, whether or not memory holds it."""
         record = self._journaling().encode(key, MISSING)
@@ -630,10 +785,13 @@ class _CacheLayer:
 
         Keys that only the store holds are not touched. To drop memory without deleting
         anything, use `invalidate()`.
+
+        With `max_pending`, the deletes count like any write. If they do not all fit at
+        once, on_full="raise" raises BackpressureError and deletes nothing; "block" and
+        "write-through" delete the entries one by one, each waiting for room like a
+        compound write (`block_timeout` bounds the whole call; if it passes, the entries
+        not deleted yet are still there).
         """
-        # A bulk delete: it waits for room (or is refused) once, then tombstones every entry.
-        if self.max_pending and self.pending >= self.max_pending:  # type: ignore[attr-defined]
-            self._backpressure(None, _NO_WRITE_THROUGH)
         with self._journaling() as journal:
             records = (
                 [journal.encode(key, MISSING) for key in self._keys()]  # type: ignore[attr-defined]
@@ -643,9 +801,48 @@ class _CacheLayer:
             mark = journal.append(*records) if records else None
             try:
                 self._delete_all()  # type: ignore[attr-defined]
+                return
+            except Full:  # nothing changed
+                journal.undo(mark)
             except BaseException:
                 journal.undo(mark)
                 raise
+        if self.on_full == "raise":
+            raise BackpressureError(
+                f"{self.pending} writes are waiting for the store (max_pending={self.max_pending}); "  # type: ignore[attr-defined]
+                f"clear() would add a delete for each of the {len(self)} entries in memory: "  # type: ignore[arg-type]
+                "refused, nothing was deleted"
+            )
+        wait = _Wait()
+        error: Exception | None = None
+        for key in self._keys():  # type: ignore[attr-defined]
+            try:
+                while True:
+                    try:
+                        self._remove_journaled(key)
+                        break
+                    except Full:
+                        self._backpressure(key, _NO_WRITE_THROUGH, wait)
+            except RuntimeError:  # BackpressureError, or the cache closed meanwhile
+                raise
+            except Exception as exc:  # a key whose eq raises: the others are deleted all the same
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error
+
+    def _remove_journaled(self, key: Any) -> None:
+        """Deletes key if memory holds it live (no read-through); raises Full, changing nothing, if
+        that would exceed max_pending."""
+        with self._journaling() as journal:
+            mark = journal.append(journal.encode(key, MISSING))
+            try:
+                old = self._remove(key)  # type: ignore[attr-defined]
+            except BaseException:
+                journal.undo(mark)
+                raise
+            if old is ABSENT or old is MISSING:  # deleted or gone meanwhile
+                journal.undo(mark)
 
     def copy(self) -> dict[Any, Any]:
         """A plain dict snapshot of the live entries in memory (not a second cache: one store, one writer)."""
@@ -709,7 +906,7 @@ class _CacheLayer:
         if timeout is None:
             result = self._batch_writer.flush(self)
         else:
-            result = self._flush_within(_check_seconds("timeout", timeout))
+            result = self._flush_within(check_seconds("timeout", timeout))
         if not result.ok:
             raise FlushError(result)
         return result
@@ -719,18 +916,35 @@ class _CacheLayer:
         started = time.monotonic()
         deadline = started + timeout
         outcome: list[FlushResult] = []
-        worker = threading.Thread(
-            target=lambda: outcome.append(self._batch_writer.flush(self, deadline, persist=True)),
-            name="lazycache-flush",
-            daemon=True,
-        )
-        worker.start()
-        worker.join(timeout)
-        if outcome:
-            return outcome[0]
-        return self._batch_writer.given_up(
-            self, started, TimeoutError(f"the store did not finish writing within {timeout}s")
-        )
+        writer = self._batch_writer
+        # Watched from the call on (the helper thread's flush starts watching a little later).
+        with writer.watching() as rejected:
+            worker = threading.Thread(
+                target=lambda: outcome.append(writer.flush(self, deadline, persist=True)),
+                name="lazycache-flush",
+                daemon=True,
+            )
+            try:
+                worker.start()
+            except RuntimeError:
+                # CPython 3.12.0-3.12.2 refuse new threads in atexit handlers (cpython#113964):
+                # the flush at exit runs here, its deadline kept between attempts, though a
+                # store call that never returns cannot be cut short.
+                log.warning("no thread can start now; flushing in this thread", exc_info=True)
+                outcome.append(writer.flush(self, deadline, persist=True))
+            else:
+                worker.join(timeout)
+            if outcome:
+                result = outcome[0]
+                if len(rejected) > len(result.poisoned_keys):
+                    result = dataclasses.replace(result, poisoned_keys=tuple(rejected))
+                return result
+            return writer.given_up(
+                self,
+                started,
+                TimeoutError(f"the store did not finish writing within {timeout}s"),
+                rejected,
+            )
 
     def _heartbeat(self) -> None:
         """Keeps the core's coarse clock (stamped on entries as they become pending) current."""
@@ -750,11 +964,13 @@ class _CacheLayer:
         self.prune()
 
     def prune(self) -> int:
-        """Evicts clean entries until the cache is back at maxsize; returns how many. Run by the pruner."""
+        """Drops the expired clean entries, then evicts clean entries until the cache is back at
+        maxsize; returns how many entries it removed. Run by the pruner."""
         self._set_clock(_now_ms())  # type: ignore[attr-defined]
+        expired: int = self._expire()  # type: ignore[attr-defined]
         if not self.maxsize:
-            return 0
-        evicted = 0
+            return expired
+        evicted = expired
         while True:
             excess = len(self) - self.maxsize  # type: ignore[arg-type]
             if excess <= 0:
@@ -816,7 +1032,7 @@ class _CacheLayer:
             for s in (self._oldest_since(), writer.inflight_since)  # type: ignore[attr-defined]
             if s is not None and s >= 0
         ]
-        hits, misses, sets, deletes, evictions = self._counters()  # type: ignore[attr-defined]
+        hits, misses, sets, deletes, evictions, expirations = self._counters()  # type: ignore[attr-defined]
         return CacheStats(
             hits=hits,
             misses=misses,
@@ -824,6 +1040,7 @@ class _CacheLayer:
             stores=sets,
             deletes=deletes,
             evictions=evictions,
+            expirations=expirations,
             writes=writer.writes,
             failed_writes=writer.failed_writes,
             flushes=writer.flushes,
@@ -853,9 +1070,7 @@ class _CacheLayer:
         RuntimeError, as does every write and entering `with` again. `len`, iteration,
         `copy`, `stats`, `flush()` and `invalidate()` still work.
         """
-        deadline = (
-            None if timeout is None else time.monotonic() + _check_seconds("timeout", timeout)
-        )
+        deadline = None if timeout is None else time.monotonic() + check_seconds("timeout", timeout)
         with self._close_lock:
             if self._is_closed:
                 return None
@@ -969,6 +1184,33 @@ class CacheOptions(TypedDict, total=False):
     name: str
     on_flush: OnFlush | None
     on_evict: OnEvict | None
+    expire_after_write: float | None
+    expire_after_access: float | None
+    clock: Callable[[], float] | None
+
+
+_LOADER: Any = object()  # tags get_or_load's loads apart from read-through loads of the same key
+
+
+def _checked(loader: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`loader`, refusing MISSING as its result (it cannot be cached, nor told from a miss)."""
+
+    def load(key: Any) -> Any:
+        value = loader(key)
+        if value is MISSING:
+            raise ValueError("the loader returned lazycache.MISSING, which cannot be cached")
+        return value
+
+    return load
+
+
+class _Wait:
+    """The deadline of one write that backpressure holds back, shared by all of its waits."""
+
+    __slots__ = ("deadline",)
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None  # set at the first wait
 
 
 class _Load:
@@ -1004,26 +1246,32 @@ class _JournaledLayer:
     """
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        self._put_with_ttl(key, value, -1)
+
+    def _put_with_ttl(self, key: Any, value: Any, ttl: int) -> None:
+        # The record holds no TTL: a replayed entry gets the cache's expiry options.
         journal = self._journal  # type: ignore[attr-defined]
         record = journal.encode(key, value)  # a key or value it cannot record is refused here
+        wait = _Wait()
         while True:
             with journal.lock:
                 # The record first: if the append fails (disk full), the cache is not changed.
                 mark = journal.append(record)
                 try:
-                    self._put(key, value)  # type: ignore[attr-defined]
+                    self._put(key, value, ttl)  # type: ignore[attr-defined]
                     return
                 except Full:
                     journal.undo(mark)  # backpressure below, without the journal's lock
                 except BaseException:
                     journal.undo(mark)
                     raise
-            if self._backpressure(key, value):  # type: ignore[attr-defined]
+            if self._make_room(key, value, ttl, wait):  # type: ignore[attr-defined]
                 return  # written through to the store
 
     def __delitem__(self, key: Any) -> None:
         journal = self._journal  # type: ignore[attr-defined]
         record = journal.encode(key, MISSING)
+        wait = _Wait()
         while True:
             with journal.lock:
                 mark = journal.append(record)
@@ -1035,7 +1283,7 @@ class _JournaledLayer:
                 except BaseException:  # KeyError included: nothing was deleted
                     journal.undo(mark)
                     raise
-            if self._backpressure(key, MISSING):  # type: ignore[attr-defined]
+            if self._backpressure(key, MISSING, wait):  # type: ignore[attr-defined]
                 return  # written through to the store
 
 
@@ -1080,14 +1328,14 @@ def _cache_class(implementation: str, core: type) -> type:
     return cls
 
 
-_classes: dict[str, type] = {name: _cache_class(name, core) for name, core in _cores.items()}
+_classes: dict[str, type] = {name: _cache_class(name, core) for name, core in CORES.items()}
 
 if TYPE_CHECKING:
     # What type checkers see: the real class is built at import time on the active core.
     # The methods below are implemented by the core or _CacheLayer with Any; here they get
     # the key and value types of the cache.
 
-    class LazyWriterCache(_CacheLayer, _core_py.Core, MutableMapping[K, V]):
+    class LazyWriterCache(_CacheLayer, Core, MutableMapping[K, V]):
         def __getitem__(self, key: K) -> V: ...
         def __setitem__(self, key: K, value: V) -> None: ...
         def __delitem__(self, key: K) -> None: ...
@@ -1114,6 +1362,9 @@ if TYPE_CHECKING:
         def setdefault(self, key: K, default: V) -> V: ...
         def setdefault(self, key: K, default: Any = None) -> Any: ...
         def update_entry(self, key: K, fn: Callable[[V], V], default: V = ...) -> V: ...
+        def set(self, key: K, value: V, ttl: float | None = None) -> None: ...
+        def get_or_load(self, key: K, loader: Callable[[K], V]) -> V: ...
+        def get_many(self, keys: Iterable[K]) -> dict[K, V]: ...
         def copy(self) -> dict[K, V]: ...
         def keys(self) -> KeysView[K]: ...
         def values(self) -> ValuesView[V]: ...

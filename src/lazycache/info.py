@@ -2,12 +2,11 @@
 
 The compiled core is 4-20x faster than its pure-Python twin and a build without a C
 compiler falls back to the twin quietly, so this says which one is active and why,
-whether the GIL is on, and what each extra found installed. It also holds the warning
-issued at import when a CPython install runs the pure-Python core although a compiled
-one was expected (`warn_pure_fallback`).
+whether the GIL is on, and what each extra found installed. Which core is active, and
+why, is `lazycache._compat`'s to say (it also warns at import when CPython runs the
+pure-Python core although a compiled one was expected); this only reports it.
 
-Nothing here is imported at ``import lazycache`` unless that warning is due: the module
-imports only the standard library at load time.
+Nothing imports this module at ``import lazycache``: only the command line does.
 """
 
 from __future__ import annotations
@@ -19,9 +18,10 @@ import platform
 import re
 import sys
 import sysconfig
-import warnings
 from importlib import metadata
 from typing import Any
+
+from . import _compat
 
 DISTRIBUTION = "lazywritercache"
 """The distribution's name on the package index (the import name is `lazycache`)."""
@@ -32,43 +32,6 @@ USER_EXTRAS = ("sqlalchemy", "postgresql", "mysql", "redis", "msgpack", "bench")
 
 _EXTRA_MARKER = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-_warned = False
-
-
-def describe_import_error(error: ImportError) -> str:
-    """Why the compiled core did not load: absent from the install, or present and failing."""
-    from importlib.util import find_spec
-
-    try:
-        present = find_spec("lazycache._core") is not None
-    except (ImportError, ValueError):
-        present = False
-    return f"it does not load: {error}" if present else "it is not in this install"
-
-
-def warn_pure_fallback(error: ImportError) -> None:
-    """Warns once per process that CPython runs the pure-Python core: the compiled one is missing.
-
-    Called by lazycache.cache when importing the compiled core failed on CPython without
-    LAZYCACHE_NO_EXTENSIONS: a build that fell back for want of a C compiler, or a
-    compiled core that does not load. Setting LAZYCACHE_NO_EXTENSIONS=1 says the pure-Python
-    core is meant, and so silences this.
-    """
-    global _warned
-    if _warned:  # lazycache.cache reloaded: said already
-        return
-    _warned = True
-    warnings.warn(
-        "lazycache runs its pure-Python core, 4-20x slower than the compiled one "
-        f"({describe_import_error(error)}). Install a binary wheel (pip install --force-reinstall "
-        f"--only-binary={DISTRIBUTION} {DISTRIBUTION}) or build it with a C compiler and the "
-        "Python headers; `lazycache info` shows the state. Set LAZYCACHE_NO_EXTENSIONS=1 to "
-        "use the pure-Python core on purpose and silence this warning.",
-        RuntimeWarning,
-        stacklevel=2,  # attributed to lazycache.cache, where the core is chosen
-    )
 
 
 def _gil() -> dict[str, Any]:
@@ -83,25 +46,12 @@ def _gil() -> dict[str, Any]:
 
 def _core() -> dict[str, Any]:
     """The active core, and why it is the pure-Python one when it is."""
-    from . import cache
-
-    compiled = cache.IMPLEMENTATION == "cython"
-    if compiled:
-        reason = None
-    elif sys.implementation.name != "cpython":
-        reason = f"{platform.python_implementation()} runs the pure-Python core (it is the fast one there)"
-    elif os.environ.get("LAZYCACHE_NO_EXTENSIONS"):
-        reason = "LAZYCACHE_NO_EXTENSIONS is set"
-    else:
-        error = cache._core_import_error
-        reason = "the compiled core did not load: " + (
-            describe_import_error(error) if error is not None else "unknown"
-        )
+    compiled = _compat.IMPLEMENTATION == "cython"
     module = sys.modules.get("lazycache._core")
     return {
-        "implementation": cache.IMPLEMENTATION,
+        "implementation": _compat.IMPLEMENTATION,
         "compiled": compiled,
-        "reason": reason,
+        "reason": _compat.why_pure(),
         "path": getattr(module, "__file__", None) if compiled else None,
     }
 

@@ -429,12 +429,20 @@ def _lock(fd: int) -> bool:
 
 
 def _holder(fd: int) -> int | None:
-    """The pid the lock file records (after its first byte, the one Windows locks)."""
-    try:
-        os.lseek(fd, 1, os.SEEK_SET)
-        return int(os.read(fd, 32).decode("ascii").strip())
-    except (OSError, ValueError):
-        return None
+    """The pid the lock file records (after its first byte, the one Windows locks).
+
+    A holder that has only just taken the lock may not have written its pid yet: the
+    file is read again for a moment before the holder is given up as unknown.
+    """
+    deadline = time.monotonic() + 0.2
+    while True:
+        try:
+            os.lseek(fd, 1, os.SEEK_SET)
+            return int(os.read(fd, 32).decode("ascii").strip())
+        except (OSError, ValueError):
+            if time.monotonic() >= deadline:
+                return None
+        time.sleep(0.005)
 
 
 def acquire_lock(path: str) -> int:

@@ -21,6 +21,8 @@ class CacheStats:
     """Keys deleted (each becomes a delete in a later flush)."""
     evictions: int
     """Clean entries dropped by the pruner to stay near `maxsize`."""
+    expirations: int
+    """Clean entries dropped because they expired (on a read of them, or by the pruner)."""
     writes: int
     """Entries (upserts and deletes) committed to the store."""
     failed_writes: int
@@ -54,7 +56,7 @@ class CacheStats:
         return (
             f"size={self.size} pending={self.pending} | hits={self.hits} misses={self.misses} "
             f"(hit ratio {self.hit_ratio:.1%}) loads={self.loads} | stores={self.stores} "
-            f"deletes={self.deletes} evictions={self.evictions} | writes={self.writes} "
+            f"deletes={self.deletes} evictions={self.evictions} expirations={self.expirations} | writes={self.writes} "
             f"failed_writes={self.failed_writes} flushes={self.flushes} retries={self.retries} "
             f"write_errors={self.write_errors} | oldest pending {self.oldest_pending_age:.3f}s, "
             f"last flush {self.last_flush_duration * 1000:.1f} ms, last batch {self.last_batch_size}"

@@ -51,10 +51,12 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from ._checks import check_int_or_none, check_seconds
 from ._sentinels import MISSING
 from .metrics import BATCH_SIZE_BUCKETS, FLUSH_DURATION_BUCKETS, Histogram
 from .serializers import SerializationError, Serializer
@@ -95,7 +97,8 @@ class FlushResult:
     failed_keys: tuple[Any, ...] = ()
     """Keys still pending after the flush (their batch failed, or the deadline passed)."""
     poisoned_keys: tuple[Any, ...] = ()
-    """Keys whose write failed for good and went to `on_write_error`."""
+    """Keys whose write failed for good and went to `on_write_error` between the call and its
+    return, whichever flush wrote them (the writer thread's, or another caller's)."""
     errors: tuple[BaseException, ...] = field(default=(), repr=False)
     """The exceptions raised by the store; a flush that hit its deadline ends with a TimeoutError."""
     duration: float = 0.0
@@ -200,22 +203,15 @@ def log_write_error(key: Any, value: Any, exc: BaseException) -> None:
     )
 
 
-def _check_seconds(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
 class _Accumulator:
     """What one flush has done so far."""
 
     __slots__ = ("batches", "deferred", "deleted", "errors", "incomplete", "poisoned", "written")
 
-    def __init__(self) -> None:
+    def __init__(self, poisoned: list[Any] | None = None) -> None:
         self.written = self.deleted = self.batches = 0
-        self.poisoned: list[Any] = []
+        # Every key rejected while the flush runs, by it or by another flush (see BatchWriter.watching).
+        self.poisoned: list[Any] = [] if poisoned is None else poisoned
         self.errors: list[BaseException] = []
         self.incomplete = False  # something pending at the call was neither written nor rejected
         # Suspects put back in this flush: taken again (they are at the front of the queue),
@@ -276,21 +272,13 @@ class BatchWriter:
             raise TypeError("merge_generated must be callable")
         if not callable(on_write_error):
             raise TypeError("on_write_error must be callable")
-        self.retry_initial = _check_seconds("retry_initial", retry_initial)
-        self.retry_max = _check_seconds("retry_max", retry_max)
+        self.retry_initial = check_seconds("retry_initial", retry_initial)
+        self.retry_max = check_seconds("retry_max", retry_max)
         if self.retry_max < self.retry_initial:
             raise ValueError(
                 f"retry_max ({retry_max!r}) must not be less than retry_initial ({retry_initial!r})"
             )
-        if max_retries is not None:
-            if isinstance(max_retries, bool) or not isinstance(max_retries, int):
-                raise TypeError(
-                    f"max_retries must be None (unlimited) or an int, not {type(max_retries).__name__}"
-                )
-            if max_retries < 0:
-                raise ValueError(
-                    f"max_retries must be None (unlimited) or a non-negative integer, got {max_retries!r}"
-                )
+        check_int_or_none("max_retries", max_retries, minimum=0)  # None: unlimited
         self.store = store
         self.batch_size = batch_size
         self.merge_generated = merge_generated
@@ -320,9 +308,14 @@ class BatchWriter:
         self.suspects: dict[Any, _Suspect] = {}
         self.journal: Journal | None = None
         self.coherence: Coherence | None = None
+        # The rejected-key lists of the flushes running now (see `watching`).
+        self._watchers: list[list[Any]] = []
+        self._watchers_lock = threading.Lock()
 
     def reset_after_fork(self) -> None:
         self.lock = threading.RLock()
+        self._watchers = []
+        self._watchers_lock = threading.Lock()
         self.consecutive_failures = 0
         self.outage_since = None
         self.last_store_error = None
@@ -364,6 +357,24 @@ class BatchWriter:
             return True
 
     # ----------------------------------------------------------- flushing
+    @contextmanager
+    def watching(self) -> Iterator[list[Any]]:
+        """A list that receives every key rejected for good (the error path) while the block runs,
+        whichever flush rejected it.
+
+        A flush watches from its call to its return: one that waited for the writer's lock
+        while another flush rejected an entry pending at its call must report that entry
+        too, though it never saw it (nothing is left in the queue for it).
+        """
+        rejected: list[Any] = []
+        with self._watchers_lock:
+            self._watchers.append(rejected)
+        try:
+            yield rejected
+        finally:
+            with self._watchers_lock:
+                self._watchers = [other for other in self._watchers if other is not rejected]
+
     def flush(
         self,
         cache: Any,
@@ -376,9 +387,12 @@ class BatchWriter:
         Stops at the first recoverable failure, unless `persist`, in which case it backs
         off and retries until `deadline` (time.monotonic()). Never raises for store errors.
         `background` (the writer thread): suspects are tried only once their backoff is over.
+        Its `poisoned_keys` are every key rejected from the call to the return, by this
+        flush or a concurrent one (see `watching`).
         Then calls `on_flush` (with the writer's lock released) unless the flush did nothing.
         """
-        result = self._flush(cache, deadline, persist, background)
+        with self.watching() as rejected:
+            result = self._flush(cache, deadline, persist, background, rejected)
         on_flush = self.on_flush
         if on_flush is not None and (
             result.batches or result.failed_keys or result.poisoned_keys or result.errors
@@ -390,10 +404,15 @@ class BatchWriter:
         return result
 
     def _flush(
-        self, cache: Any, deadline: float | None, persist: bool, background: bool
+        self,
+        cache: Any,
+        deadline: float | None,
+        persist: bool,
+        background: bool,
+        rejected: list[Any],
     ) -> FlushResult:
         started = time.monotonic()
-        acc = _Accumulator()
+        acc = _Accumulator(rejected)
         timeout = -1 if deadline is None else max(0.0, deadline - started)
         if not self.lock.acquire(timeout=timeout):
             return self._result(cache, acc, started, TimeoutError("another flush is still running"))
@@ -458,9 +477,12 @@ class BatchWriter:
         )
         return True
 
-    def given_up(self, cache: Any, started: float, error: BaseException) -> FlushResult:
-        """The result of a flush abandoned at its deadline: every pending key failed, and why."""
-        return self._result(cache, _Accumulator(), started, error)
+    def given_up(
+        self, cache: Any, started: float, error: BaseException, rejected: list[Any]
+    ) -> FlushResult:
+        """The result of a flush abandoned at its deadline: every pending key failed, and why;
+        `rejected`: the keys rejected since its call (from `watching`)."""
+        return self._result(cache, _Accumulator(rejected), started, error)
 
     def _result(
         self, cache: Any, acc: _Accumulator, started: float, extra: BaseException | None = None
@@ -728,8 +750,12 @@ class BatchWriter:
         upserts = [(key, value) for key, value, _, _ in items if value is not MISSING]
         deletes = [key for key, value, _, _ in items if value is MISSING]
         self.inflight_since = cache._oldest_in(items)
+        ttls = cache._store_ttls(items)  # None unless the store keeps TTLs and some apply
         try:
-            generated = self.store.write(upserts, deletes)
+            if ttls is None:
+                generated = self.store.write(upserts, deletes)
+            else:
+                generated = self.store.write(upserts, deletes, ttls=ttls)  # type: ignore[call-arg]
         except Exception as exc:
             acc.errors.append(exc)
             self.last_store_error = exc
@@ -738,6 +764,13 @@ class BatchWriter:
             self.inflight_since = None
         if generated:
             self._merge_generated(cache, items, generated)
+        if self.write_errors:
+            # Before the commit: once a key is no longer pending, it must not be listed as failed.
+            for key, _, _, _ in items:
+                try:
+                    self.write_errors.pop(key, None)
+                except Exception:  # a key whose hash or eq raises cannot be listed anyway
+                    pass
         state.current = None  # settled from here on: never put back, even if commit raises
         cache._commit(items)
         if self.outage_since is not None:
@@ -755,12 +788,6 @@ class BatchWriter:
         self.flushes += 1
         self.last_batch_size = len(items)
         self.batch_sizes.observe(len(items))
-        if self.write_errors:
-            for key, _, _, _ in items:
-                try:
-                    self.write_errors.pop(key, None)
-                except Exception:  # a key whose hash or eq raises cannot be listed anyway
-                    pass
         if self.coherence is not None:
             try:
                 self.coherence.publish([key for key, _, _, _ in items])
@@ -805,7 +832,9 @@ class BatchWriter:
         self.failed_writes += len(rejected)
         try:
             for (key, value, _, _), exc in rejected:
-                acc.poisoned.append(key)
+                with self._watchers_lock:  # acc.poisoned is one of them
+                    for watcher in self._watchers:
+                        watcher.append(key)
                 try:
                     self.write_errors[key] = exc
                 except Exception as error:

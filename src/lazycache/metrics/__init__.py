@@ -95,6 +95,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("misses", "counter", "", "Reads that found nothing in memory.", lambda c, s: s.misses),
     Metric("loads", "counter", "", "Values read through from the store.", lambda c, s: s.loads),
     Metric("evictions", "counter", "", "Clean entries evicted to stay near maxsize.", lambda c, s: s.evictions),
+    Metric("expirations", "counter", "", "Clean entries dropped because they expired.", lambda c, s: s.expirations),
     Metric("writes", "counter", "", "Entries (upserts and deletes) committed to the store.", lambda c, s: s.writes),
     Metric("failed_writes", "counter", "", "Entries in store writes that failed (each failed attempt counts).", lambda c, s: s.failed_writes),
     Metric("retries", "counter", "", "Batches put back after a recoverable failure, to be retried.", lambda c, s: s.retries),

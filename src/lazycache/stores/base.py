@@ -21,6 +21,16 @@ class Store(ABC, Generic[K, V]):
     In a child made by `os.fork()` it calls `after_fork_in_child` before anything else.
     """
 
+    accepts_ttls: bool = False
+    """Whether `write` takes a `ttls=` keyword: {upserted key: seconds to keep it}.
+
+    A store that can expire what it holds (Redis, a SQL table with an expiry column) sets
+    this True and defines `write(upserts, deletes, ttls=None)`. An expiring cache then
+    passes, for each upserted key that has a write deadline (its `set(..., ttl=)` or the
+    cache's `expire_after_write`), the seconds left to it when the batch is written; keys
+    not in `ttls` are stored as they would be without it. Other stores are never passed it.
+    """
+
     @abstractmethod
     def load_many(self, keys: Sequence[K]) -> Mapping[K, V]:
         """Returns the stored values of `keys`; keys not in the store are left out.

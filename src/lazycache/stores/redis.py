@@ -2,12 +2,10 @@
 
 Hot reads never leave the process (they are served by the cache's memory); writes
 reach Redis in batches, one pipelined `MULTI/EXEC` per batch; a miss reads through
-with `MGET`. `open_redis(url)` makes the whole thing in one line, with the
-cross-process coherence channel (`lazycache.stores.redis_coherence.RedisCoherence`)
-switched on:
+with `MGET`. `lazycache.open_redis(url)` makes the whole thing in one line, with the
+cross-process coherence channel (`lazycache.coherence.redis.RedisCoherence`) switched on:
 
-    >>> from lazycache.stores.redis import open_redis
-    >>> users = open_redis("redis://127.0.0.1:6379/0", prefix="users:")
+    >>> users = lazycache.open_redis("redis://127.0.0.1:6379/0", prefix="users:")
     >>> users["alice"] = {"age": 30}      # in memory now; SET users:alice by the writer thread
 
 Needs redis-py 5 or later: `pip install 'lazywritercache[redis]'`.
@@ -40,10 +38,15 @@ TTL
 `ttl=None` (default: no expiry), a number of seconds (fractions are sent as
 milliseconds, `PX`), or `ttl(key, value) -> seconds | None` per key. The TTL is set
 by every write of the key (`SET key value PX ms`), so it restarts at each write.
-It applies in Redis only: lazycache itself does not expire what it holds, so a value
-read or written by this process stays readable in its memory until it is evicted,
-invalidated or dropped (use `maxsize`, or `cache.invalidate()`), even after Redis
-has expired it. Expiry is not announced on the coherence channel.
+The store's `ttl` applies in Redis only: a value read or written by this process
+stays readable in its memory until it is evicted, invalidated, dropped or expired
+by the cache's own expiry. Expiry is not announced on the coherence channel.
+
+A cache that expires entries (`set(key, value, ttl=...)`, `expire_after_write=`)
+passes each entry's time left to the store (`accepts_ttls`): the key is written with
+that `PX` instead of the store's `ttl`, so Redis forgets it when the cache's memory
+does. A write that reaches Redis after its entry's deadline (the store was down)
+is written with `PX 1`: it still replaces the older value there.
 
 Atomicity
 ---------
@@ -91,7 +94,7 @@ import os
 import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 try:
     import redis
@@ -102,11 +105,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "lazycache.stores.redis needs redis-py (5 or later), which is not installed: pip install 'lazywritercache[redis]'"
     ) from exc
 
+from .._checks import MAX_SECONDS, check_int, check_seconds
 from ..serializers import SerializationError, Serializer, SerializerSpec, get_serializer
 from .base import GeneratedFields, Store
-
-if TYPE_CHECKING:
-    from ..cache import LazyWriterCache
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -116,7 +117,6 @@ __all__ = [
     "TTLError",
     "is_recoverable_error",
     "make_client",
-    "open_redis",
     "reset_after_fork",
 ]
 
@@ -306,6 +306,8 @@ def _describe_client(client: Any) -> str:
 class RedisStore(Store[Any, Any]):
     """A `Store` over Redis (`redis.Redis`) or Redis Cluster (`redis.cluster.RedisCluster`).
 
+    It takes an expiring cache's per-entry TTLs (`accepts_ttls`), sent as `SET ... PX`.
+
     Parameters
     ----------
     client_or_url
@@ -345,8 +347,7 @@ class RedisStore(Store[Any, Any]):
         chunk_size: int = 1000,
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        check_int("chunk_size", chunk_size)
         if key_encoder is not None and not callable(key_encoder):
             raise TypeError("key_encoder must be callable: key -> str | bytes")
         self.prefix: bytes = prefix.encode("utf-8") if isinstance(prefix, str) else bytes(prefix)
@@ -435,16 +436,24 @@ class RedisStore(Store[Any, Any]):
             raise SerializationError(key, exc) from exc
 
     def _encode_batch(
-        self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]
+        self,
+        upserts: Sequence[tuple[Any, Any]],
+        deletes: Sequence[Any],
+        ttls: Mapping[Any, float] | None = None,
     ) -> tuple[list[tuple[bytes, bytes, int | None]], list[bytes]]:
-        """(rkey, data, ttl ms or None) per upsert and rkey per delete; raises before anything is sent."""
+        """(rkey, data, ttl ms or None) per upsert and rkey per delete; raises before anything is sent.
+
+        A key in `ttls` (the cache's time left for it) gets that TTL instead of the store's.
+        """
         sets = []
         for key, value in upserts:
             try:
                 rkey = self.redis_key(key)
             except Exception as exc:
                 raise RedisKeyError(key, exc) from exc
-            sets.append((rkey, self._encode_value(key, value), self._ttl_ms(key, value)))
+            left = ttls.get(key) if ttls else None
+            ttl_ms = self._ttl_ms(key, value) if left is None else max(1, math.ceil(left * 1000))
+            sets.append((rkey, self._encode_value(key, value), ttl_ms))
         dels = []
         for key in deletes:
             try:
@@ -480,10 +489,15 @@ class RedisStore(Store[Any, Any]):
             pipe.mget(rkeys[start : start + size])
         return [value for chunk in pipe.execute() for value in chunk]
 
+    accepts_ttls = True
+
     def write(
-        self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]
+        self,
+        upserts: Sequence[tuple[Any, Any]],
+        deletes: Sequence[Any],
+        ttls: Mapping[Any, float] | None = None,
     ) -> GeneratedFields | None:
-        sets, dels = self._encode_batch(upserts, deletes)
+        sets, dels = self._encode_batch(upserts, deletes, ttls)
         if not sets and not dels:
             return None
         if self.cluster:
@@ -655,11 +669,7 @@ def _commands(
 
 
 def _ttl_to_ms(seconds: Any) -> int:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"a TTL is a number of seconds, not {type(seconds).__name__}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"a TTL must be a positive number of seconds, got {seconds!r}")
-    return max(1, math.ceil(seconds * 1000))
+    return max(1, math.ceil(check_seconds("ttl", seconds, most=MAX_SECONDS) * 1000))
 
 
 def _check_ttl_spec(ttl: TTLSpec) -> int | Callable[[Any, Any], float | None] | None:
@@ -668,81 +678,19 @@ def _check_ttl_spec(ttl: TTLSpec) -> int | Callable[[Any, Any], float | None] | 
     return _ttl_to_ms(ttl)
 
 
-# ----------------------------------------------------------------------------- one line
+# ----------------------------------------------------------------------------- moved away
 
 
-def open_redis(
-    url: Any = DEFAULT_URL,
-    *,
-    prefix: str | bytes = DEFAULT_PREFIX,
-    serializer: SerializerSpec = "json",
-    ttl: TTLSpec = None,
-    key_encoder: KeyEncoder | None = None,
-    cluster: bool | None = None,
-    coherence: Any = True,
-    channel: str | None = None,
-    client_options: Mapping[str, Any] | None = None,
-    implementation: str | None = None,
-    **cache_options: Any,
-) -> LazyWriterCache[Any, Any]:
-    """A ready `LazyWriterCache` over a `RedisStore` at `url` (a URL or a redis-py client).
+def __getattr__(name: str) -> Any:
+    # Building a cache and naming its channel are not the store's business: open_redis moved to
+    # lazycache._open (lazycache.open_redis), default_channel to lazycache.coherence.redis. The
+    # old import paths still work; importing them here lazily keeps this module below both.
+    if name == "open_redis":
+        from .._open import open_redis
 
-    `coherence=True` (default) subscribes the cache to the invalidation channel of its
-    prefix (`channel`, default `prefix + "invalidate"`, with `@db` appended for a
-    database other than 0), so that caches in other processes over the same Redis and
-    prefix drop what this one writes, and the other way round; pass False for a cache
-    that is the only writer, or a `Coherence` of your own. `implementation` picks the
-    core ("cython" or "python"). Every other keyword is a `LazyWriterCache` option.
+        return open_redis
+    if name == "default_channel":
+        from ..coherence.redis import default_channel
 
-    >>> with open_redis("redis://127.0.0.1:6379/0", prefix="users:") as users:
-    ...     users["alice"] = {"age": 30}
-
-    The cache owns the store and the channel: closing the cache (or its being garbage-
-    collected, or the interpreter's exit) flushes it, then closes the channel and the
-    store (and so the client the store made from a URL; a client passed in is left to its
-    owner). After `close()`, reads are answered from memory only (a miss raises RuntimeError).
-    """
-    from ..cache import LazyWriterCache, implementation_class
-    from ..coherence import Coherence
-
-    cls = LazyWriterCache if implementation is None else implementation_class(implementation)
-    store = RedisStore(
-        url,
-        prefix,
-        serializer,
-        ttl,
-        key_encoder=key_encoder,
-        cluster=cluster,
-        client_options=client_options,
-    )
-    channel_made = None
-    try:
-        if coherence is True:
-            from .redis_coherence import RedisCoherence
-
-            channel_made = RedisCoherence(store.client, channel or default_channel(store))
-            coherence = channel_made
-        elif coherence is False or coherence is None:
-            coherence = None
-        elif not isinstance(coherence, Coherence):
-            raise TypeError(
-                f"coherence must be True, False or a Coherence, not {type(coherence).__name__}"
-            )
-        return cls(
-            store, coherence=coherence, owns_store=True, **cache_options
-        )  # closing the cache closes the store
-    except BaseException:
-        if channel_made is not None:
-            channel_made.close()
-        store.close()
-        raise
-
-
-def default_channel(store: RedisStore) -> str:
-    """The invalidation channel `open_redis` uses for a store: its prefix + "invalidate" (+ "@db" if db != 0)."""
-    name = store.prefix.decode("utf-8", "backslashreplace") + "invalidate"
-    if not store.cluster:
-        db = store.client.connection_pool.connection_kwargs.get("db", 0) or 0
-        if int(db):
-            name += f"@{int(db)}"
-    return name
+        return default_channel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

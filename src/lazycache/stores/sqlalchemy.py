@@ -4,7 +4,10 @@ Two modes, chosen by what `table` is:
 
 * **Key-value** (`table` is a name): a table `(key PRIMARY KEY, value)`, created if
   missing, whose values are serialised ("json" by default, "pickle", "msgpack" or your
-  own pair; see `lazycache.serializers`). A persistent dict.
+  own pair; see `lazycache.serializers`). A persistent dict. With `expiry=True` the
+  table has a third column, `expires_at` (milliseconds since the Unix epoch, NULL for
+  never), set from an expiring cache's TTLs: reads ignore a row once it has passed,
+  and `purge_expired()` deletes such rows.
 * **Rows** (`table` is a `Table` or an ORM-mapped class): each cached value is one row,
   a dict of column values or an ORM instance, keyed by one column or several (a tuple
   key) that may be a secondary unique key while the database generates the primary key.
@@ -43,14 +46,18 @@ import datetime
 import decimal
 import hashlib
 import importlib.util
+import logging
+import math
+import os
 import queue
 import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 try:
     import sqlalchemy as sa
@@ -71,6 +78,7 @@ if int(sa.__version__.split(".")[0]) < 2:  # pragma: no cover
         f"lazycache.stores.sqlalchemy needs SQLAlchemy 2.x, found {sa.__version__}: pip install 'lazywritercache[sqlalchemy]'"
     )
 
+from .._checks import check_int
 from .._pacing import GilPacer
 from ..serializers import SerializationError, Serializer, SerializerSpec, get_serializer
 from .base import GeneratedFields, Store
@@ -83,16 +91,53 @@ __all__ = [
     "UnusableTableError",
     "ValueTooLargeError",
     "configure_sqlite",
+    "hold_forks_while_in_use",
     "is_recoverable_error",
     "make_engine",
     "with_installed_driver",
 ]
 
+_log = logging.getLogger("lazycache.store.sqlalchemy")
+
 DEFAULT_URL = "sqlite:///lazycache.db"
 """The embedded default: a SQLite file in the current directory."""
 
+EXPIRES_AT = "expires_at"
+"""The expiry column of a key-value table made with `expiry=True` (ms since the epoch, NULL: never)."""
+
 SQLITE_BUSY_TIMEOUT = 5.0
 """Seconds a SQLite connection made by `make_engine` waits for a lock before "database is locked"."""
+
+NETWORK_TIMEOUTS: dict[str, dict[str, Any]] = {
+    # libpq (psycopg 3, psycopg2): seconds to connect; TCP keepalives (a connection waiting
+    # for an answer that never comes is probed after 30 s idle, given up after 3 probes 10 s
+    # apart), and milliseconds sent data may stay unacknowledged before the kernel drops
+    # the connection. A statement that is merely slow is not cut: the server's TCP stack
+    # still answers the probes and acknowledges the data.
+    "postgresql": {
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 60_000,
+    },
+    # PyMySQL, mysqlclient: seconds to connect, and to wait for each read or write on the socket.
+    "mysql": {"connect_timeout": 10, "read_timeout": 60, "write_timeout": 60},
+}
+"""By backend: the DBAPI `connect_args` `make_engine` gives a networked engine unless told
+otherwise, so that a server that stops answering (its packets black-holed, not refused)
+fails a write after a while instead of hanging the writer thread for ever."""
+
+_NETWORK_TIMEOUT_DRIVERS = {
+    "postgresql": ("psycopg", "psycopg2"),
+    "mysql": ("pymysql", "mysqldb"),
+    "mariadb": ("pymysql", "mysqldb"),
+}
+"""The drivers that take the arguments of NETWORK_TIMEOUTS (by backend) as they are."""
+
+_ENV_SETTINGS = {"connect_timeout": "PGCONNECT_TIMEOUT"}
+"""libpq reads these from the environment: a default must not override what it says."""
 
 _PG_SINGLE_STATEMENT = 64
 """PostgreSQL key-value batches up to this size go as one statement; larger ones are pipelined in chunks
@@ -135,6 +180,7 @@ def configure_sqlite(engine: Engine, *, wal: bool = True) -> Engine:
     if engine.dialect.name != "sqlite":
         raise ValueError(f"not a SQLite engine: {engine.url!r}")
     use_wal = wal and _is_sqlite_file(engine.url)
+    hold_forks_while_in_use(engine)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -147,6 +193,115 @@ def configure_sqlite(engine: Engine, *, wal: bool = True) -> Engine:
             cursor.close()
 
     return engine
+
+
+FORK_WAIT = 10.0
+"""Seconds `fork()` waits for the connections of a SQLite file engine in use to be returned
+(see `hold_forks_while_in_use`) before it goes ahead anyway."""
+
+
+class _ForkGuard:
+    """Counts the connections of one SQLite file engine checked out of its pool, and holds a
+    `fork()` back until there are none (and new ones until it is done).
+
+    A connection in a transaction when the process forks leaves its locks in the child's copy
+    of SQLite's per-process lock table (the unix VFS keeps one per file, shared by the
+    process's connections). No one in the child ever releases them, so every connection the
+    child opens on that file finds it locked, for good: "database is locked" on every write
+    of a forked child whose parent was writing at the fork.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._in_use = 0
+        self.forking = False  # a fork waits: connections are not handed out meanwhile
+
+    def checkout(self, *_: Any) -> None:
+        with self._cond:
+            while self.forking:
+                self._cond.wait()
+            self._in_use += 1
+
+    def checkin(self, *_: Any) -> None:
+        with self._cond:
+            self._in_use = max(0, self._in_use - 1)  # one checked out before a fork, in the child
+            self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        with self._cond:
+            self.forking = True
+            self._cond.notify_all()
+            deadline = time.monotonic() + FORK_WAIT
+            while self._in_use and self._cond.wait(max(0.0, deadline - time.monotonic())):
+                pass
+            busy = self._in_use
+        if busy:
+            _log.warning(
+                "forking while %d connections to %s are in use (still after %gs): a forked "
+                "child may find that database locked for good",
+                busy,
+                self.name,
+                FORK_WAIT,
+            )
+
+    def after_fork_in_parent(self) -> None:
+        with self._cond:
+            self.forking = False
+            self._cond.notify_all()
+
+    def after_fork_in_child(self) -> None:
+        self._reset()  # the child's only thread holds no connection; the lock may be a dead thread's
+
+
+_FORK_GUARDS: weakref.WeakKeyDictionary[Engine, _ForkGuard] = weakref.WeakKeyDictionary()
+_FORK_GUARDS_LOCK = threading.Lock()
+
+
+def hold_forks_while_in_use(engine: Engine) -> None:
+    """For a SQLite file engine: `fork()` waits (at most `FORK_WAIT` seconds) until none of its
+    connections is in use, so that no transaction is open at the fork; see `_ForkGuard`.
+
+    Done by `configure_sqlite` and by `SQLAlchemyStore` for the engine it uses. Connections
+    to the same file made outside the engine (a `sqlite3.connect()` of your own) are not
+    covered: do not fork while one of them is in a transaction.
+    """
+    if engine.dialect.name != "sqlite" or not _is_sqlite_file(engine.url):
+        return
+    with _FORK_GUARDS_LOCK:
+        if engine in _FORK_GUARDS:
+            return
+        guard = _FORK_GUARDS[engine] = _ForkGuard(engine.url.render_as_string())
+    event.listen(engine, "checkout", guard.checkout)
+    event.listen(engine, "checkin", guard.checkin)
+
+
+def _before_fork() -> None:
+    for guard in list(_FORK_GUARDS.values()):
+        guard.before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for guard in list(_FORK_GUARDS.values()):
+        guard.after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    for guard in list(_FORK_GUARDS.values()):
+        guard.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    # Registered after the cache's own hooks (lazycache.cache is imported first), so run before
+    # them: connections are returned before the cache's core lock is taken for the fork.
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 _EXTRA_DRIVERS = {
@@ -188,6 +343,9 @@ def make_engine(url: str | sa.engine.URL, **options: Any) -> Engine:
 
     A URL that names no driver gets the one lazycache's extra installed (see
     `with_installed_driver`): `postgresql://` uses psycopg 3, `mysql://` PyMySQL.
+    PostgreSQL (psycopg, psycopg2) and MySQL/MariaDB (PyMySQL, mysqlclient) connections get
+    the timeouts of `NETWORK_TIMEOUTS`, each unless `connect_args` or the URL's query sets
+    it (None, or 0 for libpq's, turns one off).
     SQLite: a file database runs in WAL mode (see `configure_sqlite`) with a busy timeout of
     `SQLITE_BUSY_TIMEOUT` seconds unless `connect_args={"timeout": ...}` says otherwise; an
     in-memory database gets one connection shared by all threads (otherwise the writer
@@ -195,7 +353,18 @@ def make_engine(url: str | sa.engine.URL, **options: Any) -> Engine:
     """
     given = sa.engine.make_url(url)
     url = with_installed_driver(given)
-    if url.get_backend_name() == "sqlite":
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    if driver in _NETWORK_TIMEOUT_DRIVERS.get(backend, ()):
+        defaults = NETWORK_TIMEOUTS["postgresql" if backend == "postgresql" else "mysql"]
+        connect_args = dict(options.get("connect_args") or {})
+        for name, value in defaults.items():
+            # connect_args override the URL's query: a setting there must win over a default.
+            env = _ENV_SETTINGS.get(name)
+            if name in url.query or (env is not None and os.environ.get(env)):
+                continue
+            connect_args.setdefault(name, value)
+        options["connect_args"] = connect_args
+    if backend == "sqlite":
         connect_args = dict(options.get("connect_args") or {})
         connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
         if not _is_sqlite_file(url):
@@ -511,6 +680,16 @@ class SQLAlchemyStore(Store[Any, Any]):
         it, otherwise a SELECT by key in the same transaction).
     chunk_size
         Keys per `IN (...)` list of a read or a delete.
+    expiry
+        Key-value mode: keep an `expires_at` column (BIGINT, milliseconds since the Unix
+        epoch, NULL for never), written from the TTLs an expiring cache passes
+        (`set(..., ttl=)`, `expire_after_write=`): reads ignore a row whose time has
+        passed, and `purge_expired()` deletes those rows. An existing table needs the
+        column added first (`ALTER TABLE t ADD COLUMN expires_at BIGINT`). Writes to such
+        a table go through SQLAlchemy Core statements, not the drivers' fast paths.
+    clock
+        With `expiry`: the wall clock the deadlines are set and read by, in seconds since
+        the epoch (default `time.time`; the processes sharing the table should agree on it).
 
     Raises
     ------
@@ -543,14 +722,26 @@ class SQLAlchemyStore(Store[Any, Any]):
         returning: bool | None = None,
         chunk_size: int = 1000,
         engine_options: Mapping[str, Any] | None = None,
+        expiry: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        check_int("chunk_size", chunk_size)
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, not {type(clock).__name__}")
+        if expiry and not isinstance(table, str):
+            raise ValueError(
+                "expiry= is for the key-value mode: a row table's expiry is the cache's (memory only)"
+            )
+        self.expiry = bool(expiry)
+        self.accepts_ttls = self.expiry
+        """Whether `write` takes the cache's TTLs (an expiry column: `expiry=True`)."""
+        self.clock = clock
         if isinstance(bind, Engine):
             if engine_options:
                 raise ValueError("engine_options are for a URL; the engine given is already made")
             self.engine: Engine = bind
             self.owns_engine = False
+            hold_forks_while_in_use(bind)
         else:
             self.engine = make_engine(bind, **dict(engine_options or {}))
             self.owns_engine = True
@@ -604,6 +795,7 @@ class SQLAlchemyStore(Store[Any, Any]):
                 autoincrement=False,
             ),
             sa.Column("value", _value_column_type(self.serializer.binary), nullable=False),
+            *([sa.Column(EXPIRES_AT, sa.BigInteger, nullable=True)] if self.expiry else []),
             schema=schema,
         )
         if create:
@@ -619,7 +811,8 @@ class SQLAlchemyStore(Store[Any, Any]):
         # another (SQLite turns 1 into '1' in a text column; PostgreSQL will not compare
         # them): refuse them everywhere.
         self._key_class = key_type if key_type in (str, int, uuid.UUID, bytes) else None
-        self._kv_sql = self._kv_upsert_sql()
+        # The drivers' fast paths write two columns: an expiry table goes through Core.
+        self._kv_sql = None if self.expiry else self._kv_upsert_sql()
 
     def _connect_once(self) -> None:
         """Initialises the dialect (server version, MariaDB or not); learns MySQL's `max_allowed_packet`."""
@@ -916,9 +1109,11 @@ class SQLAlchemyStore(Store[Any, Any]):
                     raise TypeError(self._wrong_key(key))
         loads = self.serializer.loads
         table = self.table
-        for key, data in conn.execute(
-            sa.select(table.c.key, table.c.value).where(table.c.key.in_(chunk))
-        ):
+        query = sa.select(table.c.key, table.c.value).where(table.c.key.in_(chunk))
+        if self.expiry:
+            expires_at = table.c[EXPIRES_AT]
+            query = query.where(sa.or_(expires_at.is_(None), expires_at > self._now_ms()))
+        for key, data in conn.execute(query):
             try:
                 found[key] = loads(data)
             except Exception as exc:
@@ -951,17 +1146,42 @@ class SQLAlchemyStore(Store[Any, Any]):
                 )
         return sa.tuple_(*self._key_columns).in_(keys)
 
+    # ------------------------------------------------------------------ expiry
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def purge_expired(self) -> int:
+        """Deletes the rows whose `expires_at` has passed (key-value mode, `expiry=True`); returns how many.
+
+        Reads already ignore them: this reclaims their space. Run it from a job of your own,
+        as often as the table's churn asks for.
+        """
+        if not self.expiry:
+            raise ValueError(
+                "purge_expired() needs an expiry column: SQLAlchemyStore(..., expiry=True)"
+            )
+        expires_at = self.table.c[EXPIRES_AT]
+        with self.engine.begin() as conn:
+            result = conn.execute(sa.delete(self.table).where(expires_at <= self._now_ms()))
+            return int(result.rowcount)
+
     # ------------------------------------------------------------------ writing
     def write(
-        self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]
+        self,
+        upserts: Sequence[tuple[Any, Any]],
+        deletes: Sequence[Any],
+        ttls: Mapping[Any, float] | None = None,
     ) -> GeneratedFields | None:
         """Deletes `deletes` and upserts `upserts` in one transaction; returns generated fields (row mode).
 
         A value that cannot be encoded raises `SerializationError` naming its key, and
-        nothing of the batch is written.
+        nothing of the batch is written. `ttls` (with `expiry=True`): per upserted key,
+        the seconds it is kept; the others never expire.
         """
         if not upserts and not deletes:
             return None
+        if ttls and not self.expiry:
+            raise ValueError("this store keeps no TTLs: make it with expiry=True")
         rows = (
             None if self.serializer is not None else self._rows(upserts)
         )  # before the transaction
@@ -975,7 +1195,7 @@ class SQLAlchemyStore(Store[Any, Any]):
         try:
             with self.engine.begin() as conn:
                 session = _session_id(conn)
-                return self._write_in(conn, upserts, deletes, rows)
+                return self._write_in(conn, upserts, deletes, rows, ttls)
         except BaseException as exc:
             if session is not None and _connection_lost(exc):
                 # The server may still be running this transaction, its COMMIT included:
@@ -990,6 +1210,7 @@ class SQLAlchemyStore(Store[Any, Any]):
         upserts: Sequence[tuple[Any, Any]],
         deletes: Sequence[Any],
         rows: list[tuple[Any, dict[str, Any]]] | None,
+        ttls: Mapping[Any, float] | None = None,
     ) -> GeneratedFields | None:
         """The statements of one `write`, in its transaction."""
         for start in range(0, len(deletes), self.chunk_size):
@@ -1001,7 +1222,7 @@ class SQLAlchemyStore(Store[Any, Any]):
         if not upserts:
             return None
         if rows is None:
-            self._write_kv(conn, upserts)
+            self._write_kv(conn, upserts, ttls)
             return None
         return self._write_rows(conn, rows)
 
@@ -1048,10 +1269,15 @@ class SQLAlchemyStore(Store[Any, Any]):
             keys = [self._key_bind(key) for key in keys]
         return keys, values
 
-    def _write_kv(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
+    def _write_kv(
+        self,
+        conn: Connection,
+        upserts: Sequence[tuple[Any, Any]],
+        ttls: Mapping[Any, float] | None = None,
+    ) -> None:
         sql = self._kv_sql
         if sql is None:
-            self._write_kv_core(conn, upserts)
+            self._write_kv_core(conn, upserts, ttls)
             return
         if self._dialect_name == "postgresql":
             self._write_kv_postgresql(conn, sql, upserts)
@@ -1193,7 +1419,12 @@ class SQLAlchemyStore(Store[Any, Any]):
         self._check_mysql_size(key, total)
         return total
 
-    def _write_kv_core(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
+    def _write_kv_core(
+        self,
+        conn: Connection,
+        upserts: Sequence[tuple[Any, Any]],
+        ttls: Mapping[Any, float] | None = None,
+    ) -> None:
         """Any dialect: the dialect's upsert if SQLAlchemy has one, else delete then insert."""
         assert self.serializer is not None
         encode = self.serializer.encode
@@ -1203,20 +1434,29 @@ class SQLAlchemyStore(Store[Any, Any]):
             if key_class is not None and not isinstance(key, key_class):
                 raise SerializationError(key, TypeError(self._wrong_key(key)))
             params.append({"key": key, "value": encode(key, value)})
+        if self.expiry:
+            now = self._now_ms()
+            for (key, _), row in zip(upserts, params):
+                left = ttls.get(key) if ttls else None
+                row[EXPIRES_AT] = None if left is None else now + max(1, math.ceil(left * 1000))
         table = self.table
         name = self.engine.dialect.name
+        updated = ("value", EXPIRES_AT) if self.expiry else ("value",)
         if name in ("postgresql", "sqlite"):
             module = _postgresql if name == "postgresql" else _sqlite
             insert = module.insert(table)
             conn.execute(
                 insert.on_conflict_do_update(
-                    index_elements=[table.c.key], set_={"value": insert.excluded.value}
+                    index_elements=[table.c.key],
+                    set_={column: insert.excluded[column] for column in updated},
                 ),
                 params,
             )
         elif name in ("mysql", "mariadb"):
             insert = _mysql.insert(table)
-            statement = insert.on_duplicate_key_update(value=insert.inserted.value)
+            statement = insert.on_duplicate_key_update(
+                {column: insert.inserted[column] for column in updated}
+            )
             if self._max_packet is None:
                 conn.execute(statement, params)
                 return

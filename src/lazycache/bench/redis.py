@@ -16,24 +16,25 @@ Two questions, each on a single Redis or a Redis Cluster (found out from the URL
 Each figure is the best of ``repeat`` runs. Keys go under a random prefix
 (``lazycache-bench:<hex>:``) and are deleted afterwards.
 
-Run it standalone with ``python -m lazycache.bench_redis redis://127.0.0.1:6379/0``.
+Run it standalone with ``python -m lazycache.bench.redis redis://127.0.0.1:6379/0``.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import re
 import sys
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ._open import is_redis_url
-from .cli import fit_width
+from .._open import is_redis_url
+from .kit.contenders import idle_cache, lazycache_classes
+from .kit.output import fit_width
+from .kit.progress import status_line
+from .kit.timing import timed
 
 DEFAULT_KEYS = 20_000
 QUICK_KEYS = 2_000
@@ -70,19 +71,6 @@ class RedisBench:
         return None
 
 
-def _timed(run: Callable[[], Any]) -> float:
-    """Seconds run() takes, with the garbage collector off."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        started = time.perf_counter()
-        run()
-        return time.perf_counter() - started
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _server_description(store: Any) -> str:
     client = store.client
     try:
@@ -105,9 +93,8 @@ def measure(
     progress: Callable[[str], None] = lambda message: None,
 ) -> RedisBench:
     """Runs every measurement against the Redis (or cluster) at url; cleans up its keys."""
-    from .cache import _classes, implementation_class
-    from .stores.redis import RedisStore
-    from .stores.redis_coherence import RedisCoherence
+    from ..coherence.redis import RedisCoherence
+    from ..stores.redis import RedisStore
 
     prefix = f"lazycache-bench:{uuid.uuid4().hex[:12]}:"
     store = RedisStore(url, prefix)
@@ -118,7 +105,7 @@ def measure(
         {"id": i, "name": f"user {i}", "tags": ["a", "b"], "score": i * 0.5} for i in range(keys)
     ]
     client = store.client
-    cores = sorted(_classes, key=lambda name: name != "cython")  # compiled first
+    classes, _ = lazycache_classes()  # the cores built here, the compiled one first
     try:
         # ------------------------------------------------------------ flush throughput
         def mset() -> None:
@@ -139,23 +126,16 @@ def measure(
 
         flush_rows: dict[str, Row] = {}
 
-        def flush_run(core: str, coherent: bool) -> float:
-            cls = implementation_class(core)
+        def flush_run(cls: type, coherent: bool) -> float:
             channel = RedisCoherence(store, prefix + "invalidate") if coherent else None
-            cache = cls(
-                store,
-                write_interval=3600,
-                prune_interval=3600,
-                batch_size=1 << 30,
-                coherence=channel,
-            )
+            cache = idle_cache(cls, store, coherence=channel)
             cache._batch_writer.batch_size = (
                 batch_size  # batches of batch_size; the writer thread never wakes
             )
             try:
                 for name, value in zip(names, values):
                     cache[name] = value
-                seconds = _timed(cache.flush)
+                seconds = timed(cache.flush)
             finally:
                 cache.close(flush=False)
             return seconds
@@ -165,12 +145,12 @@ def measure(
             row = flush_rows.setdefault(
                 "mset", Row("flush", "redis-py pipelined MSET", 0.0, "keys/s")
             )
-            row.runs.append(keys / _timed(mset))
-            for core in cores:
+            row.runs.append(keys / timed(mset))
+            for name, cls in classes.items():
                 for coherent in (False, True):
-                    label = f"lazycache ({core})" + (" + coherence" if coherent else "")
+                    label = name + (" + coherence" if coherent else "")
                     row = flush_rows.setdefault(label, Row("flush", label, 0.0, "keys/s"))
-                    row.runs.append(keys / flush_run(core, coherent))
+                    row.runs.append(keys / flush_run(cls, coherent))
         for row in flush_rows.values():
             row.value = max(row.runs)
             report.rows.append(row)
@@ -202,21 +182,21 @@ def measure(
             return hits
 
         caches = {}
-        for core in cores:
-            cache = implementation_class(core)(store, write_interval=3600, prune_interval=3600)
+        for label, cls in classes.items():
+            cache = idle_cache(cls, store, read_through=True)
             for name in names:
                 cache[name]  # read through: now cached, clean
-            caches[core] = cache
-            get_rows[core] = Row("get (hit)", f"lazycache ({core})", 0.0, "ns/op")
+            caches[label] = cache
+            get_rows[label] = Row("get (hit)", label, 0.0, "ns/op")
         try:
             for turn in range(repeat):
                 progress(f"get, run {turn + 1}/{repeat}")
-                get_rows["get"].runs.append(_timed(direct_get) / len(sample) * 1e9)
-                get_rows["get+json"].runs.append(_timed(direct_get_decoded) / len(sample) * 1e9)
-                for core, cache in caches.items():
+                get_rows["get"].runs.append(timed(direct_get) / len(sample) * 1e9)
+                get_rows["get+json"].runs.append(timed(direct_get_decoded) / len(sample) * 1e9)
+                for label, cache in caches.items():
                     hits = hits_of(cache.__getitem__)
                     hits()  # one untimed pass: the loop runs warm, as a hot read path does
-                    get_rows[core].runs.append(_timed(hits) / keys * 1e9)
+                    get_rows[label].runs.append(timed(hits) / keys * 1e9)
         finally:
             for cache in caches.values():
                 cache.close(flush=False)
@@ -298,7 +278,7 @@ def render_json(report: RedisBench) -> str:
     )
 
 
-def run_store_bench(
+def run(
     url: str,
     *,
     sizes: Sequence[int] | None = None,
@@ -315,12 +295,6 @@ def run_store_bench(
         return 2
     keys_list = list(sizes) if sizes else [QUICK_KEYS if quick else DEFAULT_KEYS]
     runs = repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    interactive = sys.stderr.isatty()
-
-    def progress(message: str) -> None:
-        if interactive:
-            print(f"\rmeasuring {message}...\033[K", end="", file=sys.stderr, flush=True)
-
     try:
         import redis
     except ImportError:
@@ -331,23 +305,21 @@ def run_store_bench(
         return 2
     outputs = []
     try:
-        for keys in keys_list:
-            report = measure(url, keys, runs, progress=progress)
-            outputs.append(render_json(report) if as_json else render_table(report))
+        with status_line() as progress:
+            for keys in keys_list:
+                report = measure(url, keys, runs, progress=progress)
+                outputs.append(render_json(report) if as_json else render_table(report))
     except (redis.exceptions.ConnectionError, redis.exceptions.AuthenticationError) as exc:
         shown = re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", url)  # the password hidden
         print(f"lazycache bench: --store {shown}: cannot use Redis: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if interactive:
-            print("\r\033[K", end="", file=sys.stderr, flush=True)
     print("\n\n".join(outputs))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lazycache.bench_redis", description=__doc__.split("\n\n")[0]
+        prog="python -m lazycache.bench.redis", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("url", help="redis://host:port/db, or any node of a cluster")
     parser.add_argument(
@@ -357,9 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    return run_store_bench(
-        args.url, sizes=args.keys, repeat=args.repeat, quick=args.quick, as_json=args.json
-    )
+    return run(args.url, sizes=args.keys, repeat=args.repeat, quick=args.quick, as_json=args.json)
 
 
 if __name__ == "__main__":

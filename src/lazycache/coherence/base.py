@@ -1,4 +1,4 @@
-"""Coherence across processes: caches sharing a store tell each other which keys they wrote.
+"""The `Coherence` interface: what a cache needs from a channel shared with other processes.
 
 A `Coherence` channel is opt-in (`LazyWriterCache(store, coherence=...)`). After each
 batch commits, the writer publishes the batch's keys; every other cache on the same
@@ -15,7 +15,12 @@ from typing import Any, Callable
 
 
 class Coherence(ABC):
-    """A publish/subscribe channel of written keys. Implementations: see lazycache.stores."""
+    """A publish/subscribe channel of written keys.
+
+    Implementations: `lazycache.coherence.redis.RedisCoherence` and
+    `lazycache.coherence.postgres.PostgresNotifyCoherence`, both on
+    `lazycache.coherence.channel.ChannelCoherence`.
+    """
 
     @abstractmethod
     def start(

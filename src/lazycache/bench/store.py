@@ -36,16 +36,18 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import lazycache
 
-from .cache import LazyWriterCache
-from .cli import fit_width
-from .serializers import _json_dumps
+from .. import LazyWriterCache
+from ..serializers import _json_dumps
+from .kit.contenders import idle_cache
+from .kit.output import fit_width, format_table, rate
+from .kit.progress import status_line
+from .kit.timing import Runs, rotated, timed
 
 Batch = list[tuple[str, Any]]
 
@@ -66,10 +68,6 @@ ORIGIN_DESCRIPTION = (
     "row by row in one transaction (GORM: SELECT by key, then INSERT or UPDATE). Its rows here do the "
     "same in Python, with SQLAlchemy Core statements, and with the raw driver for reference."
 )
-
-
-class Unavailable(Exception):
-    """A contender cannot run against this database or driver."""
 
 
 class StoreSetupError(Exception):
@@ -94,7 +92,9 @@ def _setup_error(exc: BaseException) -> StoreSetupError:
 
 
 @dataclass
-class Contender:
+class Method:
+    """One way to write a batch: a contender of this section."""
+
     name: str
     group: str
     """LAZYCACHE, ORIGIN (the baseline of the "vs origin" ratio), RAW (the best of them is "raw best") or OTHER."""
@@ -107,20 +107,15 @@ class Contender:
 
 
 @dataclass
-class Cell:
-    contender: str
+class BatchCell(Runs):
+    """The runs of one method at one batch size."""
+
+    method: str
     group: str
     batch: int
     samples: list[float] = field(default_factory=list)
     """rows/s of each run."""
-
-    @property
-    def best(self) -> float:
-        return max(self.samples)
-
-    @property
-    def spread(self) -> float:
-        return (self.best - min(self.samples)) / self.best * 100 if self.best else 0.0
+    higher_is_better = True
 
 
 @dataclass
@@ -132,7 +127,7 @@ class StoreReport:
     batches: list[int]
     repeat: int
     value_bytes: int
-    cells: list[Cell] = field(default_factory=list)
+    cells: list[BatchCell] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
 
@@ -157,7 +152,7 @@ def make_value(i: int, generation: int) -> dict[str, Any]:
     }
 
 
-class Workload:
+class Batches:
     """Hands out batches: half random existing keys, half keys never used before."""
 
     def __init__(self, rows: int, seed: int = 0) -> None:
@@ -177,10 +172,10 @@ class Workload:
         return batch, [f"key:{i}" for i in new]
 
 
-# ----------------------------------------------------------------------------- contenders
+# ----------------------------------------------------------------------------- the methods
 
 
-def _contenders(store: Any, engine: Any) -> tuple[list[Contender], dict[str, str]]:
+def _methods(store: Any, engine: Any) -> tuple[list[Method], dict[str, str]]:
     import sqlalchemy as sa
     from sqlalchemy.dialects import mysql, postgresql, sqlite
 
@@ -190,19 +185,13 @@ def _contenders(store: Any, engine: Any) -> tuple[list[Contender], dict[str, str
     quote = dialect.identifier_preparer.quote
     name = dialect.identifier_preparer.format_table(table)
     key, value = quote("key"), quote("value")
-    contenders: list[Contender] = []
+    methods: list[Method] = []
     skipped: dict[str, str] = {}
 
     # lazycache
     def make_cache(batch: Batch) -> Any:
         # batch_size above the batch: a full batch would wake the writer thread; one flush() writes it all.
-        cache: LazyWriterCache[Any, Any] = LazyWriterCache(
-            store,
-            write_interval=3600.0,
-            prune_interval=3600.0,
-            batch_size=1 << 30,
-            read_through=False,
-        )
+        cache: LazyWriterCache[Any, Any] = idle_cache(LazyWriterCache, store)
         cache.update(batch)
         return cache
 
@@ -210,13 +199,13 @@ def _contenders(store: Any, engine: Any) -> tuple[list[Contender], dict[str, str
         result = cache.flush()
         assert result.written == len(batch), result
 
-    contenders.append(
-        Contender(
+    methods.append(
+        Method(
             "lazycache: cache.flush()", LAZYCACHE, flush, make_cache, lambda c: c.close(flush=False)
         )
     )
-    contenders.append(
-        Contender(
+    methods.append(
+        Method(
             "lazycache: SQLAlchemyStore.write()", LAZYCACHE, lambda _, batch: store.write(batch, [])
         )
     )
@@ -230,8 +219,8 @@ def _contenders(store: Any, engine: Any) -> tuple[list[Contender], dict[str, str
                 else:
                     conn.execute(sa.insert(table).values(key=k, value=dumps(v)))
 
-    contenders.append(
-        Contender(
+    methods.append(
+        Method(
             "origin: per row SELECT, then INSERT or UPDATE (SQLAlchemy Core)", ORIGIN, per_row_core
         )
     )
@@ -254,7 +243,7 @@ def _contenders(store: Any, engine: Any) -> tuple[list[Contender], dict[str, str
             with engine.begin() as conn:
                 conn.execute(core_upsert, [{"key": k, "value": dumps(v)} for k, v in batch])
 
-        contenders.append(Contender("SQLAlchemy Core upsert, executemany", OTHER, core_executemany))
+        methods.append(Method("SQLAlchemy Core upsert, executemany", OTHER, core_executemany))
 
     # the raw driver
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
@@ -280,8 +269,8 @@ def _contenders(store: Any, engine: Any) -> tuple[list[Contender], dict[str, str
         cursor.close()
         driver.commit()
 
-    contenders.append(
-        Contender(
+    methods.append(
+        Method(
             "origin's approach with the raw driver, for reference", OTHER, per_row_raw, raw, release
         )
     )
@@ -325,11 +314,11 @@ def _contenders(store: Any, engine: Any) -> tuple[list[Contender], dict[str, str
                     cursor.execute(unnest_sql, ([k for k, _ in part], [dumps(v) for _, v in part]))
             driver.commit()
 
-        contenders.append(
-            Contender("psycopg executemany (pipeline mode)", RAW, psycopg_executemany, raw, release)
+        methods.append(
+            Method("psycopg executemany (pipeline mode)", RAW, psycopg_executemany, raw, release)
         )
-        contenders.append(
-            Contender(
+        methods.append(
+            Method(
                 "psycopg COPY to a temp table + INSERT..SELECT..ON CONFLICT",
                 RAW,
                 psycopg_copy,
@@ -337,8 +326,8 @@ def _contenders(store: Any, engine: Any) -> tuple[list[Contender], dict[str, str
                 release,
             )
         )
-        contenders.append(
-            Contender(
+        methods.append(
+            Method(
                 "psycopg unnest(binary arrays), chunks pipelined", RAW, psycopg_unnest, raw, release
             )
         )
@@ -350,7 +339,7 @@ def _contenders(store: Any, engine: Any) -> tuple[list[Contender], dict[str, str
             driver.executemany(upsert_sql, [(k, dumps(v)) for k, v in batch])
             driver.commit()
 
-        contenders.append(Contender("sqlite3 executemany", RAW, sqlite_executemany, raw, release))
+        methods.append(Method("sqlite3 executemany", RAW, sqlite_executemany, raw, release))
 
         # What SQLite alone costs: no Python work is timed at all, so no method can beat it.
         def encoded(batch: Batch) -> tuple[Any, list[tuple[str, str]]]:
@@ -361,8 +350,8 @@ def _contenders(store: Any, engine: Any) -> tuple[list[Contender], dict[str, str
             driver.executemany(upsert_sql, state[1])
             driver.commit()
 
-        contenders.append(
-            Contender(
+        methods.append(
+            Method(
                 "ceiling: sqlite3 executemany of values serialised beforehand (untimed)",
                 OTHER,
                 sqlite_ceiling,
@@ -382,8 +371,8 @@ def _contenders(store: Any, engine: Any) -> tuple[list[Contender], dict[str, str
             cursor.close()
             driver.commit()
 
-        contenders.append(
-            Contender(
+        methods.append(
+            Method(
                 f"{dialect.driver} executemany (multi-row INSERT)",
                 RAW,
                 mysql_executemany,
@@ -421,8 +410,8 @@ def _contenders(store: Any, engine: Any) -> tuple[list[Contender], dict[str, str
                 cursor.close()
                 driver.commit()
 
-            contenders.append(
-                Contender(
+            methods.append(
+                Method(
                     "pymysql multi-row INSERTs of 250 rows, sent by a thread",
                     RAW,
                     mysql_pipelined,
@@ -432,22 +421,10 @@ def _contenders(store: Any, engine: Any) -> tuple[list[Contender], dict[str, str
             )
     else:
         skipped["raw driver"] = f"no raw-driver contender for {dialect.name}+{dialect.driver}"
-    return contenders, skipped
+    return methods, skipped
 
 
 # ----------------------------------------------------------------------------- measuring
-
-
-def _timed(fn: Callable[[], None]) -> float:
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        started = time.perf_counter()
-        fn()
-        return time.perf_counter() - started
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def measure(
@@ -457,10 +434,10 @@ def measure(
     repeat: int,
     progress: Callable[[str], None] = lambda message: None,
 ) -> StoreReport:
-    """Runs every contender on every batch size `repeat` times against a fresh table at `url`."""
+    """Runs every method on every batch size `repeat` times against a fresh table at `url`."""
     import sqlalchemy as sa
 
-    from .stores.sqlalchemy import SQLAlchemyStore, make_engine
+    from ..stores.sqlalchemy import SQLAlchemyStore, make_engine
 
     try:
         engine = make_engine(url)
@@ -508,40 +485,37 @@ def measure(
         with engine.begin() as conn:
             if engine.dialect.name == "postgresql":
                 conn.exec_driver_sql(f"ANALYZE {engine.dialect.identifier_preparer.quote(table)}")
-        contenders, report.skipped = _contenders(store, engine)
-        work = Workload(rows)
+        methods, report.skipped = _methods(store, engine)
+        work = Batches(rows)
 
-        def trial(contender: Contender, size: int) -> float:
+        def trial(method: Method, size: int) -> float:
             batch, new_keys = work.batch(size)
-            state = contender.prepare(batch)
+            state = method.prepare(batch)
             try:
-                elapsed = _timed(lambda: contender.write(state, batch))
+                elapsed = timed(lambda: method.write(state, batch))
             finally:
-                contender.finish(state)
+                method.finish(state)
             store.write([], new_keys)  # untimed: the table keeps its size
             return size / elapsed
 
-        active = list(contenders)
-        for contender in contenders:  # warm-up: statement caches, the temp table, the pool
+        active = list(methods)
+        for method in methods:  # warm-up: statement caches, the temp table, the pool
             try:
-                trial(contender, 100)
+                trial(method, 100)
             except Exception as exc:
-                report.failed[contender.name] = f"warm-up raised {exc!r}"
-                active.remove(contender)
+                report.failed[method.name] = f"warm-up raised {exc!r}"
+                active.remove(method)
         for size in batches:
-            cells = {c.name: Cell(c.name, c.group, size) for c in active}
+            cells = {m.name: BatchCell(m.name, m.group, size) for m in active}
             for turn in range(repeat):
-                order = (
-                    active[turn % len(active) :] + active[: turn % len(active)] if active else []
-                )
-                for contender in order:
-                    if contender.name in report.failed:
+                for method in rotated(active, turn):
+                    if method.name in report.failed:
                         continue
-                    progress(f"{contender.name} @ {size} rows (run {turn + 1}/{repeat})")
+                    progress(f"{method.name} @ {size} rows (run {turn + 1}/{repeat})")
                     try:
-                        cells[contender.name].samples.append(trial(contender, size))
+                        cells[method.name].samples.append(trial(method, size))
                     except Exception as exc:
-                        report.failed[contender.name] = f"batch of {size} raised {exc!r}"
+                        report.failed[method.name] = f"batch of {size} raised {exc!r}"
                     gc.collect()
             report.cells.extend(cell for cell in cells.values() if cell.samples)
         return report
@@ -559,16 +533,6 @@ def measure(
 
 
 # ----------------------------------------------------------------------------- output
-
-
-def _rate(value: float) -> str:
-    if value != value:  # nan
-        return "-"
-    if value >= 10_000:
-        return f"{value / 1000:.0f}k"
-    if value >= 1_000:
-        return f"{value / 1000:.1f}k"
-    return f"{value:.0f}"
 
 
 def _ratio(value: float) -> str:
@@ -591,35 +555,25 @@ def render_table(report: StoreReport) -> str:
     lines += [f"FAILED {name}: {why}" for name, why in report.failed.items()]
     header = ["batch", "method", "rows/s", "vs raw best", "vs origin", "spread"]
     body: list[list[str]] = []
+    breaks: list[int] = []  # a blank line before each batch size but the first
     for size in report.batches:
         raw_best = report.best_of(RAW, size)
         origin = report.best_of(ORIGIN, size)
-        for cell in [c for c in report.cells if c.batch == size]:
+        cells = [c for c in report.cells if c.batch == size]
+        if body and cells:
+            breaks.append(len(body))
+        for cell in cells:
             body.append(
                 [
                     f"{size:,}",
-                    cell.contender,
-                    _rate(cell.best),
+                    cell.method,
+                    rate(cell.best, suffix=""),
                     _ratio(cell.best / raw_best),
                     _ratio(cell.best / origin),
                     f"±{cell.spread:.0f}%",
                 ]
             )
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-
-    def fmt(row: list[str]) -> str:
-        return "  ".join(
-            text.ljust(width) if i == 1 else text.rjust(width)
-            for i, (text, width) in enumerate(zip(row, widths))
-        )
-
-    lines += ["", fmt(header), fmt(["-" * w for w in widths])]
-    previous = None
-    for row in body:
-        if previous is not None and row[0] != previous:
-            lines.append("")
-        previous = row[0]
-        lines.append(fmt(row))
+    lines += ["", *format_table(header, body, left=2, breaks=breaks)]
     lines += [
         "",
         "vs raw best: rows/s / the best raw-driver method's rows/s for the same batch size; vs origin: / the "
@@ -636,7 +590,7 @@ def render_json(report: StoreReport) -> str:
         results.append(
             {
                 "batch": cell.batch,
-                "method": cell.contender,
+                "method": cell.method,
                 "group": cell.group,
                 "rows_per_s": cell.best,
                 "vs_raw_best": cell.best / raw_best,
@@ -707,8 +661,19 @@ def _new_sqlite_files(url: str) -> list[str]:
     return [database + suffix for suffix in ("", "-wal", "-shm", "-journal")]
 
 
-def run(args: Any) -> int:
-    """`lazycache bench --store [URL]`, from the parsed arguments of the bench command."""
+def run(
+    url: str,
+    *,
+    sizes: Sequence[int] | None = None,
+    repeat: int | None = None,
+    quick: bool = False,
+    as_json: bool = False,
+) -> int:
+    """`lazycache bench --store [URL]`: measures and prints; returns the exit status.
+
+    `url`: an SQLAlchemy URL, or "sqlite" for a file in a temporary directory; `sizes`: the
+    batch sizes.
+    """
     try:
         import sqlalchemy  # noqa: F401
     except ImportError:
@@ -717,33 +682,25 @@ def run(args: Any) -> int:
             file=sys.stderr,
         )
         return 2
-    batches = args.sizes or (QUICK_BATCHES if args.quick else DEFAULT_BATCHES)
-    repeat = args.repeat or (QUICK_REPEAT if args.quick else DEFAULT_REPEAT)
-    rows = QUICK_ROWS if args.quick else DEFAULT_ROWS
-    interactive = sys.stderr.isatty()
-
-    def progress(message: str) -> None:
-        if interactive:
-            print(f"\rmeasuring {message}...\033[K", end="", file=sys.stderr, flush=True)
-
+    batches = list(sizes) if sizes else (QUICK_BATCHES if quick else DEFAULT_BATCHES)
+    runs = repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
+    rows = QUICK_ROWS if quick else DEFAULT_ROWS
     temporary: str | None = None
-    url = args.store
     if url == EMBEDDED:
         temporary = tempfile.mkdtemp(prefix="lazycache-bench-")
         url = f"sqlite:///{os.path.join(temporary, 'bench.db')}"
     created = _new_sqlite_files(url)
     try:
-        report = measure(url, batches, rows, repeat, progress)
+        with status_line() as progress:
+            report = measure(url, batches, rows, runs, progress)
     except StoreSetupError as exc:
         print(f"lazycache bench: --store {_shown(url)}: {exc}", file=sys.stderr)
         return 2
     finally:
-        if interactive:
-            print("\r\033[K", end="", file=sys.stderr, flush=True)
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
         for path in created:  # the run made this database file: it leaves none behind
             if os.path.exists(path):
                 os.remove(path)
-    print(render_json(report) if args.json else render_table(report))
+    print(render_json(report) if as_json else render_table(report))
     return 1 if report.failed else 0

@@ -26,20 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cli import (
-    BASELINE,
-    GET_ITEM,
-    NO_PROGRESS,
-    SET_ITEM,
-    Progress,
-    Runs,
-    Workload,
-    _human,
-    _rotated,
-    _symbols,
-    format_table,
-    load_contenders,
-)
+from .kit.contenders import BASELINE, load_contenders
+from .kit.output import format_table, human, rate, switch_interval_ms, symbols
+from .kit.progress import NO_PROGRESS, Progress
+from .kit.timing import GET_ITEM, SET_ITEM, Runs, rotated, without_gc
+from .kit.workload import Workload
 
 THREAD_COUNTS = (1, 5, 10, 20)
 QUICK_THREAD_COUNTS = (1, 5)
@@ -171,10 +162,8 @@ def run_window(
                 daemon=True,
             )
         )
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
+
+    def window() -> None:
         for thread in threads:
             thread.start()
         barrier.wait()
@@ -182,9 +171,9 @@ def run_window(
         stop.now = True
         for thread in threads:
             thread.join()
-    finally:
-        if was_enabled:
-            gc.enable()
+
+    gc.collect()
+    without_gc(window)
     for outcome in results + (writer_result if writer else []):
         if isinstance(outcome, BaseException):
             raise outcome
@@ -222,7 +211,7 @@ def measure(
             except Exception as exc:
                 if name == BASELINE:
                     raise
-                report.failed[name] = f"building {_human(keys)} keys raised {exc!r}"
+                report.failed[name] = f"building {human(keys)} keys raised {exc!r}"
         for readers, writer in configs:
             row = {
                 name: ThreadCell(name, readers, writer)
@@ -231,7 +220,7 @@ def measure(
             }
             what = f"{readers} reader{'s' if readers > 1 else ''}{' + writer' if writer else ''}"
             for turn in range(repeat):
-                for name in _rotated(list(row), turn):
+                for name in rotated(list(row), turn):
                     progress.advance(f"{what}: {name}")
                     if name in report.failed:
                         continue
@@ -261,24 +250,10 @@ def measure(
     return report
 
 
-def _rate(ops_per_second: float) -> str:
-    if math.isnan(ops_per_second):
-        return "-"
-    if ops_per_second >= 1e6:
-        return f"{ops_per_second / 1e6:.1f}M/s"
-    if ops_per_second >= 1e4:
-        return f"{ops_per_second / 1e3:.0f}k/s"
-    if ops_per_second >= 1e3:
-        return f"{ops_per_second / 1e3:.1f}k/s"
-    if ops_per_second >= 1 or ops_per_second == 0:
-        return f"{ops_per_second:.0f}/s"  # a quick run's writer may set a few hundred keys a second
-    return f"{ops_per_second:.2g}/s"
-
-
 def render_table(report: ThreadReport) -> str:
-    times, plus_minus = _symbols()
+    times, plus_minus = symbols()
     lines = [
-        f"== threads: aggregate get-hit throughput of N reader threads on {_human(report.keys)} keys, "
+        f"== threads: aggregate get-hit throughput of N reader threads on {human(report.keys)} keys, "
         f"alone and with one writer thread"
     ]
     lines += [f"skipped {name}: {reason}" for name, reason in report.skipped.items()]
@@ -297,7 +272,7 @@ def render_table(report: ThreadReport) -> str:
             row.append(
                 "-"
                 if cell is None
-                else f"{cell.best:.1f} ns = {_rate(cell.ops_per_second)} ({cell.ratio:.2f}{times}) {plus_minus}{cell.spread:.0f}%"
+                else f"{cell.best:.1f} ns = {rate(cell.ops_per_second)} ({cell.ratio:.2f}{times}) {plus_minus}{cell.spread:.0f}%"
             )
         rows.append(row)
     lines += ["", "aggregate reader ns/op = reads/s (ratio to dict) " + plus_minus + "spread:"]
@@ -323,7 +298,7 @@ def render_table(report: ThreadReport) -> str:
         row = [label(readers, True)]
         for name in names:
             cell = report.cell(name, readers, True)
-            row.append("-" if cell is None else _rate(cell.writer_rate))
+            row.append("-" if cell is None else rate(cell.writer_rate))
         rows.append(row)
     lines += ["", "the writer thread's sets/s meanwhile:"]
     lines += format_table(["threads", *names], rows)
@@ -341,7 +316,7 @@ def render_table(report: ThreadReport) -> str:
         f"{CHUNK:,}; the writer sets existing keys (lazycache: already pending, the writer thread idle).",
         "GIL: on this build one thread runs Python code at a time, so more threads cannot add throughput; "
         "these figures show what concurrency costs (GIL hand-offs every "
-        f"{_switch_interval_ms()} ms, lock contention inside the structure), and a ratio well below 1.00 "
+        f"{switch_interval_ms()} ms, lock contention inside the structure), and a ratio well below 1.00 "
         "to one reader would mean a lock convoy. With the writer, the GIL's time slices are shared by "
         "N + 1 threads, so the readers get about N/(N + 1) of the window and the writer the rest: compare "
         "those rows across contenders, not with the rows without a writer.",
@@ -349,12 +324,6 @@ def render_table(report: ThreadReport) -> str:
         "without one, as the others do; cachetools + Lock is the same with a lock around every call.",
     ]
     return "\n".join(lines)
-
-
-def _switch_interval_ms() -> str:
-    import sys
-
-    return f"{sys.getswitchinterval() * 1000:g}"
 
 
 def report_json(report: ThreadReport) -> dict[str, Any]:

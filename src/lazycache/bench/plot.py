@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .cli import BASELINE, _human, environment
-
-if TYPE_CHECKING:
-    from .cli import BenchRun
+from .hotpaths import Report
+from .kit.contenders import BASELINE
+from .kit.output import environment, human
+from .latency import LatencyReport
+from .memory import MemoryReport
+from .run import BenchRun
+from .threads import ThreadReport
 
 
 class MissingMatplotlib(Exception):
@@ -123,13 +126,13 @@ def plot(run: BenchRun, path: str) -> None:
     )
     for (kind, size), row in zip(panels, axes_list):
         axes = row[0]
-        if kind == "ops":
+        if kind == "ops" and run.ops is not None:
             _ops_panel(axes, run.ops, size)
-        elif kind == "threads":
+        elif kind == "threads" and run.threads is not None:
             _threads_panel(axes, run.threads)
-        elif kind == "latency":
+        elif kind == "latency" and run.latency is not None:
             _latency_panel(axes, run.latency)
-        else:
+        elif kind == "memory" and run.memory is not None:
             _memory_panel(axes, run.memory)
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
@@ -138,7 +141,7 @@ def plot(run: BenchRun, path: str) -> None:
     plt.close(figure)
 
 
-def _ops_panel(axes: Any, report: Any, size: int) -> None:
+def _ops_panel(axes: Any, report: Report, size: int) -> None:
     cells = {(c.operation, c.contender): c for c in report.cells if c.size == size}
     names = [n for n in report.contenders if n != BASELINE]
     series = {
@@ -149,12 +152,12 @@ def _ops_panel(axes: Any, report: Any, size: int) -> None:
     }
     _grouped_bars(axes, report.operations, series, log=True, reference=1.0)
     axes.set_title(
-        f"ops at {_human(size)} keys: ns/op relative to dict (dashed line = dict)", fontsize=9
+        f"ops at {human(size)} keys: ns/op relative to dict (dashed line = dict)", fontsize=9
     )
     axes.set_ylabel("× dict (log)", fontsize=8)
 
 
-def _threads_panel(axes: Any, report: Any) -> None:
+def _threads_panel(axes: Any, report: ThreadReport) -> None:
     configs = [(n, writer) for writer in (False, True) for n in report.thread_counts]
     groups = [f"{n}r{' + w' if writer else ''}" for n, writer in configs]
     names = [n for n in report.contenders if n != BASELINE and n not in report.failed]
@@ -168,13 +171,13 @@ def _threads_panel(axes: Any, report: Any) -> None:
     _grouped_bars(axes, groups, series, log=True, reference=1.0)
     axes.set_title(
         f"threads: aggregate get-hit ns/op of N readers (r), alone and with one writer (w), on "
-        f"{_human(report.keys)} keys, relative to dict",
+        f"{human(report.keys)} keys, relative to dict",
         fontsize=9,
     )
     axes.set_ylabel("× dict (log)", fontsize=8)
 
 
-def _latency_panel(axes: Any, report: Any) -> None:
+def _latency_panel(axes: Any, report: LatencyReport) -> None:
     order = {
         (name, scenario): i
         for i, (name, scenario) in enumerate(
@@ -190,13 +193,13 @@ def _latency_panel(axes: Any, report: Any) -> None:
     }
     _grouped_bars(axes, groups, series, log=True)
     axes.set_title(
-        f"latency of one set while the writer flushes {_human(report.pending)} pending entries, µs (log)",
+        f"latency of one set while the writer flushes {human(report.pending)} pending entries, µs (log)",
         fontsize=9,
     )
     axes.set_ylabel("µs (log)", fontsize=8)
 
 
-def _memory_panel(axes: Any, report: Any) -> None:
+def _memory_panel(axes: Any, report: MemoryReport) -> None:
     rows = [c for c in report.cells if c.contender != BASELINE]
     groups = [c.label.replace(", ", "\n") for c in rows]
     values = [c.beyond_dict for c in rows]
@@ -214,7 +217,7 @@ def _memory_panel(axes: Any, report: Any) -> None:
     dict_cell = next((c for c in report.cells if c.contender == BASELINE), None)
     dict_text = f" (dict itself: {dict_cell.best:.0f} B/entry)" if dict_cell is not None else ""
     axes.set_title(
-        f"memory: bytes per entry beyond a dict at {_human(report.size)} entries{dict_text}",
+        f"memory: bytes per entry beyond a dict at {human(report.size)} entries{dict_text}",
         fontsize=9,
     )
     axes.set_ylabel("bytes/entry", fontsize=8)

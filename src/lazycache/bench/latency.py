@@ -30,23 +30,15 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
-from .cli import (
-    _IDLE_INTERVAL,
-    NO_PROGRESS,
-    Progress,
-    Unavailable,
-    _human,
-    _symbols,
-    best_of,
-    format_table,
-    lazycache_class,
-    micro,
-    spread_of,
-)
-from .stores import MemoryStore
-from .stores.base import GeneratedFields, Store
+from ..stores import MemoryStore
+from ..stores.base import GeneratedFields, Store
+from .kit.contenders import BASELINE, idle_cache, lazycache_classes
+from .kit.output import format_table, human, micro, switch_interval_ms, symbols
+from .kit.progress import NO_PROGRESS, Progress
+from .kit.timing import best_of, spread_of, without_gc
 
 PENDING = 100_000
 SETS = 50_000
@@ -213,7 +205,7 @@ def _summarise(
 
 
 def _sqlite_store(directory: str, index: int) -> Store[Any, Any]:
-    from .stores.sqlalchemy import SQLAlchemyStore
+    from ..stores.sqlalchemy import SQLAlchemyStore
 
     return SQLAlchemyStore(f"sqlite:///{directory}/latency-{index}.db", "lazycache_bench")
 
@@ -231,27 +223,23 @@ def run_lazycache(
         _sqlite_store(directory, index) if scenario == FLUSH_SQLITE else MemoryStore()
     )
     store = _GatedStore(inner, target=len(keys))
-    cache = cls(
-        store,
-        batch_size=BATCH_SIZE,
-        write_interval=_IDLE_INTERVAL,
-        prune_interval=_IDLE_INTERVAL,
-        read_through=False,
-    )
-    was_enabled = gc.isenabled()
+    # The writer wakes at each full batch (the default batch_size), never on a timer.
+    cache = idle_cache(cls, store, batch_size=BATCH_SIZE)
+
+    def sets() -> tuple[int, list[int], list[int]]:
+        """(when the gate opened or 0, start stamps, end stamps)."""
+        opened = 0
+        if scenario != IDLE:
+            opened = time.perf_counter_ns()
+            store.gate.set()
+        return (opened, *_set_loop(cache, targets))
+
     try:
         for i, key in enumerate(keys):
             cache[key] = i
         store.entered.wait(10.0)  # the writer has its first batch and waits at the gate
         gc.collect()
-        gc.disable()
-        opened = 0
-        if scenario != IDLE:
-            opened = time.perf_counter_ns()
-            store.gate.set()
-        starts, ends = _set_loop(cache, targets)
-        if was_enabled:
-            gc.enable()
+        opened, starts, ends = without_gc(sets)
         if scenario == IDLE:
             return _summarise(starts, ends)
         if not store.done.wait(FLUSH_TIMEOUT):
@@ -262,8 +250,6 @@ def run_lazycache(
         result.flush_ms = (store.done_at - opened) / 1e6
         return result
     finally:
-        if was_enabled:
-            gc.enable()
         store.gate.set()
         cache.close(flush=False)
         store.close()
@@ -272,27 +258,15 @@ def run_lazycache(
 def run_dict(keys: Sequence[str], targets: Sequence[str]) -> LatencyRun:
     """The reference: the same loop on a plain dict holding the same keys."""
     d = {key: i for i, key in enumerate(keys)}
-    was_enabled = gc.isenabled()
     gc.collect()
-    gc.disable()
-    try:
-        starts, ends = _set_loop(d, targets)
-    finally:
-        if was_enabled:
-            gc.enable()
+    starts, ends = without_gc(partial(_set_loop, d, targets))
     return _summarise(starts, ends)
 
 
 def measure(
     pending: int = PENDING, sets: int = SETS, repeat: int = REPEAT, progress: Progress = NO_PROGRESS
 ) -> LatencyReport:
-    classes: dict[str, type] = {}
-    skipped: dict[str, str] = {}
-    for core in ("cython", "python"):
-        try:
-            classes[f"lazycache ({core})"] = lazycache_class(core)
-        except Unavailable as exc:
-            skipped[f"lazycache ({core})"] = str(exc)
+    classes, skipped = lazycache_classes()
     scenarios = list(SCENARIOS)
     try:
         import sqlalchemy  # noqa: F401
@@ -302,7 +276,7 @@ def measure(
             "SQLAlchemy not installed (pip install 'lazywritercache[sqlalchemy]')"
         )
     report = LatencyReport(
-        pending, sets, repeat, BATCH_SIZE, ["dict", *classes], scenarios, skipped
+        pending, sets, repeat, BATCH_SIZE, [BASELINE, *classes], scenarios, skipped
     )
     report.clock_overhead_ns = _clock_overhead()
     rng = random.Random(7)
@@ -310,7 +284,7 @@ def measure(
     targets = [keys[rng.randrange(pending)] for _ in range(sets)]
     for key in keys:
         hash(key)
-    plan = [("dict", IDLE)] + [(name, scenario) for scenario in scenarios for name in classes]
+    plan = [(BASELINE, IDLE)] + [(name, scenario) for scenario in scenarios for name in classes]
     cells = {(name, scenario): LatencyCell(name, scenario) for name, scenario in plan}
     progress.section("latency", len(plan) * repeat)
     directory = tempfile.mkdtemp(prefix="lazycache-bench-")
@@ -323,7 +297,7 @@ def measure(
                     continue
                 index += 1
                 try:
-                    if name == "dict":
+                    if name == BASELINE:
                         run = run_dict(keys, targets)
                     else:
                         run = run_lazycache(
@@ -350,10 +324,10 @@ def _us(ns: float) -> str:
 
 
 def render_table(report: LatencyReport) -> str:
-    times, plus_minus = _symbols()
+    times, plus_minus = symbols()
     mu = micro()
     lines = [
-        f"== latency: one `cache[key] = value` while the writer flushes {_human(report.pending)} pending entries "
+        f"== latency: one `cache[key] = value` while the writer flushes {human(report.pending)} pending entries "
         f"(batches of {report.batch_size:,}), {mu}s"
     ]
     lines += [f"skipped {name}: {reason}" for name, reason in report.skipped.items()]
@@ -401,7 +375,7 @@ def render_table(report: LatencyReport) -> str:
     lines += ["", *format_table(header, rows, left=2)]
     lines += [
         "",
-        f"{_human(report.sets)} sets of random keys among the {_human(report.pending)} from one foreground thread; "
+        f"{human(report.sets)} sets of random keys among the {human(report.pending)} from one foreground thread; "
         f"each figure is the best (min) of {report.repeat} run{'s' if report.repeat > 1 else ''} "
         f"({plus_minus} = (max - min) / min), max = the lowest maximum of the runs.",
         "idle: the writer holds its first batch at a gate in the store (it waits, nothing else runs); "
@@ -410,15 +384,9 @@ def render_table(report: LatencyReport) -> str:
         f"Every figure includes two perf_counter_ns() calls: {report.clock_overhead_ns:.0f} ns back to back. "
         "dict: `d[k] = v` in the same loop, for reference.",
         f"GIL: the foreground thread waits whenever the writer thread holds the GIL (hand-offs every "
-        f"{_switch_ms()} ms), so the tail includes GIL waits as well as the core's lock.",
+        f"{switch_interval_ms()} ms), so the tail includes GIL waits as well as the core's lock.",
     ]
     return "\n".join(lines)
-
-
-def _switch_ms() -> str:
-    import sys
-
-    return f"{sys.getswitchinterval() * 1000:g}"
 
 
 def report_json(report: LatencyReport) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """``lazycache bench``, memory section: bytes per entry beyond a plain dict holding the same keys and values.
 
-Each measurement runs in a fresh interpreter (``python -m lazycache.bench_memory
+Each measurement runs in a fresh interpreter (``python -m lazycache.bench.memory
 CONTENDER MODE N``), so nothing another contender allocated is reused. The child
 imports everything, creates the N str keys (hashes cached) and N int values
 first, collects garbage, reads its resident set size from ``/proc/self/statm``,
@@ -33,22 +33,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cli import (
-    _IDLE_INTERVAL,
-    _NO_WRITE_TRIGGER,
-    BASELINE,
-    CONTENDERS,
-    NO_PROGRESS,
-    Progress,
-    Runs,
-    Unavailable,
-    _human,
-    _rotated,
-    _symbols,
-    format_table,
-    lazycache_class,
-)
-from .stores.base import GeneratedFields, Store
+from ..stores.base import GeneratedFields, Store
+from .kit.contenders import BASELINE, CONTENDERS, idle_cache, lazycache_class, load_contenders
+from .kit.output import format_table, human, symbols
+from .kit.progress import NO_PROGRESS, Progress
+from .kit.timing import Runs, rotated
 
 SIZE = 1_000_000
 QUICK_SIZE = 50_000
@@ -96,13 +85,7 @@ def child(name: str, mode: str, size: int) -> dict[str, Any]:
         cls = lazycache_class(contender.core)
 
         def make() -> Any:
-            return cls(
-                DiscardStore(),
-                write_interval=_IDLE_INTERVAL,
-                prune_interval=_IDLE_INTERVAL,
-                batch_size=_NO_WRITE_TRIGGER,
-                read_through=False,
-            )
+            return idle_cache(cls, DiscardStore())
 
     else:
 
@@ -144,7 +127,7 @@ def child(name: str, mode: str, size: int) -> dict[str, Any]:
 
 def _run_child(name: str, mode: str, size: int) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, "-m", "lazycache.bench_memory", name, mode, str(size)],
+        [sys.executable, "-m", "lazycache.bench.memory", name, mode, str(size)],
         capture_output=True,
         text=True,
         timeout=CHILD_TIMEOUT,
@@ -153,7 +136,8 @@ def _run_child(name: str, mode: str, size: int) -> dict[str, Any]:
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines()
         raise RuntimeError(lines[-1] if lines else f"exit status {result.returncode}")
-    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    outcome: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return outcome
 
 
 @dataclass
@@ -192,15 +176,10 @@ class MemoryReport:
 def measure(
     size: int = SIZE, repeat: int = REPEAT, progress: Progress = NO_PROGRESS
 ) -> MemoryReport:
-    skipped: dict[str, str] = {}
     plan: list[tuple[str, str]] = []
     why_not = available()
-    for name, load in CONTENDERS.items():
-        try:
-            contender = load()
-        except Unavailable as exc:
-            skipped[name] = str(exc)
-            continue
+    contenders, skipped = load_contenders()
+    for name, contender in contenders.items():
         if why_not is not None:
             skipped[name] = why_not
             continue
@@ -211,10 +190,8 @@ def measure(
     cells = {(name, mode): MemoryCell(name, mode) for name, mode in plan}
     progress.section("memory", len(plan) * repeat)
     for turn in range(repeat):
-        for name, mode in _rotated(plan, turn):
-            progress.advance(
-                f"{_human(size)} entries: {name}{'' if mode == BUILT else ', ' + mode}"
-            )
+        for name, mode in rotated(plan, turn):
+            progress.advance(f"{human(size)} entries: {name}{'' if mode == BUILT else ', ' + mode}")
             if name in report.failed:
                 continue
             try:
@@ -237,9 +214,9 @@ def measure(
 
 
 def render_table(report: MemoryReport) -> str:
-    times, plus_minus = _symbols()
+    times, plus_minus = symbols()
     lines = [
-        f"== memory: bytes per entry at {_human(report.size)} str keys -> int values, by RSS, fresh process each"
+        f"== memory: bytes per entry at {human(report.size)} str keys -> int values, by RSS, fresh process each"
     ]
     lines += [f"skipped {name}: {reason}" for name, reason in report.skipped.items()]
     lines += [f"FAILED {name}: {what}" for name, what in report.failed.items()]
@@ -306,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 3 or args[1] not in (CLEAN, PENDING, BUILT):
         print(
-            "usage: python -m lazycache.bench_memory CONTENDER {built,clean,pending} SIZE",
+            "usage: python -m lazycache.bench.memory CONTENDER {built,clean,pending} SIZE",
             file=sys.stderr,
         )
         return 2
