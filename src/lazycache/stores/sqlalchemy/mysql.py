@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.engine import Connection
 
+from ..._pacing import GilPacer
 from ...serializers import SerializationError
 from . import fastpath
 from .errors import driver_errors, mysql_code
@@ -296,10 +297,14 @@ class KeyValueUpsert(fastpath.KeyValueUpsert):
             # of the server's budget (a character is at most 4 bytes); a larger row goes
             # alone, if the server takes it at all (else ValueTooLargeError).
             chunk_chars = min(_CHUNK_BYTES, self._limit.budget // 4)
+            # This thread encodes without blocking: paced, as postgresql.KeyValueUpsert is.
+            pacer = GilPacer()
             try:
                 for start in range(0, len(upserts), _CHUNK_ROWS):
                     if failures:
                         break
+                    if start:
+                        pacer.pace()
                     pairs = upserts[start : start + _CHUNK_ROWS]
                     keys, values = self._encode(pairs)
                     rows: list[str] = []

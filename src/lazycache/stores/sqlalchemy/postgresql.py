@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..._pacing import GilPacer
 from . import fastpath
 from .errors import driver_errors
 from .fastpath import Encode
@@ -61,7 +62,12 @@ class KeyValueUpsert(fastpath.KeyValueUpsert):
                     return
                 # Pipeline mode: each chunk is sent without waiting for the previous one's
                 # result, so the server upserts chunk i while Python encodes chunk i + 1.
+                # Nothing blocks between chunks: the pacer lets other threads (an event
+                # loop) have the GIL every millisecond or so.
                 chunk = max(32, min(256, count // 8))
+                pacer = GilPacer()
                 with driver.pipeline():
                     for start in range(0, count, chunk):
+                        if start:
+                            pacer.pace()
                         cursor.execute(sql, encode(upserts[start : start + chunk]))
