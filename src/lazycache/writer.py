@@ -62,6 +62,7 @@ from .metrics import BATCH_SIZE_BUCKETS, FLUSH_DURATION_BUCKETS, Histogram
 from .serializers import SerializationError, Serializer
 
 if TYPE_CHECKING:
+    from ._contracts import Flushable
     from ._core import _Pending as Pending
     from .coherence import Coherence
     from .journal import Journal
@@ -377,7 +378,7 @@ class BatchWriter:
 
     def flush(
         self,
-        cache: Any,
+        cache: Flushable,
         deadline: float | None = None,
         persist: bool = False,
         background: bool = False,
@@ -405,7 +406,7 @@ class BatchWriter:
 
     def _flush(
         self,
-        cache: Any,
+        cache: Flushable,
         deadline: float | None,
         persist: bool,
         background: bool,
@@ -458,7 +459,7 @@ class BatchWriter:
             self.lock.release()
         return self._result(cache, acc, started)
 
-    def _orphans(self, cache: Any) -> bool:
+    def _orphans(self, cache: Flushable) -> bool:
         """Whether an entry is still in flight though no batch is (the writer's lock is held).
 
         Such an entry was neither committed nor put back: a bug, or a core operation that
@@ -478,14 +479,14 @@ class BatchWriter:
         return True
 
     def given_up(
-        self, cache: Any, started: float, error: BaseException, rejected: list[Any]
+        self, cache: Flushable, started: float, error: BaseException, rejected: list[Any]
     ) -> FlushResult:
         """The result of a flush abandoned at its deadline: every pending key failed, and why;
         `rejected`: the keys rejected since its call (from `watching`)."""
         return self._result(cache, _Accumulator(rejected), started, error)
 
     def _result(
-        self, cache: Any, acc: _Accumulator, started: float, extra: BaseException | None = None
+        self, cache: Flushable, acc: _Accumulator, started: float, extra: BaseException | None = None
     ) -> FlushResult:
         if extra is not None:
             if not acc.errors and self.consecutive_failures and self.last_store_error is not None:
@@ -511,7 +512,7 @@ class BatchWriter:
         )
 
     def _write(
-        self, cache: Any, batch: list[Pending], acc: _Accumulator, background: bool
+        self, cache: Flushable, batch: list[Pending], acc: _Accumulator, background: bool
     ) -> tuple[list[Pending], bool, int]:
         """Writes one batch, isolating poison and suspects.
 
@@ -601,7 +602,7 @@ class BatchWriter:
         return regular, lone, back
 
     def _isolate(
-        self, cache: Any, state: _Round, acc: _Accumulator, started_failing: int, blind: int
+        self, cache: Flushable, state: _Round, acc: _Accumulator, started_failing: int, blind: int
     ) -> bool:
         """Writes the chunks of `state.work`, splitting failing ones; True if the store looks down."""
         work = state.work
@@ -661,7 +662,7 @@ class BatchWriter:
             return self._outage(cache, state, acc, exc)
         return False
 
-    def _outage(self, cache: Any, state: _Round, acc: _Accumulator, exc: BaseException) -> bool:
+    def _outage(self, cache: Flushable, state: _Round, acc: _Accumulator, exc: BaseException) -> bool:
         """A recoverable failure with no sign that the store is up: retry later, or give up."""
         self.consecutive_failures += 1
         held = state.held()
@@ -694,7 +695,7 @@ class BatchWriter:
         return True
 
     def _try_suspects(
-        self, cache: Any, state: _Round, acc: _Accumulator, started_failing: int
+        self, cache: Flushable, state: _Round, acc: _Accumulator, started_failing: int
     ) -> None:
         """Tries each suspect alone: written, rejected for good, or put back with its own backoff."""
         while state.lone:
@@ -715,7 +716,7 @@ class BatchWriter:
 
     def _suspect(
         self,
-        cache: Any,
+        cache: Flushable,
         state: _Round,
         acc: _Accumulator,
         item: Pending,
@@ -743,7 +744,7 @@ class BatchWriter:
             extra=log_extra([key]),
         )
 
-    def _attempt(self, cache: Any, state: _Round, acc: _Accumulator) -> BaseException | None:
+    def _attempt(self, cache: Flushable, state: _Round, acc: _Accumulator) -> BaseException | None:
         """One call of Store.write with `state.current`; commits it and returns None, or returns the error."""
         items = state.current
         assert items is not None
@@ -826,7 +827,7 @@ class BatchWriter:
         return culprits
 
     def _poison(
-        self, cache: Any, rejected: list[tuple[Pending, BaseException]], acc: _Accumulator
+        self, cache: Flushable, rejected: list[tuple[Pending, BaseException]], acc: _Accumulator
     ) -> None:
         """The error path: tell the user about each entry, then let it go (still readable)."""
         self.failed_writes += len(rejected)
@@ -860,7 +861,7 @@ class BatchWriter:
             cache._commit([item for item, _ in rejected])
 
     def _merge_generated(
-        self, cache: Any, batch: list[Pending], generated: Mapping[Any, Mapping[str, Any]]
+        self, cache: Flushable, batch: list[Pending], generated: Mapping[Any, Mapping[str, Any]]
     ) -> None:
         merge = self.merge_generated
         for key, _value, entry, seq in batch:

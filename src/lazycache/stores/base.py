@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    # typing's from 3.10 on; only the type checker needs it (typing_extensions is not a
+    # runtime dependency).
+    from typing_extensions import TypeGuard
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -76,3 +81,19 @@ class Store(ABC, Generic[K, V]):
         every open cache over the store (and so maybe more than once per fork), whether the
         cache owns the store or not. The default does nothing: for a store with no connection.
         """
+
+
+class WritesTTLs(Protocol):
+    """The `write` of a store whose `accepts_ttls` is True (see `Store.accepts_ttls`)."""
+
+    def write(
+        self,
+        upserts: Sequence[tuple[Any, Any]],
+        deletes: Sequence[Any],
+        ttls: Mapping[Any, float] | None = None,
+    ) -> GeneratedFields | None: ...
+
+
+def writes_ttls(store: Store[Any, Any]) -> TypeGuard[WritesTTLs]:
+    """Whether `store.write` takes `ttls=`: the store says so with `accepts_ttls`."""
+    return bool(getattr(store, "accepts_ttls", False))
