@@ -33,7 +33,7 @@ from .coherence import Coherence
 from .journal import Journal
 from .serializers import SerializerSpec
 from .stats import CacheStats
-from .stores.base import Store, writes_ttls
+from .stores.base import Store, ttl_writer
 from .writer import (
     BackpressureError,
     BatchWriter,
@@ -200,7 +200,7 @@ class _CacheLayer(CoreMapping):
         self.expire_after_access = expire_after_access
         # The store, if it keeps per-entry TTLs (Redis PX, a SQL expiry column): then each
         # batch carries the seconds left to its entries that have a write deadline.
-        self._ttl_store = store if writes_ttls(store) else None
+        self._ttl_store = ttl_writer(store)
         self._set_clock(_now_ms())
         # Opened once the other options are known good, and before _is_closed exists (a failed
         # open leaves nothing for __del__ to close): it takes the journal's lock (released by
@@ -687,7 +687,7 @@ class _CacheLayer(CoreMapping):
         epoch = self._memory_epoch
         stored = self.store.load_many(keys)
         self._loads += len(stored)
-        found = {}
+        found: dict[Any, Any] = {}
         for key in keys:
             if key in stored:
                 value = stored[key]

@@ -103,7 +103,7 @@ def _after_fork_in_child() -> None:
     # thread may have held) while this is the child's only thread; then the threads start.
     # Caches may share a store or a client: none of their threads may run while the next
     # cache resets it.
-    restarted = []
+    restarted: list[Tracked] = []
     for cache in list(_open_caches.values()):
         try:
             cache._after_fork_in_child()

@@ -32,10 +32,10 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
-from ._compat import IMPLEMENTATION
-from ._sentinels import MISSING
 from ._cache_layer import _CacheLayer
+from ._compat import IMPLEMENTATION
 from ._journaled_layer import add_journaled_variant
+from ._sentinels import MISSING
 from .cache import LazyWriterCache, _classes, implementation_class
 from .writer import BackpressureError, FlushResult
 
@@ -438,6 +438,8 @@ async def open(
     if _is_redis_client(url):
         import redis
 
+        from .stores.redis import RedisStore
+
         made_client = isinstance(url, redis.asyncio.Redis)
         client = _sync_redis_client(url) if made_client else url
         prefix = options.pop("prefix", f"{table}:")
@@ -445,7 +447,9 @@ async def open(
             None, lambda: open_redis(client, prefix=prefix, **options)
         )
         # A client made here from the caller's is the store's: closed with the cache.
-        made.store.owns_client = made.store.owns_client or made_client  # type: ignore[attr-defined]
+        store = made.store
+        assert isinstance(store, RedisStore)  # what open_redis makes
+        store.owns_client = store.owns_client or made_client
         return _upgrade(made)
     if not (is_redis_url(url) or (hasattr(url, "dialect") and hasattr(url, "connect"))):
         url = sync_url(url)  # a SQLAlchemy URL, not an Engine

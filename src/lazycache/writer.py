@@ -60,6 +60,7 @@ from ._checks import check_int_or_none, check_seconds
 from ._sentinels import MISSING
 from .metrics import BATCH_SIZE_BUCKETS, FLUSH_DURATION_BUCKETS, Histogram
 from .serializers import SerializationError, Serializer
+from .stores.base import ttl_writer
 
 if TYPE_CHECKING:
     from ._contracts import Flushable
@@ -420,7 +421,8 @@ class BatchWriter:
         try:
             # Every journaled change made before this point is queued now; once this pass
             # has written all of them, the segments holding them can go.
-            covered = self.journal.rotate() if self.journal is not None else None
+            journal = self.journal
+            covered = journal.rotate() if journal is not None else None
             todo = cache._queued
             while todo > 0:
                 if deadline is not None and time.monotonic() >= deadline:
@@ -451,8 +453,8 @@ class BatchWriter:
                     time.sleep(pause)
             if self._orphans(cache):
                 acc.incomplete = True
-            if covered is not None and not acc.incomplete:
-                self.journal.release(covered)  # type: ignore[union-attr]
+            if journal is not None and covered is not None and not acc.incomplete:
+                journal.release(covered)
             if self.suspects and not cache.pending:
                 self.suspects.clear()  # records of entries forgotten (clear_dirty) go too
         finally:
@@ -486,7 +488,11 @@ class BatchWriter:
         return self._result(cache, _Accumulator(rejected), started, error)
 
     def _result(
-        self, cache: Flushable, acc: _Accumulator, started: float, extra: BaseException | None = None
+        self,
+        cache: Flushable,
+        acc: _Accumulator,
+        started: float,
+        extra: BaseException | None = None,
     ) -> FlushResult:
         if extra is not None:
             if not acc.errors and self.consecutive_failures and self.last_store_error is not None:
@@ -662,7 +668,9 @@ class BatchWriter:
             return self._outage(cache, state, acc, exc)
         return False
 
-    def _outage(self, cache: Flushable, state: _Round, acc: _Accumulator, exc: BaseException) -> bool:
+    def _outage(
+        self, cache: Flushable, state: _Round, acc: _Accumulator, exc: BaseException
+    ) -> bool:
         """A recoverable failure with no sign that the store is up: retry later, or give up."""
         self.consecutive_failures += 1
         held = state.held()
@@ -752,11 +760,12 @@ class BatchWriter:
         deletes = [key for key, value, _, _ in items if value is MISSING]
         self.inflight_since = cache._oldest_in(items)
         ttls = cache._store_ttls(items)  # None unless the store keeps TTLs and some apply
+        ttl_store = None if ttls is None else ttl_writer(self.store)
         try:
-            if ttls is None:
+            if ttl_store is None:
                 generated = self.store.write(upserts, deletes)
             else:
-                generated = self.store.write(upserts, deletes, ttls=ttls)  # type: ignore[call-arg]
+                generated = ttl_store.write(upserts, deletes, ttls=ttls)
         except Exception as exc:
             acc.errors.append(exc)
             self.last_store_error = exc

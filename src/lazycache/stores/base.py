@@ -94,6 +94,10 @@ class WritesTTLs(Protocol):
     ) -> GeneratedFields | None: ...
 
 
-def writes_ttls(store: Store[Any, Any]) -> TypeGuard[WritesTTLs]:
-    """Whether `store.write` takes `ttls=`: the store says so with `accepts_ttls`."""
+def ttl_writer(store: Store[Any, Any]) -> WritesTTLs | None:
+    """`store`, if its `write` takes `ttls=` (it says so with `accepts_ttls`); else None."""
+    return store if _accepts_ttls(store) else None
+
+
+def _accepts_ttls(store: Store[Any, Any]) -> TypeGuard[WritesTTLs]:
     return bool(getattr(store, "accepts_ttls", False))
