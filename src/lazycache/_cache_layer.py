@@ -1056,7 +1056,9 @@ class _CacheLayer(CoreMapping):
         self.close()
 
     def __del__(self) -> None:
-        if not getattr(self, "_is_closed", True):  # absent if __init__ failed: nothing to close
+        if not getattr(
+            self, "_is_closed", True
+        ):  # absent: __init__ failed before it, nothing to close
             close_collected(self)
 
     def __repr__(self) -> str:

@@ -30,10 +30,11 @@ class Store(ABC, Generic[K, V]):
     """Whether `write` takes a `ttls=` keyword: {upserted key: seconds to keep it}.
 
     A store that can expire what it holds (Redis, a SQL table with an expiry column) sets
-    this True and defines `write(upserts, deletes, ttls=None)`. An expiring cache then
-    passes, for each upserted key that has a write deadline (its `set(..., ttl=)` or the
-    cache's `expire_after_write`), the seconds left to it when the batch is written; keys
-    not in `ttls` are stored as they would be without it. Other stores are never passed it.
+    this True and defines `write(upserts, deletes, ttls=None)` (as `WritesTTLs` types it).
+    An expiring cache then passes, for each upserted key that has a write deadline (its
+    `set(..., ttl=)` or the cache's `expire_after_write`), the seconds left to it when the
+    batch is written; keys not in `ttls` are stored as they would be without it. Other
+    stores are never passed it.
     """
 
     @abstractmethod
