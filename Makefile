@@ -66,6 +66,12 @@ bench: $(STAMP)
 bench-service: $(STAMP)
 	$(PY) benchmarks/service_bench.py $(BENCH_ARGS)
 
+# make bench-loop-lag: the asyncio loop's lag while 100k entries flush to the local PostgreSQL
+# (benchmarks/asyncio_loop_lag.py), e.g. BENCH_ARGS="--batch-size 1000 200 --runs 8 --compare --sync".
+.PHONY: bench-loop-lag
+bench-loop-lag: $(STAMP)
+	$(PY) benchmarks/asyncio_loop_lag.py $(BENCH_ARGS)
+
 # The tools of `make docs` and `make lint`: the extra of the same name, added to the
 # development install (one stamp per extra, e.g. $(STAMP).docs).
 $(STAMP).%: $(STAMP)

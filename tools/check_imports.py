@@ -46,6 +46,7 @@ LAYERS: Layers = [
         [
             "lazycache._sentinels",
             "lazycache._checks",
+            "lazycache._pacing",
             "lazycache.serializers",
             "lazycache.stats",
             "lazycache.metrics",

@@ -20,7 +20,10 @@ synchronous connections. Given an async URL or an `AsyncEngine`, `open()` makes 
 store on the synchronous twin of its driver (`postgresql+asyncpg` -> `postgresql+psycopg`,
 `sqlite+aiosqlite` -> `sqlite`, `mysql+aiomysql`/`+asyncmy` -> `mysql+pymysql`), so
 the store's SQL, fast paths, serializers, error classification, merge-back and coherence
-are the ones the synchronous API uses, not a second copy. See docs/guides/asyncio.md.
+are the ones the synchronous API uses, not a second copy. The loop shares only the GIL
+with the writer, which pauses between the chunks of a batch once it has worked a
+millisecond (lazycache._pacing), so the loop waits about that long for it, not the 5 ms
+switch interval. See docs/guides/asyncio.md.
 """
 
 from __future__ import annotations

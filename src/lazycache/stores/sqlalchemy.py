@@ -79,6 +79,7 @@ if int(sa.__version__.split(".")[0]) < 2:  # pragma: no cover
     )
 
 from .._checks import check_int
+from .._pacing import GilPacer
 from ..serializers import SerializationError, Serializer, SerializerSpec, get_serializer
 from .base import GeneratedFields, Store
 
@@ -1311,9 +1312,14 @@ class SQLAlchemyStore(Store[Any, Any]):
                     return
                 # Pipeline mode: each chunk is sent without waiting for the previous one's
                 # result, so the server upserts chunk i while Python encodes chunk i + 1.
+                # Nothing blocks between chunks: the pacer lets other threads (an event
+                # loop) have the GIL every millisecond or so.
                 chunk = max(32, min(256, count // 8))
+                pacer = GilPacer()
                 with driver.pipeline():
                     for start in range(0, count, chunk):
+                        if start:
+                            pacer.pace()
                         cursor.execute(sql, self._encode(upserts[start : start + chunk]))
 
     def _write_kv_mysql_pipelined(
@@ -1353,10 +1359,13 @@ class SQLAlchemyStore(Store[Any, Any]):
             # row goes alone, if the server takes it at all (else ValueTooLargeError).
             assert self._max_packet is not None
             chunk_chars = min(_MYSQL_CHUNK_BYTES, (self._max_packet - _MYSQL_PACKET_MARGIN) // 4)
+            pacer = GilPacer()  # this thread encodes without blocking: see _write_kv_postgresql
             try:
                 for start in range(0, len(upserts), _MYSQL_CHUNK_ROWS):
                     if failures:
                         break
+                    if start:
+                        pacer.pace()
                     pairs = upserts[start : start + _MYSQL_CHUNK_ROWS]
                     keys, values = self._encode(pairs)
                     rows: list[str] = []
