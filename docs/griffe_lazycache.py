@@ -18,7 +18,7 @@ from typing import Any
 import griffe
 
 _CLASS = "lazycache.cache.LazyWriterCache"
-_IMPLEMENTATIONS = ("lazycache.cache._CacheLayer", "lazycache._core_py.Core")
+_IMPLEMENTATIONS = ("lazycache._cache_layer._CacheLayer", "lazycache._core_py.Core")
 
 
 class LazyWriterCacheDocs(griffe.Extension):

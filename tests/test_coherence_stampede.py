@@ -12,7 +12,7 @@ import pytest
 from helpers import TIMEOUT, run_threads, wait_until
 from services import delete_redis_keys, redis_client, redis_url, unique_name
 
-import lazycache.cache as cache_module
+import lazycache._cache_layer as cache_module
 from lazycache import MemoryStore
 from lazycache.coherence.redis import RedisCoherence
 from lazycache.stores.redis import RedisStore

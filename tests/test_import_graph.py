@@ -38,7 +38,17 @@ def load_tool() -> ModuleType:
 
 check_imports = load_tool()
 
-CACHE_LAYER = ("lazycache.cache", "lazycache._open", "lazycache.aio", "lazycache.writer")
+CACHE_LAYER = (
+    "lazycache.cache",
+    "lazycache._cache_layer",
+    "lazycache._journaled_layer",
+    "lazycache._journaling",
+    "lazycache._lifecycle",
+    "lazycache._views",
+    "lazycache._open",
+    "lazycache.aio",
+    "lazycache.writer",
+)
 
 COHERENCE_IMPORTS = {
     "lazycache.coherence": {"lazycache.coherence.base"},

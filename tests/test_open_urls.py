@@ -258,3 +258,25 @@ def test_plain_url_without_a_driver_says_which_extra_to_install(tmp_path, url, e
     last = stderr.splitlines()[-1]
     assert last.startswith("ImportError: "), stderr
     assert f"pip install 'lazywritercache[{extra}]'" in last, stderr
+
+
+def test_expiry_reaches_the_table_opened_by_url(tmp_path, impl) -> None:
+    # open(expiry=True): the table gets its expires_at column, and an entry's TTL lands there.
+    import sqlite3
+    import time
+
+    url = f"sqlite:///{tmp_path / 'expiry.db'}"
+    before_ms = time.time() * 1000
+    with lazycache.open(url, "sessions", expiry=True, implementation=impl) as cache:
+        cache.set("short", 1, ttl=3600)
+        cache["forever"] = 2
+    after_ms = time.time() * 1000
+    with sqlite3.connect(tmp_path / "expiry.db") as db:
+        rows = dict(db.execute("SELECT key, expires_at FROM sessions").fetchall())
+    assert rows["forever"] is None
+    assert before_ms + 3_599_000 <= rows["short"] <= after_ms + 3_600_000
+
+
+def test_expiry_is_refused_for_redis_urls_before_connecting() -> None:
+    with pytest.raises(ValueError, match="expiry="):
+        lazycache.open("redis://127.0.0.1:1/0", expiry=True)

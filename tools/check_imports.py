@@ -56,10 +56,17 @@ LAYERS: Layers = [
             "lazycache.coherence.message",
         ],
     ),
-    # What both cores share, the two cores, and the one module that picks one of them.
+    # What both cores share, the two cores, the one module that picks one of them, and the
+    # typed contract of a core with the layer and the writer above it.
     (
         "cores",
-        ["lazycache._core_common", "lazycache._core_py", "lazycache._core", "lazycache._compat"],
+        [
+            "lazycache._core_common",
+            "lazycache._core_py",
+            "lazycache._core",
+            "lazycache._compat",
+            "lazycache._contracts",
+        ],
     ),
     # The SQL store's package (its __init__ says what each module holds), from the bottom up:
     # how database errors are seen, and what a driver's fast path is; each database's own
@@ -107,7 +114,15 @@ LAYERS: Layers = [
             "lazycache.coherence.postgres",
         ],
     ),
-    ("cache layer", ["lazycache.cache"]),
+    # What the cache layer is made of: its views, its journaling scope, its life at exit, in the
+    # garbage collector and across forks.
+    (
+        "cache layer's parts",
+        ["lazycache._views", "lazycache._journaling", "lazycache._lifecycle"],
+    ),
+    ("cache layer", ["lazycache._cache_layer"]),
+    # LazyWriterCache: the layer over each core, and its journaled variant.
+    ("cache classes", ["lazycache._journaled_layer", "lazycache.cache"]),
     # What users import: the package, the openers, the asyncio layer, the memoizing decorator;
     # and the old import paths of the channels, kept as re-exports (they live under stores/
     # but import coherence).

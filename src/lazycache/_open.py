@@ -38,7 +38,7 @@ class OpenOptions(CacheOptions, total=False):
 
 
 _OPEN_PARAMETERS = frozenset(
-    {"url", "table", "serializer", "key_type", "engine_options", "implementation"}
+    {"url", "table", "serializer", "key_type", "engine_options", "expiry", "implementation"}
 )
 _REDIS_ONLY = frozenset({"ttl", "key_encoder", "cluster", "channel", "client_options"})
 
@@ -83,6 +83,7 @@ def open(
     *,
     serializer: SerializerSpec = ...,
     engine_options: Mapping[str, Any] | None = ...,
+    expiry: bool = ...,
     implementation: str | None = ...,
     **cache_options: Unpack[OpenOptions],
 ) -> LazyWriterCache[str, Any]: ...
@@ -94,6 +95,7 @@ def open(
     serializer: SerializerSpec = ...,
     key_type: TypeEngine[Any] | type[TypeEngine[Any]],
     engine_options: Mapping[str, Any] | None = ...,
+    expiry: bool = ...,
     implementation: str | None = ...,
     **cache_options: Unpack[OpenOptions],
 ) -> LazyWriterCache[Any, Any]: ...
@@ -105,6 +107,7 @@ def open(
     serializer: SerializerSpec = ...,
     key_type: type[K],
     engine_options: Mapping[str, Any] | None = ...,
+    expiry: bool = ...,
     implementation: str | None = ...,
     **cache_options: Unpack[OpenOptions],
 ) -> LazyWriterCache[K, Any]: ...
@@ -115,6 +118,7 @@ def open(
     serializer: SerializerSpec = "json",
     key_type: Any = str,
     engine_options: Mapping[str, Any] | None = None,
+    expiry: bool = False,
     implementation: str | None = None,
     **cache_options: Any,
 ) -> LazyWriterCache[Any, Any]:
@@ -133,6 +137,10 @@ def open(
     (`postgresql+psycopg2://`) is always the one used. The table (columns `key`, `value`) is
     created if missing. `serializer` and `key_type` are those of `SQLAlchemyStore` (JSON
     values and str keys by default); `engine_options` go to `create_engine`;
+    `expiry=True` gives the table an `expires_at` column, so that the cache's expiry
+    (`expire_after_write`, `set(..., ttl=)`) reaches the database: reads ignore a row once
+    its time has passed, and `cache.store.purge_expired()` deletes such rows (see
+    `SQLAlchemyStore`; Redis keys carry their TTL without it).
     `implementation` picks a core ("cython" or "python", default: the best available).
     Every other keyword is a `LazyWriterCache` option (`maxsize`, `write_interval`,
     `batch_size`, ...).
@@ -158,8 +166,11 @@ def open(
     accepted = _OPEN_PARAMETERS | OpenOptions.__optional_keys__
     check_options("lazycache.open()", cache_options, accepted if redis else accepted - _REDIS_ONLY)
     if redis:
-        if key_type is not str or engine_options:
-            raise ValueError("key_type= and engine_options= are for SQL databases, not Redis")
+        if key_type is not str or engine_options or expiry:
+            raise ValueError(
+                "key_type=, engine_options= and expiry= are for SQL databases, not Redis"
+                " (Redis keys carry their TTL without an expiry column)"
+            )
         return open_redis(
             url,
             prefix=f"{table}:",
@@ -174,7 +185,12 @@ def open(
         url = _path_to_sqlite(url)
     cls = LazyWriterCache if implementation is None else implementation_class(implementation)
     store = SQLAlchemyStore(
-        url, table, serializer=serializer, key_type=key_type, engine_options=engine_options
+        url,
+        table,
+        serializer=serializer,
+        key_type=key_type,
+        engine_options=engine_options,
+        expiry=expiry,
     )
     try:
         return cls(store, owns_store=True, **cache_options)  # closing the cache closes the store

@@ -35,15 +35,11 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
+from ._cache_layer import _CacheLayer
 from ._compat import IMPLEMENTATION
+from ._journaled_layer import add_journaled_variant
 from ._sentinels import MISSING
-from .cache import (
-    LazyWriterCache,
-    _CacheLayer,
-    _classes,
-    _JournaledLayer,
-    implementation_class,
-)
+from .cache import LazyWriterCache, _classes, implementation_class
 from .writer import BackpressureError, FlushResult
 
 if TYPE_CHECKING:
@@ -159,7 +155,7 @@ class _AsyncLayer(_CacheLayer):
 
     def _backpressure(self, key: Any, value: Any, wait: Any = None) -> bool:
         # "raise" refuses at once, and a key already pending adds nothing: neither waits.
-        if _on_loop.get() and self.on_full != "raise" and not self._is_pending(key):  # type: ignore[attr-defined]
+        if _on_loop.get() and self.on_full != "raise" and not self._is_pending(key):
             raise _WouldBlock(_FULL)
         return super()._backpressure(key, value, wait)
 
@@ -168,7 +164,7 @@ class _AsyncLayer(_CacheLayer):
         """The value of key, or default; a miss reads through without blocking the loop."""
         with _memory_only():
             try:
-                return self.get(key, default)  # type: ignore[attr-defined]
+                return self.get(key, default)
             except _WouldBlock:
                 pass
         value = await self._aload(key)
@@ -196,10 +192,12 @@ class _AsyncLayer(_CacheLayer):
     @property
     def _aloads(self) -> dict[tuple[asyncio.AbstractEventLoop, Any], asyncio.Future[Any]]:
         # Per (loop, key): the load in progress that tasks of that loop wait for.
+        loads: dict[tuple[asyncio.AbstractEventLoop, Any], asyncio.Future[Any]]
         try:
-            return self.__dict__["_aloads_"]  # type: ignore[no-any-return]
+            loads = self.__dict__["_aloads_"]
         except KeyError:
-            return self.__dict__.setdefault("_aloads_", {})  # type: ignore[no-any-return]
+            loads = self.__dict__.setdefault("_aloads_", {})
+        return loads
 
     def _aload(self, key: Any) -> asyncio.Future[Any]:
         """The value of one missed key (or MISSING), loaded in the default executor.
@@ -230,13 +228,13 @@ class _AsyncLayer(_CacheLayer):
         while True:
             with _memory_only():
                 try:
-                    self[key] = value  # type: ignore[index]
+                    self[key] = value
                     return
                 except _WouldBlock:
                     pass
             if self.on_full == "write-through":
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, self.__setitem__, key, value)  # type: ignore[index]
+                await loop.run_in_executor(None, self.__setitem__, key, value)
                 return
             deadline = await self._wait_for_room(key, deadline)
 
@@ -273,12 +271,12 @@ class _AsyncLayer(_CacheLayer):
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self.block_timeout
-        while self.pending >= self.max_pending:  # type: ignore[attr-defined]
+        while self._backlog_full():
             if self._is_closed:
                 raise RuntimeError("the cache is closed: it accepts no more writes")
             if loop.time() >= deadline:
                 raise BackpressureError(
-                    f"waited {self.block_timeout}s for the writer to catch up ({self.pending} pending, "  # type: ignore[attr-defined]
+                    f"waited {self.block_timeout}s for the writer to catch up ({self.pending} pending, "
                     f"max_pending={self.max_pending}); refused the write of {key!r}"
                 )
             self._writer.wake()
@@ -307,13 +305,10 @@ class _AsyncLayer(_CacheLayer):
         await self.aclose()
 
 
-def _async_class(sync_cls: type) -> type:
-    namespace = {"__doc__": _DOC, "__module__": __name__, "implementation": sync_cls.implementation}  # type: ignore[attr-defined]
+def _async_class(sync_cls: type[LazyWriterCache[Any, Any]]) -> type[AsyncLazyWriterCache[Any, Any]]:
+    namespace = {"__doc__": _DOC, "__module__": __name__, "implementation": sync_cls.implementation}
     cls = type("AsyncLazyWriterCache", (_AsyncLayer, sync_cls), namespace)
-    cls._journaled = type(  # type: ignore[attr-defined]
-        "AsyncLazyWriterCache", (_JournaledLayer, cls), {"__module__": __name__}
-    )
-    return cls
+    return add_journaled_variant(cls)
 
 
 _DOC = """A `LazyWriterCache` with awaitable forms of the operations that may touch the store.
@@ -322,12 +317,14 @@ _DOC = """A `LazyWriterCache` with awaitable forms of the operations that may to
     never block the event loop. Every synchronous method is the `LazyWriterCache`'s.
     """
 
-_async_classes: dict[str, type] = {name: _async_class(cls) for name, cls in _classes.items()}
+_async_classes: dict[str, type[AsyncLazyWriterCache[Any, Any]]] = {
+    name: _async_class(cls) for name, cls in _classes.items()
+}
 # Both classes of a core (plain and journaled) map to their asynchronous twins.
-_upgrades: dict[type, type] = {}
+_upgrades: dict[type[LazyWriterCache[Any, Any]], type[AsyncLazyWriterCache[Any, Any]]] = {}
 for _name, _cls in _classes.items():
     _upgrades[_cls] = _async_classes[_name]
-    _upgrades[_cls._journaled] = _async_classes[_name]._journaled  # type: ignore[attr-defined]
+    _upgrades[_cls._journaled] = _async_classes[_name]._journaled
 
 if TYPE_CHECKING:
 
@@ -359,8 +356,10 @@ def async_implementation_class(implementation: str) -> type[AsyncLazyWriterCache
 def _upgrade(cache: LazyWriterCache[Any, Any]) -> AsyncLazyWriterCache[Any, Any]:
     # The asynchronous class only adds methods to the cache's own class (no state, same
     # layout), so a cache the synchronous opener made becomes its asynchronous twin.
-    cache.__class__ = _upgrades[type(cache)]
-    return cache  # type: ignore[return-value]
+    upgraded = _upgrades[type(cache)]
+    cache.__class__ = upgraded
+    assert isinstance(cache, upgraded)
+    return cache
 
 
 # ----------------------------------------------------------------------------- opening
@@ -442,6 +441,8 @@ async def open(
     if _is_redis_client(url):
         import redis
 
+        from .stores.redis import RedisStore
+
         made_client = isinstance(url, redis.asyncio.Redis)
         client = _sync_redis_client(url) if made_client else url
         prefix = options.pop("prefix", f"{table}:")
@@ -449,7 +450,9 @@ async def open(
             None, lambda: open_redis(client, prefix=prefix, **options)
         )
         # A client made here from the caller's is the store's: closed with the cache.
-        made.store.owns_client = made.store.owns_client or made_client  # type: ignore[attr-defined]
+        store = made.store
+        assert isinstance(store, RedisStore)  # what open_redis makes
+        store.owns_client = store.owns_client or made_client
         return _upgrade(made)
     if not (is_redis_url(url) or (hasattr(url, "dialect") and hasattr(url, "connect"))):
         url = sync_url(url)  # a SQLAlchemy URL, not an Engine

@@ -58,6 +58,7 @@ import os
 import re
 import stat
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -411,11 +412,11 @@ def read_file(name: str, check: bool = True) -> tuple[bytes, str | None]:
 
 def _lock(fd: int) -> bool:
     """Takes an exclusive lock on fd without waiting; False if another holds it."""
-    if os.name == "nt":
+    if sys.platform == "win32":  # as os.name == "nt", in the form type checkers follow
         import msvcrt
 
         try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         except OSError:
             return False
         return True

@@ -308,7 +308,8 @@ def _msgpack() -> Serializer:
             pack = packers.pack
         except AttributeError:
             pack = packers.pack = msgpack.Packer(strict_types=True).pack
-        return pack(value)  # type: ignore[no-any-return]
+        packed: bytes = pack(value)  # msgpack has no type information
+        return packed
 
     def loads(data: bytes) -> Any:
         # strict_map_key=False: the int, float, bool and None keys it wrote read back

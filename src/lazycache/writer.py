@@ -60,8 +60,10 @@ from ._checks import check_int_or_none, check_seconds
 from ._sentinels import MISSING
 from .metrics import BATCH_SIZE_BUCKETS, FLUSH_DURATION_BUCKETS, Histogram
 from .serializers import SerializationError, Serializer
+from .stores.base import ttl_writer
 
 if TYPE_CHECKING:
+    from ._contracts import Flushable
     from ._core import _Pending as Pending
     from .coherence import Coherence
     from .journal import Journal
@@ -377,7 +379,7 @@ class BatchWriter:
 
     def flush(
         self,
-        cache: Any,
+        cache: Flushable,
         deadline: float | None = None,
         persist: bool = False,
         background: bool = False,
@@ -405,7 +407,7 @@ class BatchWriter:
 
     def _flush(
         self,
-        cache: Any,
+        cache: Flushable,
         deadline: float | None,
         persist: bool,
         background: bool,
@@ -419,7 +421,8 @@ class BatchWriter:
         try:
             # Every journaled change made before this point is queued now; once this pass
             # has written all of them, the segments holding them can go.
-            covered = self.journal.rotate() if self.journal is not None else None
+            journal = self.journal
+            covered = journal.rotate() if journal is not None else None
             todo = cache._queued
             while todo > 0:
                 if deadline is not None and time.monotonic() >= deadline:
@@ -450,15 +453,15 @@ class BatchWriter:
                     time.sleep(pause)
             if self._orphans(cache):
                 acc.incomplete = True
-            if covered is not None and not acc.incomplete:
-                self.journal.release(covered)  # type: ignore[union-attr]
+            if journal is not None and covered is not None and not acc.incomplete:
+                journal.release(covered)
             if self.suspects and not cache.pending:
                 self.suspects.clear()  # records of entries forgotten (clear_dirty) go too
         finally:
             self.lock.release()
         return self._result(cache, acc, started)
 
-    def _orphans(self, cache: Any) -> bool:
+    def _orphans(self, cache: Flushable) -> bool:
         """Whether an entry is still in flight though no batch is (the writer's lock is held).
 
         Such an entry was neither committed nor put back: a bug, or a core operation that
@@ -478,14 +481,18 @@ class BatchWriter:
         return True
 
     def given_up(
-        self, cache: Any, started: float, error: BaseException, rejected: list[Any]
+        self, cache: Flushable, started: float, error: BaseException, rejected: list[Any]
     ) -> FlushResult:
         """The result of a flush abandoned at its deadline: every pending key failed, and why;
         `rejected`: the keys rejected since its call (from `watching`)."""
         return self._result(cache, _Accumulator(rejected), started, error)
 
     def _result(
-        self, cache: Any, acc: _Accumulator, started: float, extra: BaseException | None = None
+        self,
+        cache: Flushable,
+        acc: _Accumulator,
+        started: float,
+        extra: BaseException | None = None,
     ) -> FlushResult:
         if extra is not None:
             if not acc.errors and self.consecutive_failures and self.last_store_error is not None:
@@ -511,7 +518,7 @@ class BatchWriter:
         )
 
     def _write(
-        self, cache: Any, batch: list[Pending], acc: _Accumulator, background: bool
+        self, cache: Flushable, batch: list[Pending], acc: _Accumulator, background: bool
     ) -> tuple[list[Pending], bool, int]:
         """Writes one batch, isolating poison and suspects.
 
@@ -601,7 +608,7 @@ class BatchWriter:
         return regular, lone, back
 
     def _isolate(
-        self, cache: Any, state: _Round, acc: _Accumulator, started_failing: int, blind: int
+        self, cache: Flushable, state: _Round, acc: _Accumulator, started_failing: int, blind: int
     ) -> bool:
         """Writes the chunks of `state.work`, splitting failing ones; True if the store looks down."""
         work = state.work
@@ -661,7 +668,9 @@ class BatchWriter:
             return self._outage(cache, state, acc, exc)
         return False
 
-    def _outage(self, cache: Any, state: _Round, acc: _Accumulator, exc: BaseException) -> bool:
+    def _outage(
+        self, cache: Flushable, state: _Round, acc: _Accumulator, exc: BaseException
+    ) -> bool:
         """A recoverable failure with no sign that the store is up: retry later, or give up."""
         self.consecutive_failures += 1
         held = state.held()
@@ -694,7 +703,7 @@ class BatchWriter:
         return True
 
     def _try_suspects(
-        self, cache: Any, state: _Round, acc: _Accumulator, started_failing: int
+        self, cache: Flushable, state: _Round, acc: _Accumulator, started_failing: int
     ) -> None:
         """Tries each suspect alone: written, rejected for good, or put back with its own backoff."""
         while state.lone:
@@ -715,7 +724,7 @@ class BatchWriter:
 
     def _suspect(
         self,
-        cache: Any,
+        cache: Flushable,
         state: _Round,
         acc: _Accumulator,
         item: Pending,
@@ -743,7 +752,7 @@ class BatchWriter:
             extra=log_extra([key]),
         )
 
-    def _attempt(self, cache: Any, state: _Round, acc: _Accumulator) -> BaseException | None:
+    def _attempt(self, cache: Flushable, state: _Round, acc: _Accumulator) -> BaseException | None:
         """One call of Store.write with `state.current`; commits it and returns None, or returns the error."""
         items = state.current
         assert items is not None
@@ -751,11 +760,12 @@ class BatchWriter:
         deletes = [key for key, value, _, _ in items if value is MISSING]
         self.inflight_since = cache._oldest_in(items)
         ttls = cache._store_ttls(items)  # None unless the store keeps TTLs and some apply
+        ttl_store = None if ttls is None else ttl_writer(self.store)
         try:
-            if ttls is None:
+            if ttl_store is None:
                 generated = self.store.write(upserts, deletes)
             else:
-                generated = self.store.write(upserts, deletes, ttls=ttls)  # type: ignore[call-arg]
+                generated = ttl_store.write(upserts, deletes, ttls=ttls)
         except Exception as exc:
             acc.errors.append(exc)
             self.last_store_error = exc
@@ -826,7 +836,7 @@ class BatchWriter:
         return culprits
 
     def _poison(
-        self, cache: Any, rejected: list[tuple[Pending, BaseException]], acc: _Accumulator
+        self, cache: Flushable, rejected: list[tuple[Pending, BaseException]], acc: _Accumulator
     ) -> None:
         """The error path: tell the user about each entry, then let it go (still readable)."""
         self.failed_writes += len(rejected)
@@ -860,7 +870,7 @@ class BatchWriter:
             cache._commit([item for item, _ in rejected])
 
     def _merge_generated(
-        self, cache: Any, batch: list[Pending], generated: Mapping[Any, Mapping[str, Any]]
+        self, cache: Flushable, batch: list[Pending], generated: Mapping[Any, Mapping[str, Any]]
     ) -> None:
         merge = self.merge_generated
         for key, _value, entry, seq in batch:

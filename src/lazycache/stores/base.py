@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    # typing's from 3.10 on; only the type checker needs it (typing_extensions is not a
+    # runtime dependency).
+    from typing_extensions import TypeGuard
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -25,10 +30,11 @@ class Store(ABC, Generic[K, V]):
     """Whether `write` takes a `ttls=` keyword: {upserted key: seconds to keep it}.
 
     A store that can expire what it holds (Redis, a SQL table with an expiry column) sets
-    this True and defines `write(upserts, deletes, ttls=None)`. An expiring cache then
-    passes, for each upserted key that has a write deadline (its `set(..., ttl=)` or the
-    cache's `expire_after_write`), the seconds left to it when the batch is written; keys
-    not in `ttls` are stored as they would be without it. Other stores are never passed it.
+    this True and defines `write(upserts, deletes, ttls=None)` (as `WritesTTLs` types it).
+    An expiring cache then passes, for each upserted key that has a write deadline (its
+    `set(..., ttl=)` or the cache's `expire_after_write`), the seconds left to it when the
+    batch is written; keys not in `ttls` are stored as they would be without it. Other
+    stores are never passed it.
     """
 
     @abstractmethod
@@ -76,3 +82,23 @@ class Store(ABC, Generic[K, V]):
         every open cache over the store (and so maybe more than once per fork), whether the
         cache owns the store or not. The default does nothing: for a store with no connection.
         """
+
+
+class WritesTTLs(Protocol):
+    """The `write` of a store whose `accepts_ttls` is True (see `Store.accepts_ttls`)."""
+
+    def write(
+        self,
+        upserts: Sequence[tuple[Any, Any]],
+        deletes: Sequence[Any],
+        ttls: Mapping[Any, float] | None = None,
+    ) -> GeneratedFields | None: ...
+
+
+def ttl_writer(store: Store[Any, Any]) -> WritesTTLs | None:
+    """`store`, if its `write` takes `ttls=` (it says so with `accepts_ttls`); else None."""
+    return store if _accepts_ttls(store) else None
+
+
+def _accepts_ttls(store: Store[Any, Any]) -> TypeGuard[WritesTTLs]:
+    return bool(getattr(store, "accepts_ttls", False))

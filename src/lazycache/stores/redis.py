@@ -483,7 +483,8 @@ class RedisStore(Store[Any, Any]):
                 values.extend(self.client.mget_nonatomic(rkeys[start : start + size]))
             return values
         if len(rkeys) <= size:
-            return self.client.mget(rkeys)  # type: ignore[no-any-return]
+            found: list[bytes | None] = self.client.mget(rkeys)
+            return found
         pipe = self.client.pipeline(transaction=False)
         for start in range(0, len(rkeys), size):
             pipe.mget(rkeys[start : start + size])
