@@ -9,36 +9,16 @@ rejected meanwhile, and never return ok for it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from helpers import TIMEOUT, RejectingStore, wait_until
+from helpers import TIMEOUT, BlockingStore, RejectingStore, wait_until
 
 from lazycache import FlushError, FlushResult
 
 
-class HeldRejectingStore(RejectingStore):
+class HeldRejectingStore(BlockingStore, RejectingStore):
     """A RejectingStore whose next write, after `hold()`, signals `entered` and waits for `release`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._holding = False
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def hold(self) -> None:
-        self.entered.clear()
-        self.release.clear()
-        self._holding = True
-
-    def write(self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]) -> Any:
-        if self._holding:
-            self._holding = False
-            self.entered.set()
-            if not self.release.wait(TIMEOUT * 2):
-                raise TimeoutError("the test never released the held write")
-        return super().write(upserts, deletes)
 
 
 def flushes_running(cache: Any) -> int:
