@@ -22,6 +22,14 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
+# make check-extras: a wheel built from this tree, installed with each user-facing extra in a
+# fresh virtual environment, and what the extra is for imported (tools/check_extras.py).
+.PHONY: check-extras
+check-extras: $(STAMP)
+	rm -rf build/extras-wheel
+	LAZYCACHE_REQUIRE_EXTENSIONS=1 $(PY) -m pip wheel --quiet --no-deps --wheel-dir build/extras-wheel .
+	$(PY) tools/check_extras.py --wheel build/extras-wheel/*.whl
+
 # make test-explore: the property-based tests (Hypothesis) with fresh random examples each run;
 # `make test` replays the same ones every time. RUNS=N repeats them N times.
 RUNS ?= 5
