@@ -499,7 +499,7 @@ cdef class Core:
         return n
 
     def _ttls(self, list batch):
-        """Per batch item, the seconds left before its write deadline (at least LATE_TTL_NS), or None."""
+        """Per batch item, the seconds to its write deadline (at least LATE_TTL_NS), or None."""
         cdef int64_t now = self._now() if self._expiry_on else 0
         cdef int64_t w
         cdef list out = []

@@ -250,7 +250,7 @@ class Core:
         return len(expired)
 
     def _ttls(self, batch: list[Pending]) -> list[float | None]:
-        """Per batch item, the seconds left before its write deadline (at least LATE_TTL_NS), or None."""
+        """Per batch item, the seconds to its write deadline (at least LATE_TTL_NS), or None."""
         now = self._now() if self._expiring else 0
         with self._lock:
             return [

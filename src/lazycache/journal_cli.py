@@ -29,9 +29,9 @@ from typing import Any
 from .journal import (
     JournalError,
     Segment,
+    peek,
     quarantined_of,
     read_file,
-    peek,
     read_segment,
     scan,
     segments_of,
