@@ -97,6 +97,7 @@ FORMAT = 2
 _FRAME = struct.Struct("<4sIII")  # magic, seq, payload length, crc32 of (seq, length, payload)
 _KEYLEN = struct.Struct("<I")
 _DEADLINE = struct.Struct("<q")  # ms since the Unix epoch
+_TIMED_HEAD = struct.Struct("<cqI")  # b"T", deadline, key length: what a T record starts with
 _MAX_PAYLOAD = 1 << 31  # a longer length field is damage, not a record
 QUARANTINE_SUFFIX = ".quarantined"
 _SEGMENT = r"\.(\d{20})\.(\d+)"
@@ -392,7 +393,7 @@ def wall_ms() -> int:
 
 def deadline_after(ttl: int) -> int:
     """The deadline (ms since the epoch) of a TTL of `ttl` ns that starts now, rounded up."""
-    return wall_ms() + -(-ttl // 1_000_000)
+    return (time.time_ns() + ttl + 999_999) // 1_000_000
 
 
 def time_left(deadline: int) -> int:
@@ -682,8 +683,11 @@ class Journal:
             )
         if ttl < 0:
             ttl = self._write_ttl
-        head = b"T" + _DEADLINE.pack(deadline_after(ttl)) if ttl > 0 else b"S"
-        return head + _KEYLEN.pack(len(encoded_key)) + encoded_key + data
+        if ttl > 0:
+            head = _TIMED_HEAD.pack(b"T", deadline_after(ttl), len(encoded_key))
+        else:
+            head = b"S" + _KEYLEN.pack(len(encoded_key))
+        return head + encoded_key + data
 
     def _frame(self, payload: bytes) -> bytes:
         head = struct.pack("<II", self._seq, len(payload))
