@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import FailingStore
+from helpers import FailingStore, wait_until
 from services import database  # noqa: F401 (fixture)
 
 from lazycache.cli import main
@@ -115,3 +115,79 @@ def test_replay_refuses_an_undecodable_journal_unless_told_to_quarantine(
             assert conn.execute(sa.text("SELECT count(*) FROM lazycache")).scalar() == 0
     finally:
         engine.dispose()
+
+
+def leave_timed_writes(make_cache: Any, path: str) -> tuple[int, int]:
+    """Journals a set that is already due, one with an hour to live and one without a TTL,
+    through a cache whose store is down; returns the wall-clock ms before and after them."""
+    from lazycache.journal import wall_ms
+
+    store = FailingStore()
+    store.fail = True
+    cache = make_cache(store, journal=path, close_may_fail=True, write_interval=3600)
+    before = wall_ms()
+    cache.set("due", 1, ttl=0.001)
+    cache.set("later", 2, ttl=3600)
+    cache["plain"] = 3
+    after = wall_ms()
+    with pytest.raises(Exception):
+        cache.close(timeout=0.3)
+    wait_until(lambda: wall_ms() > after + 1, message="the wall clock stands still")
+    return before, after
+
+
+def test_inspect_and_verify_show_the_journaled_deadlines(
+    make_cache: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lazycache.journal_cli import utc
+
+    path = str(tmp_path / "j")
+    before, after = leave_timed_writes(make_cache, path)
+    assert main(["journal", "inspect", path, "--json"]) == 0
+    (found,) = [f for f in json.loads(capsys.readouterr().out)["files"] if f["records"]]
+    assert found["sets"] == 3 and found["deadlines"] == 2 and found["deadlines_passed"] == 1
+    deadlines = found["key_deadlines"]
+    assert set(deadlines) == {"'due'", "'later'"}
+    assert before + 3_600_000 <= deadlines["'later'"] <= after + 3_600_001
+
+    assert main(["journal", "inspect", path]) == 0
+    text = capsys.readouterr().out
+    assert "2 sets with a deadline (1 passed)" in text
+    assert f"'due' (deadline {utc(deadlines[repr('due')])}, passed)" in text
+    assert f"'later' (deadline {utc(deadlines[repr('later')])}), 'plain'" in text
+    assert utc(0) == "1970-01-01T00:00:00.000Z"
+
+    assert main(["journal", "verify", path]) == 0
+    assert "3 records decode with json, 2 with a deadline" in capsys.readouterr().out
+
+
+def test_replay_with_expiry_writes_the_journaled_deadlines_to_expires_at(
+    make_cache: Any,
+    tmp_path: Path,
+    database: Any,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import sqlalchemy as sa
+
+    from lazycache.journal import wall_ms
+
+    path = str(tmp_path / "j")
+    before, after = leave_timed_writes(make_cache, path)
+    table = database.table_name("journal")
+    start = wall_ms()
+    args = ["journal", "replay", path, "--into", database.url, "--table", table]
+    assert main([*args, "--expiry"]) == 0
+    took = wall_ms() - start
+    kv = sa.table(table, sa.column("key"), sa.column("expires_at"))
+    with database.engine.connect() as conn:
+        rows = dict(conn.execute(sa.select(kv.c.key, kv.c.expires_at)).all())
+    assert rows["plain"] is None
+    assert start < rows["due"] <= start + took + 2  # due before the replay: 1 ms
+    assert before + 3_600_000 - 2 <= rows["later"] <= after + 3_600_000 + 3 + took
+    assert "note:" not in capsys.readouterr().err
+
+    # Into a table without an expires_at column: written, and the deadlines are said to be lost.
+    leave_timed_writes(make_cache, path)
+    plain = database.table_name("journal")
+    assert main(["journal", "replay", path, "--into", database.url, "--table", plain]) == 0
+    assert "note: 2 journaled set(s) had a deadline" in capsys.readouterr().err

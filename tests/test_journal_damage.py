@@ -17,8 +17,14 @@ from hypothesis import strategies as st
 from lazycache import MISSING
 
 
+def timed(i: int) -> bool:
+    """Whether record i of `journal_with_records` is a set with a deadline (a ``T`` record)."""
+    return i % 4 == 1 and i % 5 != 4
+
+
 def journal_with_records(directory: Path, count: int) -> tuple[str, list[tuple[Any, Any]]]:
-    """A real segment of `count` sets and deletes written by Journal; its name and its records."""
+    """A real segment of `count` sets (some with an hour's deadline) and deletes written by
+    Journal; its name and its records."""
     from lazycache.journal import Journal
 
     journal = Journal(str(directory / "j"), fsync="no")
@@ -27,7 +33,8 @@ def journal_with_records(directory: Path, count: int) -> tuple[str, list[tuple[A
         for i in range(count):
             key: Any = f"k{i}" if i % 3 else (i, "t")
             value = MISSING if i % 5 == 4 else {"i": i, "pad": "p" * (i % 7)}
-            journal.append(journal.encode(key, value))
+            ttl = 3600 * 10**9 if timed(i) else -1
+            journal.append(journal.encode(key, value, ttl))
             records.append((key, value))
     journal.close(committed=False)
     (segment,) = glob.glob(str(directory / "j") + ".*.*")
@@ -118,8 +125,8 @@ def test_every_record_the_damage_did_not_touch_is_replayed(
         }
 
     segment = read_segment("j.x", damaged_data, JSON)
-    replayed = [(e.key, e.value) for e in segment.entries]
-    assert replayed == [r for i, r in enumerate(records) if i + 1 not in touched]
+    replayed = [(e.key, e.value, e.deadline is not None) for e in segment.entries]
+    assert replayed == [(*r, timed(i)) for i, r in enumerate(records) if i + 1 not in touched]
     assert not segment.problems
     # Every record lost before the last intact one is counted in a damaged span, which says
     # where; records lost at the end of the file are reported as a span of unknown count,

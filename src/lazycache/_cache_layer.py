@@ -30,7 +30,7 @@ from ._sentinels import ABSENT, MISSING
 from ._views import _ItemsView, _KeysView, _ValuesView
 from ._worker import Backoff, Worker
 from .coherence import Coherence
-from .journal import Journal
+from .journal import Journal, time_left
 from .serializers import SerializerSpec
 from .stats import CacheStats
 from .stores.base import Store, ttl_writer
@@ -213,6 +213,7 @@ class _CacheLayer(CoreMapping):
                 journal_fsync,
                 serializer_for_journal(store, journal_serializer),
                 journal_errors,
+                expire_after_write,
             )
         )
         self._batch_writer.journal = self._journal
@@ -280,9 +281,11 @@ class _CacheLayer(CoreMapping):
     def _replay_journal(self, journal: Journal) -> None:
         """Re-applies the writes a previous process journaled but may not have written.
 
-        Each is journaled again (same record) before the segments found at open go.
-        Not subject to backpressure: these writes were acknowledged long ago. While the
-        store takes them, the backlog is flushed whenever it reaches max_pending.
+        Each is journaled again (same record, same deadline) before the segments found at
+        open go. Not subject to backpressure: these writes were acknowledged long ago. While
+        the store takes them, the backlog is flushed whenever it reaches max_pending. A set
+        with a deadline gets the time left to it (see lazycache.journal's "Deadlines"); one
+        without, the cache's own expiry options.
         """
         core_set = self._core_set
         drain = bool(self.max_pending)
@@ -301,8 +304,10 @@ class _CacheLayer(CoreMapping):
                 journal.append(entry.payload)
                 if entry.value is MISSING:
                     self._discard(entry.key)
-                else:
+                elif entry.deadline is None:
                     core_set(entry.key, entry.value)
+                else:
+                    self._put(entry.key, entry.value, time_left(entry.deadline))
             replayed += 1
         if replayed:
             journal_log.info(

@@ -136,6 +136,8 @@ cdef object _EXPIRED = object()  # a lock-free read's find of an expired entry (
 # so raising and clearing them touches no Python object.
 cdef int SIGNAL_PRUNE = _core_common.SIGNAL_PRUNE
 cdef int SIGNAL_WRITE = _core_common.SIGNAL_WRITE
+# The shortest TTL a store is given (a write past its deadline), shared with the journal's replay.
+cdef int64_t LATE_TTL_NS = _core_common.LATE_TTL_NS
 
 cdef enum:
     EMPTY = -1      # index slot never used
@@ -497,7 +499,7 @@ cdef class Core:
         return n
 
     def _ttls(self, list batch):
-        """Per batch item, the seconds left before its write deadline (at least 1 ms), or None."""
+        """Per batch item, the seconds to its write deadline (at least LATE_TTL_NS), or None."""
         cdef int64_t now = self._now() if self._expiry_on else 0
         cdef int64_t w
         cdef list out = []
@@ -505,7 +507,7 @@ cdef class Core:
         try:
             for item in batch:
                 w = self._wdl[<uint32_t>item[2]] if self._expiry_on else 0
-                out.append(max(w - now, 1000000) / 1e9 if w else None)
+                out.append(max(w - now, LATE_TTL_NS) / 1e9 if w else None)
         finally:
             self._release()
         return out

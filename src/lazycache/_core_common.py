@@ -19,6 +19,11 @@ SIGNAL_PRUNE = 1
 SIGNAL_WRITE = 2
 """Passed to the core's ``_wake`` when the dirty queue reached write_threshold: a batch is due."""
 
+LATE_TTL_NS = 1_000_000
+"""The TTL (ns) of a write that reaches the store after its deadline: 1 ms, the least a store
+counting in milliseconds (Redis `PX`, a SQL `expires_at`) keeps. Such a write is still made,
+so that it replaces the store's older value, and expires there at once."""
+
 
 class Full(Exception):
     """Raised by a core operation, under the core's lock and before any change, when it would

@@ -49,7 +49,15 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from ._core_common import SIGNAL_PRUNE, SIGNAL_WRITE, Full, check_limit, clock_ns, ttl_ns
+from ._core_common import (
+    LATE_TTL_NS,
+    SIGNAL_PRUNE,
+    SIGNAL_WRITE,
+    Full,
+    check_limit,
+    clock_ns,
+    ttl_ns,
+)
 from ._sentinels import ABSENT, MISSING
 
 DIRTY = 1  # queued for the writer
@@ -242,11 +250,11 @@ class Core:
         return len(expired)
 
     def _ttls(self, batch: list[Pending]) -> list[float | None]:
-        """Per batch item, the seconds left before its write deadline (at least 1 ms), or None."""
+        """Per batch item, the seconds to its write deadline (at least LATE_TTL_NS), or None."""
         now = self._now() if self._expiring else 0
         with self._lock:
             return [
-                max(entry.wdl - now, 1_000_000) / 1e9 if entry.wdl else None
+                max(entry.wdl - now, LATE_TTL_NS) / 1e9 if entry.wdl else None
                 for _, _, entry, _ in batch
             ]
 

@@ -33,9 +33,10 @@ class _JournaledLayer(_CacheLayer):
         self._put_with_ttl(key, value, -1)
 
     def _put_with_ttl(self, key: Any, value: Any, ttl: int) -> None:
-        # The record holds no TTL: a replayed entry gets the cache's expiry options.
         journal = self._journal
-        record = journal.encode(key, value)  # a key or value it cannot record is refused here
+        # A key or value it cannot record is refused here. The record's deadline (the TTL's,
+        # else expire_after_write's) counts from the call, backpressure's waits included.
+        record = journal.encode(key, value, ttl)
         wait = _Wait()
         while True:
             with journal.lock:

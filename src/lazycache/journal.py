@@ -41,10 +41,25 @@ after a damaged one)::
 The magic holds a byte (0xff) that UTF-8 text never contains. `seq` counts the
 records of a segment from 0, so a damaged span reports how many records it cost.
 Record 0 is the segment's header (``H`` + JSON: format, serializer); the others
-are ``S`` + key length u32 + key + value (a set) or ``D`` + key (a delete). Keys
-are tagged JSON (see `encode_key`); values are encoded by the journal's
-serializer (JSON unless the user chose another): nothing is unpickled unless the
-user chose pickle.
+are ``S`` + key length u32 + key + value (a set), ``T`` + deadline i64 + key length
+u32 + key + value (a set with a deadline) or ``D`` + key (a delete). Keys are tagged
+JSON (see `encode_key`); values are encoded by the journal's serializer (JSON unless
+the user chose another): nothing is unpickled unless the user chose pickle.
+
+Deadlines. A set whose entry has a write deadline (``set(key, value, ttl=)``, or any
+set in a cache with ``expire_after_write``) is a ``T`` record: its deadline is the
+write's wall-clock time plus the TTL, in milliseconds since the Unix epoch
+(``time.time``, as the SQL store's ``expires_at``). The cache's ``clock=`` counts the
+TTL down in memory; it is not what the journal records, since its readings mean
+nothing to the next process (a monotonic clock starts anew with the machine, a test's
+fake clock is made up): the TTL is a duration on both clocks. Replay gives the entry
+the time left to its deadline on the wall clock, so the store gets the deadline the
+write was made with, not one pushed back by the downtime; a deadline that passed
+while no process ran gives `LATE_TTL_NS` (1 ms), as a late write gets from the
+writer: the write still reaches the store, replacing the older value there, and
+expires at once. Access deadlines belong to one process's reads: never journaled.
+Format 1 segments (written before ``T`` existed) replay as they always did: their
+sets get the replaying cache's own expiry options.
 """
 
 from __future__ import annotations
@@ -66,6 +81,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._checks import MAX_SECONDS
+from ._core_common import LATE_TTL_NS, ttl_ns
 from ._sentinels import MISSING
 from .serializers import JSON, SerializationError, Serializer
 
@@ -75,9 +92,12 @@ FSYNC_POLICIES = ("always", "everysec", "no")
 ERROR_POLICIES = ("raise", "quarantine")
 
 MAGIC = b"\xffLZJ"
-FORMAT = 1
+FORMAT = 2
+"""Written in each segment's header: 2 adds ``T`` records; segments of format 1 read the same."""
 _FRAME = struct.Struct("<4sIII")  # magic, seq, payload length, crc32 of (seq, length, payload)
 _KEYLEN = struct.Struct("<I")
+_DEADLINE = struct.Struct("<q")  # ms since the Unix epoch
+_TIMED_HEAD = struct.Struct("<cqI")  # b"T", deadline, key length: what a T record starts with
 _MAX_PAYLOAD = 1 << 31  # a longer length field is damage, not a record
 QUARANTINE_SUFFIX = ".quarantined"
 _SEGMENT = r"\.(\d{20})\.(\d+)"
@@ -195,6 +215,8 @@ class Entry:
     key: Any
     value: Any  # MISSING for a delete
     payload: bytes
+    deadline: int | None = None
+    """A set's write deadline, in ms since the Unix epoch (a ``T`` record); None: it has none."""
 
 
 @dataclass
@@ -304,7 +326,7 @@ def read_segment(name: str, data: bytes, serializer: Serializer) -> Segment:
         written_with = (segment.header or {}).get("serializer", serializer.name)
         key: Any = MISSING
         try:
-            key, encoded = _parse(payload)
+            key, encoded, deadline = _parse(payload)
             if encoded is None:
                 value = MISSING
             elif written_with != serializer.name:
@@ -318,7 +340,7 @@ def read_segment(name: str, data: bytes, serializer: Serializer) -> Segment:
                 Problem(name, record.offset, f"cannot decode the record: {exc!r}", key)
             )
             continue
-        segment.entries.append(Entry(record.offset, key, value, payload))
+        segment.entries.append(Entry(record.offset, key, value, payload, deadline))
     return segment
 
 
@@ -326,27 +348,60 @@ def decode_value(serializer: Serializer, data: bytes) -> Any:
     return serializer.loads(data if serializer.binary else data.decode("utf-8"))
 
 
-def _parse(payload: bytes) -> tuple[Any, bytes | None]:
-    """(key, encoded value) of a set record, (key, None) of a delete; ValueError otherwise.
+def _parse(payload: bytes) -> tuple[Any, bytes | None, int | None]:
+    """(key, encoded value, deadline or None) of a set record, (key, None, None) of a delete;
+    ValueError (or struct.error) otherwise.
 
     The key is decoded first so that a record whose value cannot be read can be named.
     """
     kind = payload[:1]
-    if kind == b"S":
-        (keylen,) = _KEYLEN.unpack_from(payload, 1)
-        start = 1 + _KEYLEN.size
-        return decode_key(payload[start : start + keylen]), payload[start + keylen :]
+    if kind == b"S" or kind == b"T":
+        deadline = None
+        start = 1
+        if kind == b"T":
+            (deadline,) = _DEADLINE.unpack_from(payload, start)
+            start += _DEADLINE.size
+        (keylen,) = _KEYLEN.unpack_from(payload, start)
+        start += _KEYLEN.size
+        if start + keylen > len(payload):
+            raise ValueError(f"a key length of {keylen} bytes runs past the record's end")
+        return decode_key(payload[start : start + keylen]), payload[start + keylen :], deadline
     if kind == b"D":
-        return decode_key(payload[1:]), None
+        return decode_key(payload[1:]), None, None
     raise ValueError(f"unknown record kind {kind!r}")
+
+
+def peek(payload: bytes) -> tuple[Any, int | None]:
+    """(key, deadline or None) of a set or delete record's payload, without decoding its value;
+    (MISSING, None) if it has none that can be read."""
+    try:
+        key, _, deadline = _parse(payload)
+    except Exception:
+        return MISSING, None
+    return key, deadline
 
 
 def segment_key(payload: bytes) -> Any:
     """The key of a set or delete record's payload, without decoding its value (MISSING if none)."""
-    try:
-        return _parse(payload)[0]
-    except Exception:
-        return MISSING
+    return peek(payload)[0]
+
+
+def wall_ms() -> int:
+    """The wall clock deadlines are journaled on: milliseconds since the Unix epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def deadline_after(ttl: int) -> int:
+    """The deadline (ms since the epoch) of a TTL of `ttl` ns that starts now, rounded up."""
+    return (time.time_ns() + ttl + 999_999) // 1_000_000
+
+
+def time_left(deadline: int) -> int:
+    """The TTL (ns) that a journaled deadline gives an entry replayed now: the time left to it,
+    or `LATE_TTL_NS` once it has passed (the write is still made, and expires at once), and at
+    most the longest TTL a cache takes."""
+    left = (deadline - wall_ms()) * 1_000_000
+    return min(max(left, LATE_TTL_NS), MAX_SECONDS * 1_000_000_000)
 
 
 def _files_of(path: str, suffix: str) -> list[str]:
@@ -494,6 +549,8 @@ class Journal:
     (JournalError, nothing replayed or moved) or "quarantine" (it is skipped, logged
     and its file kept aside as ``*.quarantined``). Damaged spans are always skipped,
     logged and their file quarantined: no setting makes them readable.
+    `expire_after_write` (the cache's, seconds) is the TTL of a set that has none of its
+    own: its record carries the deadline (see the module's "Deadlines").
     """
 
     def __init__(
@@ -502,6 +559,7 @@ class Journal:
         fsync: str = "everysec",
         serializer: Serializer = JSON,
         errors: str = "raise",
+        expire_after_write: float | None = None,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(
@@ -520,6 +578,7 @@ class Journal:
         self.fsync = fsync
         self.serializer = serializer
         self.errors = errors
+        self._write_ttl = ttl_ns("expire_after_write", expire_after_write)  # ns, 0: none
         self.lock = threading.Lock()
         """Held around (change the cache, append the record), so the journal's order is the cache's."""
         self._header = b"H" + json.dumps({"format": FORMAT, "serializer": serializer.name}).encode()
@@ -604,9 +663,11 @@ class Journal:
                     self._unsynced = False
 
     # ----------------------------------------------------------- writing
-    def encode(self, key: Any, value: Any) -> bytes:
+    def encode(self, key: Any, value: Any, ttl: int = -1) -> bytes:
         """One record's payload; value is MISSING for a delete.
 
+        `ttl`, as the core's: the entry's own TTL in ns, or -1 for the cache's
+        `expire_after_write`; a set with one gets its deadline, counted from now.
         Raises TypeError for a key the journal cannot record, SerializationError naming
         the key for a value its serializer cannot encode.
         """
@@ -620,7 +681,13 @@ class Journal:
             raise SerializationError(
                 key, TypeError(f"the serializer returned {type(data).__name__}, not str or bytes")
             )
-        return b"S" + _KEYLEN.pack(len(encoded_key)) + encoded_key + data
+        if ttl < 0:
+            ttl = self._write_ttl
+        if ttl > 0:
+            head = _TIMED_HEAD.pack(b"T", deadline_after(ttl), len(encoded_key))
+        else:
+            head = b"S" + _KEYLEN.pack(len(encoded_key))
+        return head + encoded_key + data
 
     def _frame(self, payload: bytes) -> bytes:
         head = struct.pack("<II", self._seq, len(payload))
