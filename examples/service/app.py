@@ -97,6 +97,12 @@ async def health() -> dict[str, str]:
     return {"mode": MODE}
 
 
+@app.put("/echo/{user_id}")
+async def echo_user(user_id: str, profile: ProfileIn) -> dict[str, Any]:
+    """PUT /users/{id}'s work without the store (parse, validate, answer): its ceiling."""
+    return _profile(user_id, profile.model_dump())
+
+
 @app.get("/users/{user_id}")
 async def get_user(user_id: str) -> dict[str, Any]:
     if state.cache is not None:
