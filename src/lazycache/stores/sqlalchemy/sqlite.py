@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -52,12 +53,37 @@ def configure_sqlite(engine: Engine, *, wal: bool = True) -> Engine:
         cursor = dbapi_connection.cursor()
         try:
             if use_wal:
-                cursor.execute("PRAGMA journal_mode=WAL")
+                _enter_wal(cursor)
                 cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
 
     return engine
+
+
+def _enter_wal(cursor: Any) -> None:
+    """Switches a connection's file to WAL mode unless it is in it, retrying while the file is busy.
+
+    Changing the journal mode needs the file to itself, and SQLite may answer "database is
+    locked" at once, without waiting the busy timeout, while another process opens the same
+    new file (processes starting together on a fresh database). The mode is persistent:
+    once one of them has switched, the others find WAL and have nothing to do. So: look
+    first, and retry a busy switch until the connection's own busy timeout has passed.
+    """
+    (timeout_ms,) = cursor.execute("PRAGMA busy_timeout").fetchone()
+    deadline = time.monotonic() + timeout_ms / 1000
+    pause = 0.001
+    while True:
+        try:
+            (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 # ----------------------------------------------------------------------------- the fork guard
