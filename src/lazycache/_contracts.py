@@ -42,6 +42,9 @@ class Flushable(Protocol):
         """Entries whose latest change has not reached the store yet (queued or in flight)."""
         ...
 
+    max_pending: int | None
+    """The most entries that may be pending at once (None: no limit)."""
+
     @property
     def _queued(self) -> int:
         """Entries in the dirty queue: pending and not in flight."""

@@ -19,12 +19,21 @@ pause the writer most often where a pause costs most. On a loaded machine a paus
 CPU away for a scheduler's turn: measured 0.4-0.8 ms per pause on 2 busy cores against 66 µs
 on idle ones, and with the wall clock a synchronous flush to PostgreSQL lost 10-16% of its
 throughput there; with the thread's CPU time, none beyond the noise, for the same loop lag.
+
+A loop may also be given a `share` of the time (`sharing()`): after each slice it then
+pauses long enough that its work takes at most that share of the wall clock. The writer
+runs its routine flushes so (`BACKGROUND_SHARE`): the request a service is serving meanwhile
+meets a flush's work spread over a longer stretch, in small pieces, instead of all of it at
+once; the database, which works on the chunks as they arrive, spreads its work likewise.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 SLICE = 0.001
 """Seconds of work between two yields of the GIL by a paced loop."""
@@ -47,24 +56,54 @@ _gil_enabled = getattr(sys, "_is_gil_enabled", None)
 _clock = time.perf_counter if sys.platform == "win32" else time.thread_time
 
 
+_local = threading.local()
+
+
+@contextmanager
+def sharing(share: float) -> Iterator[None]:
+    """Within the block, the pacers this thread makes keep their loop's work to `share` (0-1] of the wall clock."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], not {share!r}")
+    outer = getattr(_local, "share", 1.0)
+    _local.share = share
+    try:
+        yield
+    finally:
+        _local.share = outer
+
+
+def current_share() -> float:
+    """The share of the wall clock this thread's paced loops may work for now (1.0 outside `sharing`)."""
+    share: float = getattr(_local, "share", 1.0)
+    return share
+
+
 class GilPacer:
     """Call `pace()` between units of work; it yields the GIL once the thread has worked `slice`
     seconds (of CPU time) since the pacer was made or last yielded. One pacer per loop, used
     by the thread that made it."""
 
-    __slots__ = ("_since", "slice", "yields")
+    __slots__ = ("_rest", "_since", "slice", "yields")
 
     def __init__(self, slice: float | None = None) -> None:
         self.slice = SLICE if slice is None else slice
+        self._rest = 1 / current_share() - 1
+        """Seconds of pause per second of work (0: the briefest yield)."""
         self.yields = 0
         """How many times `pace()` yielded."""
         self._since = _clock()
 
     def pace(self) -> None:
         """Yields the GIL if this thread has worked for a slice (without a GIL: does nothing)."""
-        if _clock() - self._since >= self.slice:
-            if _gil_enabled is not None and not _gil_enabled():
+        worked = _clock() - self._since
+        if worked >= self.slice:
+            if self._rest:
+                time.sleep(
+                    worked * self._rest
+                )  # with or without a GIL: the machine's CPUs are shared too
+            elif _gil_enabled is not None and not _gil_enabled():
                 return
-            time.sleep(PAUSE)
+            else:
+                time.sleep(PAUSE)
             self.yields += 1
             self._since = _clock()

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._checks import check_int_or_none, check_seconds
+from ._pacing import sharing
 from ._sentinels import MISSING
 from .metrics import BATCH_SIZE_BUCKETS, FLUSH_DURATION_BUCKETS, Histogram
 from .serializers import SerializationError, Serializer
@@ -68,6 +69,11 @@ if TYPE_CHECKING:
     from .coherence import Coherence
     from .journal import Journal
     from .stores.base import Store
+
+BACKGROUND_SHARE = 0.25
+"""The share of the wall clock a routine background batch may work for (see `lazycache._pacing`):
+the writer thread's batch when the backlog fits in it and writers are not near max_pending.
+A backlog, a flush someone waits for and a cache near max_pending go at full speed."""
 
 log = logging.getLogger("lazycache.writer")
 
@@ -256,6 +262,12 @@ class _Round:
         return _in_order(self.batch, held)
 
 
+def _near_full(cache: Flushable) -> bool:
+    """Whether half of max_pending is pending: writers may soon wait for the writer."""
+    limit = cache.max_pending
+    return limit is not None and cache.pending * 2 >= limit
+
+
 class BatchWriter:
     """Flushes one cache's pending entries to its store, with retries and poison isolation."""
 
@@ -432,7 +444,11 @@ class BatchWriter:
                 batch = cache._take_batch(min(self.batch_size, todo) + len(acc.deferred))
                 if not batch:
                     break
-                unwritten, down, seen = self._write(cache, batch, acc, background)
+                # A routine batch spreads its work out, so that a request served meanwhile
+                # meets it in small pieces rather than all at once.
+                routine = background and todo <= self.batch_size and not _near_full(cache)
+                with sharing(BACKGROUND_SHARE if routine else 1.0):
+                    unwritten, down, seen = self._write(cache, batch, acc, background)
                 todo -= len(batch) - seen
                 if unwritten:
                     cache._requeue(unwritten)  # back to the front of the queue, in order
