@@ -409,12 +409,22 @@ class _CacheLayer(CoreMapping):
         A delete of key made meanwhile wins (MISSING), unless `over_delete`: then the
         fetched value is returned, uncached.
         """
+        epoch, current = self._load_start(key, over_delete)
+        if current is not ABSENT:
+            return current
+        return self._load_end(key, fetch(key), epoch, over_delete)
+
+    def _load_start(self, key: Any, over_delete: bool) -> tuple[int, Any]:
+        """(the memory epoch before the load, what memory answers already or ABSENT): a load's start."""
         epoch = self._memory_epoch  # before: see _insert_loaded
         # A load of key that ended between our caller's miss and our start has cached its value.
         current, _ = self._read_versioned(key)
         if current is not ABSENT and not (current is MISSING and over_delete):
-            return current
-        value = fetch(key)
+            return epoch, current
+        return epoch, ABSENT
+
+    def _load_end(self, key: Any, value: Any, epoch: int, over_delete: bool) -> Any:
+        """Caches a loaded value clean (see `_load_and_cache`); returns what a reader sees."""
         if value is MISSING or not self._coherent:
             return value
         current = self._insert_loaded(key, value, epoch)

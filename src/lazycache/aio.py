@@ -5,6 +5,7 @@ with awaitable methods for the operations that may wait on I/O:
 
 * `aget`, `aget_many`: read-through; a miss loads in a worker thread, and concurrent
   misses of one key share one load (across tasks, and with threads reading the same key);
+* `aget_or_load`: `get_or_load` with a loader that may be a coroutine function;
 * `aset`: a write that, under `max_pending` with `on_full="block"`, waits for room
   without blocking the loop;
 * `aupdate_entry`: `update_entry` with an awaited read-through;
@@ -30,15 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import threading
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
-from ._cache_layer import _CacheLayer
+from ._cache_layer import _LOADER, _CacheLayer
 from ._compat import IMPLEMENTATION
 from ._journaled_layer import add_journaled_variant
-from ._sentinels import MISSING
+from ._sentinels import ABSENT, MISSING
 from .cache import LazyWriterCache, _classes, implementation_class
 from .writer import BackpressureError, FlushResult
 
@@ -216,6 +218,44 @@ class _AsyncLayer(_CacheLayer):
             load.add_done_callback(_consume)
         return asyncio.shield(load)
 
+    async def aget_or_load(self, key: Any, loader: Callable[[Any], Any]) -> Any:
+        """`get_or_load` awaited: the value memory holds for key, else the loader's, cached clean.
+
+        `loader(key)` may be a coroutine function (awaited on the loop) or a plain function
+        (run in the loop's default executor; if it returns an awaitable, that is awaited).
+        Tasks of one loop share one call per key; its exception reaches each of them and
+        nothing is cached. A cancelled caller stops waiting: the load goes on and is cached.
+        """
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, not {type(loader).__name__}")
+        value = self._peek(key)
+        if value is not ABSENT and value is not MISSING:
+            return value
+        loop = asyncio.get_running_loop()
+        loads = self._aloads
+        token = (loop, (_LOADER, key))  # never a reader's (loop, key): _LOADER is private
+        load = loads.get(token)
+        if load is None:
+            load = loop.create_task(self._load_with(key, loader))
+            loads[token] = load
+            load.add_done_callback(lambda done: loads.pop(token, None))
+            load.add_done_callback(_consume)
+        return await asyncio.shield(load)
+
+    async def _load_with(self, key: Any, loader: Callable[[Any], Any]) -> Any:
+        epoch, current = self._load_start(key, over_delete=True)
+        if current is not ABSENT:
+            return current
+        if inspect.iscoroutinefunction(loader):
+            value = await loader(key)
+        else:
+            value = await asyncio.get_running_loop().run_in_executor(None, loader, key)
+            if inspect.isawaitable(value):
+                value = await value
+        if value is MISSING:
+            raise ValueError("the loader returned lazycache.MISSING, which cannot be cached")
+        return self._load_end(key, value, epoch, over_delete=True)
+
     # ----------------------------------------------------------- writes
     async def aset(self, key: Any, value: Any) -> None:
         """`cache[key] = value`; when the backlog is full, waits for room without blocking the loop.
@@ -313,8 +353,8 @@ def _async_class(sync_cls: type[LazyWriterCache[Any, Any]]) -> type[AsyncLazyWri
 
 _DOC = """A `LazyWriterCache` with awaitable forms of the operations that may touch the store.
 
-    `aget`, `aget_many`, `aset`, `aupdate_entry`, `aflush`, `aclose` and `async with`
-    never block the event loop. Every synchronous method is the `LazyWriterCache`'s.
+    `aget`, `aget_many`, `aget_or_load`, `aset`, `aupdate_entry`, `aflush`, `aclose` and
+    `async with` never block the event loop. Every synchronous method is the `LazyWriterCache`'s.
     """
 
 _async_classes: dict[str, type[AsyncLazyWriterCache[Any, Any]]] = {
@@ -335,6 +375,9 @@ if TYPE_CHECKING:
         async def aget(self, key: K, default: V | T) -> V | T: ...
         async def aget(self, key: K, default: Any = None) -> Any: ...
         async def aget_many(self, keys: Iterable[K]) -> dict[K, V]: ...
+        async def aget_or_load(
+            self, key: K, loader: Callable[[K], V] | Callable[[K], Awaitable[V]]
+        ) -> V: ...
         async def aset(self, key: K, value: V) -> None: ...
         async def aupdate_entry(self, key: K, fn: Callable[[V], V], default: V = ...) -> V: ...
         async def aflush(self, timeout: float | None = None) -> FlushResult: ...
