@@ -104,6 +104,8 @@ class Gate:
         self.entered = threading.Event()
         self.release = threading.Event()
         self.calls = 0
+        if method == "load_many" and store.reports_ttls:
+            method = "load_many_with_ttls"  # what a read-through calls on such a store
         inner = getattr(store, method)
 
         def gated(*args: Any) -> Any:

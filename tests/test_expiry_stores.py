@@ -1,5 +1,7 @@
 """Expiry in the stores: Redis keys get the cache's TTLs (PX); a SQL key-value table keeps an
-expires_at column that reads ignore once passed and purge_expired() clears.
+expires_at column that reads ignore once passed and purge_expired() clears. And back: an
+entry read through from either expires from memory when the store would drop it (or sooner,
+by the cache's own expire_after_write), whoever gave it its TTL.
 
 The cache's clock and the SQL store's wall clock are fakes the tests move; Redis expires
 keys by its own clock, so the Redis tests read PTTL, and wait (polling, bounded) only for
@@ -116,6 +118,47 @@ def test_sql_expiry_needs_the_column_and_the_key_value_mode(database) -> None:
         SQLAlchemyStore(database.engine, rows, expiry=True)
 
 
+def test_sql_a_row_read_through_expires_from_memory_with_the_row(database, db_cache) -> None:
+    wall = FakeClock(WALL)
+    writer_store = SQLAlchemyStore(database.engine, database.table_name(), expiry=True, clock=wall)
+    writer = db_cache(writer_store, quiet=True, clock=FakeClock())
+    writer.set("brief", 1, ttl=30)
+    writer.set("other", 3, ttl=30)
+    writer["forever"] = 2
+    writer.flush()
+    store = SQLAlchemyStore(database.new_engine(), writer_store.table.name, expiry=True, clock=wall)
+    assert store.reports_ttls
+    found, ttls = store.load_many_with_ttls(["brief", "forever", "absent"])
+    assert found == {"brief": 1, "forever": 2} and ttls == {"brief": 30.0}
+    clock = FakeClock()
+    reader = db_cache(store, quiet=True, clock=clock)  # a cache with no expiry of its own
+    assert reader["brief"] == 1 and reader.get_many(["other", "forever"]) == {
+        "other": 3,
+        "forever": 2,
+    }
+    assert reader.stats.loads == 3
+    clock.advance(29.9)
+    wall.advance(29.9)
+    assert (reader["brief"], reader["other"], reader["forever"]) == (1, 3, 2)
+    assert reader.stats.loads == 3  # all from memory
+    clock.advance(0.2)
+    wall.advance(0.2)  # past the rows' deadline, in the table and in memory
+    assert reader.get("brief") is None and reader.get("other") is None
+    assert reader["forever"] == 2
+    assert reader.stats.loads == 3  # the two expired ones were looked for, and not found
+
+
+def test_sql_the_caches_own_expire_after_write_comes_first_when_sooner(database, db_cache) -> None:
+    wall = FakeClock(WALL)
+    store = SQLAlchemyStore(database.engine, database.table_name(), expiry=True, clock=wall)
+    store.write([("k", 1)], [], ttls={"k": 3600})
+    clock = FakeClock()
+    reader = db_cache(store, quiet=True, expire_after_write=10, clock=clock)
+    assert reader["k"] == 1
+    clock.advance(10)
+    assert reader["k"] == 1 and reader.stats.loads == 2  # read through again after 10 s
+
+
 # ----------------------------------------------------------------------------- Redis
 
 
@@ -162,3 +205,31 @@ def test_redis_an_expired_entry_reads_through_to_what_redis_holds(
     assert cache["k"] == "mine"
     clock.advance(10)
     assert cache["k"] == "theirs"
+
+
+def test_redis_a_key_read_through_expires_from_memory_when_redis_would_drop_it(
+    make_store, redis_cache, raw, prefix
+) -> None:
+    raw.set(prefix + "brief", b'"v"', px=20_000)  # another process set it, with its TTL
+    raw.set(prefix + "other", b'"w"', px=20_000)
+    raw.set(prefix + "forever", b'"f"')
+    store = make_store()
+    assert store.reports_ttls
+    found, ttls = store.load_many_with_ttls(["brief", "forever", "absent"])
+    assert found == {"brief": "v", "forever": "f"}
+    assert set(ttls) == {"brief"} and 19 < ttls["brief"] <= 20
+    clock = FakeClock()
+    cache = redis_cache(store, quiet=True, clock=clock)  # no expiry of its own
+    assert cache["brief"] == "v" and cache.get_many(["other", "forever"]) == {
+        "other": "w",
+        "forever": "f",
+    }
+    assert cache.stats.loads == 3
+    clock.advance(18)
+    assert (cache["brief"], cache["other"], cache["forever"]) == ("v", "w", "f")
+    assert cache.stats.loads == 3  # all from memory
+    clock.advance(2.1)  # past the time Redis gave them when they were read
+    assert cache["brief"] == "v"  # read through again: Redis (on its own clock) still has it
+    assert cache.stats.loads == 4
+    clock.advance(10**6)
+    assert cache["forever"] == "f" and cache.stats.loads == 4  # kept for good, as Redis keeps it

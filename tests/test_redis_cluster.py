@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import close_caches, recording, wait_until
+from helpers import FakeClock, close_caches, recording, wait_until
 from redis.crc import key_slot
 from redis_cluster import Cluster, redis_cluster  # noqa: F401  (fixture)
 from services import unique_name
@@ -101,6 +101,26 @@ def test_the_store_finds_out_it_is_on_a_cluster(cluster_store, redis_cluster) ->
     store = cluster_store()
     assert store.cluster
     assert "cluster" in repr(store) and str(redis_cluster.ports[0]) in repr(store)
+
+
+def test_a_read_through_on_a_cluster_brings_each_keys_ttl(cluster_store, cluster_cache) -> None:
+    writer = cluster_cache(cluster_store(), quiet=True)
+    keys = [f"t{i}" for i in range(300)]  # spread over the nodes
+    for i, key in enumerate(keys):
+        if i % 2:
+            writer.set(key, i, ttl=600)
+        else:
+            writer[key] = i
+    writer.flush()
+    found, ttls = cluster_store().load_many_with_ttls([*keys, "absent"])
+    assert found == {key: i for i, key in enumerate(keys)}
+    assert set(ttls) == set(keys[1::2]) and all(590 < left <= 600 for left in ttls.values())
+    clock = FakeClock()
+    reader = cluster_cache(cluster_store(), quiet=True, clock=clock)
+    assert reader.get_many(keys) == found
+    clock.advance(601)
+    assert reader.get_many(keys) == found  # the ones with a TTL were read again
+    assert reader.stats.loads == len(keys) + len(keys) // 2
 
 
 def test_a_batch_over_every_slot_lands_in_full(

@@ -33,7 +33,10 @@ def main() -> int:
         return 2
     lines = extra_requirements(sys.argv[1])
     if not lines:
-        print(f"lazywritercache has no extra {sys.argv[1]!r} (or it is not installed)", file=sys.stderr)
+        print(
+            f"lazywritercache has no extra {sys.argv[1]!r} (or it is not installed)",
+            file=sys.stderr,
+        )
         return 1
     print("\n".join(lines))
     return 0

@@ -18,10 +18,10 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Collection, ItemsView, Iterable, KeysView, ValuesView
+from collections.abc import Collection, ItemsView, Iterable, KeysView, Mapping, ValuesView
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from ._checks import check_int, check_seconds
+from ._checks import MAX_SECONDS, check_int, check_seconds
 from ._contracts import CoreMapping
 from ._core_common import SIGNAL_PRUNE, SIGNAL_WRITE, Full, ttl_ns
 from ._journaling import NO_JOURNAL, JournalScope, NoJournal, serializer_for_journal
@@ -370,9 +370,43 @@ class _CacheLayer(CoreMapping):
         self._loads += 1
         return found[key]
 
+    def _load_from_store(self, keys: list[Any]) -> tuple[Mapping[Any, Any], Mapping[Any, float]]:
+        """(what the store holds of keys, the seconds left to those it will expire): a read-through's load."""
+        store = self.store
+        if store.reports_ttls:
+            found, ttls = store.load_many_with_ttls(keys)
+        else:
+            found, ttls = store.load_many(keys), {}
+        self._loads += len(found)
+        return found, ttls
+
+    def _loaded_ttl(self, seconds: float | None) -> int:
+        """The TTL (ns, or -1 for the cache's) of an entry the store keeps `seconds` more (None: for good).
+
+        The store's deadline, or the cache's own expire_after_write if that comes sooner.
+        """
+        if seconds is None:
+            return -1
+        cache_ttl = self.expire_after_write
+        if cache_ttl is not None and cache_ttl < seconds:
+            return -1
+        return ttl_ns("the store's TTL", min(seconds, MAX_SECONDS))
+
     def _load_missing(self, key: Any) -> Any:
         # Concurrent misses of one key share one store load (no stampede on a hot key).
-        return self._load_once(key, lambda: self._load_and_cache(key, self._fetch))
+        return self._load_once(key, lambda: self._load_through(key))
+
+    def _load_through(self, key: Any) -> Any:
+        """Reads key from the store and caches it clean, expiring when the store would drop it."""
+        epoch, current = self._load_start(key, over_delete=False)
+        if current is not ABSENT:
+            return current
+        if not self._reads_through():
+            return MISSING
+        found, ttls = self._load_from_store([key])
+        if key not in found:
+            return MISSING
+        return self._load_end(key, found[key], epoch, False, self._loaded_ttl(ttls.get(key)))
 
     def _load_once(self, token: Any, load: Callable[[], Any]) -> Any:
         """Runs `load()` once for every caller that comes with `token` while it runs.
@@ -423,11 +457,12 @@ class _CacheLayer(CoreMapping):
             return epoch, current
         return epoch, ABSENT
 
-    def _load_end(self, key: Any, value: Any, epoch: int, over_delete: bool) -> Any:
-        """Caches a loaded value clean (see `_load_and_cache`); returns what a reader sees."""
+    def _load_end(self, key: Any, value: Any, epoch: int, over_delete: bool, ttl: int = -1) -> Any:
+        """Caches a loaded value clean (see `_load_and_cache`; `ttl` as `_insert_loaded`'s);
+        returns what a reader sees."""
         if value is MISSING or not self._coherent:
             return value
-        current = self._insert_loaded(key, value, epoch)
+        current = self._insert_loaded(key, value, epoch, ttl)
         return value if current is MISSING and over_delete else current
 
     def _delete_missing(self, key: Any) -> None:
@@ -700,14 +735,13 @@ class _CacheLayer(CoreMapping):
         if not self._reads_through():  # raises once the cache is closed
             return {}
         epoch = self._memory_epoch
-        stored = self.store.load_many(keys)
-        self._loads += len(stored)
+        stored, ttls = self._load_from_store(keys)
         found: dict[Any, Any] = {}
         for key in keys:
             if key in stored:
                 value = stored[key]
                 if self._coherent:  # with the channel down, loads are not cached (as `get`)
-                    value = self._insert_loaded(key, value, epoch)
+                    value = self._insert_loaded(key, value, epoch, self._loaded_ttl(ttls.get(key)))
                 if value is not MISSING:
                     found[key] = value
         return found

@@ -959,13 +959,20 @@ cdef class Core:
             self._wake(raised)
         return old
 
-    def _insert_loaded(self, key, value, unsigned long long epoch):
-        """Caches a value read from the store as clean, unless memory changed meanwhile."""
+    def _insert_loaded(self, key, value, unsigned long long epoch, long long ttl=-1):
+        """Caches a value read from the store as clean, unless memory changed meanwhile.
+
+        ttl: the entry's TTL in ns (turning expiry on), or -1 for the cache's.
+        """
         cdef Py_hash_t h
         cdef Py_ssize_t ix
         cdef uint32_t r
         cdef int raised = 0
-        cdef int64_t now = self._now() if self._expiry_on else 0
+        cdef int64_t now = 0
+        if ttl > 0 and not self._expiry_on:
+            self._enable_expiry()
+        if self._expiry_on:
+            now = self._now()
         self._acquire()
         try:
             h = _hash(key)
@@ -982,7 +989,7 @@ cdef class Core:
             if epoch == self._epoch and not self._closed:
                 r = <uint32_t>self._insert(key, h, value, 0)
                 if self._expiry_on:
-                    self._stamp(r, now, -1)
+                    self._stamp(r, now, ttl)
                 raised = self._signal()
         finally:
             self._release()

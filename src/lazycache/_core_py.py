@@ -646,12 +646,15 @@ class Core:
             self._wake(raised)
         return old
 
-    def _insert_loaded(self, key: Any, value: Any, epoch: int) -> Any:
+    def _insert_loaded(self, key: Any, value: Any, epoch: int, ttl: int = -1) -> Any:
         """Caches a value read from the store as clean, unless memory changed meanwhile.
 
         Returns the value a reader should see: the loaded one, or a newer one in memory,
-        or MISSING if the key has been deleted since.
+        or MISSING if the key has been deleted since. `ttl`: the entry's TTL in ns
+        (turning expiry on), or -1 for the cache's.
         """
+        if ttl > 0 and not self._expiring:
+            self._enable_expiry()
         now = self._now() if self._expiring else 0
         with self._lock:
             entry = self._map.get(key)
@@ -663,7 +666,7 @@ class Core:
             if epoch == self._epoch and not self._closed:
                 entry = self._new_entry(key, value, 0)
                 if self._expiring:
-                    self._stamp(entry, now, -1)
+                    self._stamp(entry, now, ttl)
                 raised = self._signal()
             else:
                 raised = 0

@@ -37,6 +37,23 @@ class Store(ABC, Generic[K, V]):
     stores are never passed it.
     """
 
+    reports_ttls: bool = False
+    """Whether `load_many_with_ttls` says how long the store keeps each key it loads.
+
+    A store that can expire what it holds sets this True and overrides
+    `load_many_with_ttls`; the cache then reads through with it, and an entry it loads
+    expires from memory when the store would drop it (or sooner, by the cache's own
+    `expire_after_write`), whoever set its TTL.
+    """
+
+    def load_many_with_ttls(self, keys: Sequence[K]) -> tuple[Mapping[K, V], Mapping[K, float]]:
+        """(the stored values of `keys`, as `load_many`; per found key that expires, the seconds left).
+
+        A key the store keeps for good is left out of the second mapping. The default
+        (a store that expires nothing) is `(load_many(keys), {})`.
+        """
+        return self.load_many(keys), {}
+
     @abstractmethod
     def load_many(self, keys: Sequence[K]) -> Mapping[K, V]:
         """Returns the stored values of `keys`; keys not in the store are left out.

@@ -474,6 +474,36 @@ class RedisStore(Store[Any, Any]):
                 found[key] = self._decode_value(key, data)
         return found
 
+    reports_ttls = True
+
+    def load_many_with_ttls(self, keys: Sequence[Any]) -> tuple[dict[Any, Any], dict[Any, float]]:
+        """`load_many`, with the seconds left to each found key that has a TTL (`PTTL`, same round trip)."""
+        keys = list(keys)
+        if not keys:
+            return {}, {}
+        rkeys = [self.redis_key(key) for key in keys]
+        pipe = self.client.pipeline(transaction=False)
+        for rkey in rkeys:
+            pipe.pttl(rkey)
+        if self.cluster:
+            values, left = self._mget(rkeys), pipe.execute()
+        else:
+            size = self.chunk_size
+            for start in range(0, len(rkeys), size):
+                pipe.mget(rkeys[start : start + size])
+            replies = pipe.execute()
+            left = replies[: len(rkeys)]
+            values = [value for chunk in replies[len(rkeys) :] for value in chunk]
+        found: dict[Any, Any] = {}
+        ttls: dict[Any, float] = {}
+        for key, data, ms in zip(keys, values, left):
+            if data is None or ms == -2:
+                continue  # absent, or expired between the two reads
+            found[key] = self._decode_value(key, data)
+            if ms >= 0:
+                ttls[key] = max(ms, 1) / 1000
+        return found, ttls
+
     def _mget(self, rkeys: list[bytes]) -> list[bytes | None]:
         size = self.chunk_size
         if self.cluster:

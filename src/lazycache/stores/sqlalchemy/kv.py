@@ -115,7 +115,13 @@ class KeyValueLayout(TableLayout[Sequence[tuple[Any, Any]]]):
         assert self._key_class is not None
         return f"the keys of {self.table.fullname!r} are {self._key_class.__name__}, not {type(key).__name__}: {key!r}"
 
-    def load(self, conn: Connection, keys: Sequence[Any], found: dict[Any, Any]) -> None:
+    def load(
+        self,
+        conn: Connection,
+        keys: Sequence[Any],
+        found: dict[Any, Any],
+        ttls: dict[Any, float],
+    ) -> None:
         key_class = self._key_class
         if key_class is not None:
             for key in keys:
@@ -123,15 +129,26 @@ class KeyValueLayout(TableLayout[Sequence[tuple[Any, Any]]]):
                     raise TypeError(self._wrong_key(key))
         loads = self.serializer.loads
         table = self.table
-        query = sa.select(table.c.key, table.c.value).where(table.c.key.in_(keys))
-        if self.expiry:
+        if not self.expiry:
+            rows: Any = conn.execute(
+                sa.select(table.c.key, table.c.value).where(table.c.key.in_(keys))
+            )
+            rows = ((key, data, None) for key, data in rows)
+        else:
             expires_at = table.c[EXPIRES_AT]
-            query = query.where(sa.or_(expires_at.is_(None), expires_at > self._now_ms()))
-        for key, data in conn.execute(query):
+            now = self._now_ms()
+            rows = conn.execute(
+                sa.select(table.c.key, table.c.value, expires_at).where(
+                    table.c.key.in_(keys), sa.or_(expires_at.is_(None), expires_at > now)
+                )
+            )
+        for key, data, deadline in rows:
             try:
                 found[key] = loads(data)
             except Exception as exc:
                 raise SerializationError(key, exc) from exc
+            if deadline is not None:
+                ttls[key] = max(deadline - now, 1) / 1000
 
     # ------------------------------------------------------------------ expiry
     def _now_ms(self) -> int:

@@ -75,8 +75,15 @@ class TableLayout(ABC, Generic[Batch]):
 
     # ------------------------------------------------------------------ what each mode does
     @abstractmethod
-    def load(self, conn: Connection, keys: Sequence[Any], found: dict[Any, Any]) -> None:
-        """Adds to `found` the stored value of each of `keys` (one chunk) that the table holds."""
+    def load(
+        self,
+        conn: Connection,
+        keys: Sequence[Any],
+        found: dict[Any, Any],
+        ttls: dict[Any, float],
+    ) -> None:
+        """Adds to `found` the stored value of each of `keys` (one chunk) that the table holds,
+        and to `ttls` the seconds left to each found row that expires."""
 
     @abstractmethod
     def prepare(self, upserts: Sequence[tuple[Any, Any]], deletes: Sequence[Any]) -> Batch:

@@ -178,7 +178,13 @@ class RowLayout(TableLayout[RowBatch]):
         return f"rows of {self._mapper.class_.__name__ if self._mapper is not None else 'Table'} by ({key})"
 
     # ------------------------------------------------------------------ reading
-    def load(self, conn: Connection, keys: Sequence[Any], found: dict[Any, Any]) -> None:
+    def load(
+        self,
+        conn: Connection,
+        keys: Sequence[Any],
+        found: dict[Any, Any],
+        ttls: dict[Any, float],
+    ) -> None:  # rows never expire: ttls stays empty
         names = self._read_names
         positions = self._key_positions
         single = len(positions) == 1

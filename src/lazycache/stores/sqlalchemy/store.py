@@ -120,6 +120,8 @@ class SQLAlchemyStore(Store[Any, Any]):
         self.expiry = bool(expiry)
         self.accepts_ttls = self.expiry
         """Whether `write` takes the cache's TTLs (an expiry column: `expiry=True`)."""
+        self.reports_ttls = self.expiry
+        """Whether loads say how long each row is kept (an expiry column: `expiry=True`)."""
         self.clock = clock
         if isinstance(bind, Engine):
             if engine_options:
@@ -190,15 +192,21 @@ class SQLAlchemyStore(Store[Any, Any]):
 
     # ------------------------------------------------------------------ reading
     def load_many(self, keys: Sequence[Any]) -> dict[Any, Any]:
+        found, _ = self.load_many_with_ttls(keys)
+        return found
+
+    def load_many_with_ttls(self, keys: Sequence[Any]) -> tuple[dict[Any, Any], dict[Any, float]]:
+        """`load_many`, with the seconds left to each found row whose `expires_at` is set (`expiry=True`)."""
         keys = list(keys)
-        if not keys:
-            return {}
         found: dict[Any, Any] = {}
+        ttls: dict[Any, float] = {}
+        if not keys:
+            return found, ttls
         size = self.chunk_size
         with self.engine.connect() as conn:
             for start in range(0, len(keys), size):
-                self._layout.load(conn, keys[start : start + size], found)
-        return found
+                self._layout.load(conn, keys[start : start + size], found, ttls)
+        return found, ttls
 
     def purge_expired(self) -> int:
         """Deletes the rows whose `expires_at` has passed (key-value mode, `expiry=True`); returns how many.
