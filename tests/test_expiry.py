@@ -451,3 +451,42 @@ def test_threads_reading_and_writing_while_time_passes(make_cache) -> None:
     cache.flush()
     assert cache.pending == 0
     assert set(store.data) == set(keys)  # every key's last write reached the store
+
+
+class ExpiringStore(MemoryStore):
+    """A store of one's own that keeps each key for `ttls[key]` seconds more, and says so."""
+
+    reports_ttls = True
+
+    def __init__(self, data: dict[Any, Any], ttls: dict[Any, float]) -> None:
+        super().__init__(data)
+        self.ttls = ttls
+
+    def load_many_with_ttls(self, keys: Any) -> Any:
+        found = self.load_many(keys)
+        return found, {key: self.ttls[key] for key in found if key in self.ttls}
+
+
+def test_a_store_of_ones_own_that_reports_ttls_bounds_its_entries_in_memory(
+    make_cache, clock
+) -> None:
+    store = ExpiringStore(
+        {"brief": 1, "now": 2, "long": 3, "forever": 4}, {"brief": 5, "now": 0, "long": 100}
+    )
+    cache = make_cache(store, quiet=True, expire_after_write=50, clock=clock)
+    assert cache.get_many(["brief", "now", "long", "forever"]) == {
+        "brief": 1,
+        "now": 2,
+        "long": 3,
+        "forever": 4,
+    }
+    store.data.update(
+        {"brief": -1, "now": -2, "long": -3, "forever": -4}
+    )  # changed behind its back
+    clock.advance(0.001)
+    assert cache["now"] == -2  # no time left: expired at the next tick, read again
+    clock.advance(5)
+    assert cache["brief"] == -1  # the store's 5 s
+    assert (cache["long"], cache["forever"]) == (3, 4)
+    clock.advance(45)
+    assert (cache["long"], cache["forever"]) == (-3, -4)  # the cache's own 50 s came first

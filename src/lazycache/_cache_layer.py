@@ -390,7 +390,8 @@ class _CacheLayer(CoreMapping):
         cache_ttl = self.expire_after_write
         if cache_ttl is not None and cache_ttl < seconds:
             return -1
-        return ttl_ns("the store's TTL", min(seconds, MAX_SECONDS))
+        # A store that says "no time left" gets an entry that expires at once, not an error.
+        return ttl_ns("the store's TTL", min(max(seconds, 1e-9), MAX_SECONDS))
 
     def _load_missing(self, key: Any) -> Any:
         # Concurrent misses of one key share one store load (no stampede on a hot key).
