@@ -98,9 +98,8 @@ class GilPacer:
         worked = _clock() - self._since
         if worked >= self.slice:
             if self._rest:
-                time.sleep(
-                    worked * self._rest
-                )  # with or without a GIL: the machine's CPUs are shared too
+                # With or without a GIL: the machine's CPUs are shared too.
+                time.sleep(worked * self._rest)
             elif _gil_enabled is not None and not _gil_enabled():
                 return
             else:
