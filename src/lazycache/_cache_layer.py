@@ -1128,15 +1128,15 @@ _LOADER: Any = object()  # tags get_or_load's loads apart from read-through load
 
 
 def _checked(loader: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`loader`, refusing MISSING as its result (it cannot be cached, nor told from a miss)."""
+    """`loader`, refusing MISSING as its result (see `_loaded_value`)."""
+    return lambda key: _loaded_value(loader(key))
 
-    def load(key: Any) -> Any:
-        value = loader(key)
-        if value is MISSING:
-            raise ValueError("the loader returned lazycache.MISSING, which cannot be cached")
-        return value
 
-    return load
+def _loaded_value(value: Any) -> Any:
+    """A loader's value; ValueError for MISSING (it cannot be cached, nor told from a miss)."""
+    if value is MISSING:
+        raise ValueError("the loader returned lazycache.MISSING, which cannot be cached")
+    return value
 
 
 class _Wait:

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Iterable
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
-from ._cache_layer import _LOADER, _CacheLayer
+from ._cache_layer import _LOADER, _CacheLayer, _loaded_value
 from ._compat import IMPLEMENTATION
 from ._journaled_layer import add_journaled_variant
 from ._sentinels import ABSENT, MISSING
@@ -252,9 +252,7 @@ class _AsyncLayer(_CacheLayer):
             value = await asyncio.get_running_loop().run_in_executor(None, loader, key)
             if inspect.isawaitable(value):
                 value = await value
-        if value is MISSING:
-            raise ValueError("the loader returned lazycache.MISSING, which cannot be cached")
-        return self._load_end(key, value, epoch, over_delete=True)
+        return self._load_end(key, _loaded_value(value), epoch, over_delete=True)
 
     # ----------------------------------------------------------- writes
     async def aset(self, key: Any, value: Any) -> None:

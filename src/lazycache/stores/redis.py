@@ -488,9 +488,7 @@ class RedisStore(Store[Any, Any]):
         if self.cluster:
             values, left = self._mget(rkeys), pipe.execute()
         else:
-            size = self.chunk_size
-            for start in range(0, len(rkeys), size):
-                pipe.mget(rkeys[start : start + size])
+            self._queue_mget(pipe, rkeys)
             replies = pipe.execute()
             left = replies[: len(rkeys)]
             values = [value for chunk in replies[len(rkeys) :] for value in chunk]
@@ -516,9 +514,14 @@ class RedisStore(Store[Any, Any]):
             found: list[bytes | None] = self.client.mget(rkeys)
             return found
         pipe = self.client.pipeline(transaction=False)
+        self._queue_mget(pipe, rkeys)
+        return [value for chunk in pipe.execute() for value in chunk]
+
+    def _queue_mget(self, pipe: Any, rkeys: list[bytes]) -> None:
+        """Queues on `pipe` the MGETs of rkeys, `chunk_size` keys each (not on a cluster)."""
+        size = self.chunk_size
         for start in range(0, len(rkeys), size):
             pipe.mget(rkeys[start : start + size])
-        return [value for chunk in pipe.execute() for value in chunk]
 
     accepts_ttls = True
 

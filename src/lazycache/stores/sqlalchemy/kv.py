@@ -129,26 +129,22 @@ class KeyValueLayout(TableLayout[Sequence[tuple[Any, Any]]]):
                     raise TypeError(self._wrong_key(key))
         loads = self.serializer.loads
         table = self.table
-        if not self.expiry:
-            rows: Any = conn.execute(
-                sa.select(table.c.key, table.c.value).where(table.c.key.in_(keys))
-            )
-            rows = ((key, data, None) for key, data in rows)
-        else:
+        columns = [table.c.key, table.c.value]
+        where: list[sa.ColumnElement[bool]] = [table.c.key.in_(keys)]
+        now = 0
+        if self.expiry:
             expires_at = table.c[EXPIRES_AT]
             now = self._now_ms()
-            rows = conn.execute(
-                sa.select(table.c.key, table.c.value, expires_at).where(
-                    table.c.key.in_(keys), sa.or_(expires_at.is_(None), expires_at > now)
-                )
-            )
-        for key, data, deadline in rows:
+            columns.append(expires_at)
+            where.append(sa.or_(expires_at.is_(None), expires_at > now))
+        for row in conn.execute(sa.select(*columns).where(*where)):
+            key = row[0]
             try:
-                found[key] = loads(data)
+                found[key] = loads(row[1])
             except Exception as exc:
                 raise SerializationError(key, exc) from exc
-            if deadline is not None:
-                ttls[key] = max(deadline - now, 1) / 1000
+            if self.expiry and row[2] is not None:
+                ttls[key] = max(row[2] - now, 1) / 1000
 
     # ------------------------------------------------------------------ expiry
     def _now_ms(self) -> int:
