@@ -1,13 +1,24 @@
 """End-to-end: examples/service under wrk, direct async SQLAlchemy against lazycache.
 
-For each mode, one uvicorn process (one worker) serves the app on a loopback port; wrk, a
-load generator in its own process, drives each endpoint at a fixed concurrency for a fixed
-time. Reported per endpoint and mode: requests/s, p50 and p99 latency, and database commits
-per second (`xact_commit` of the database in `pg_stat_database`, which also counts any other
-client of that database during the run). The ceiling is an endpoint that touches no store:
-`GET /health`, and for `PUT /users/{id}` `PUT /echo/{id}`, which parses the same body.
+For each mode, one uvicorn process (one worker) serves the app on a loopback port, both at
+once, each with a table of its own; wrk, a load generator in its own process, drives each
+endpoint of one mode and then of the other at a fixed concurrency for a fixed time, in two
+regimes:
 
-    .venv/bin/python benchmarks/service_bench.py [--duration 5] [--connections 32]
+* saturated: every connection sends its next request as soon as the last one is answered.
+  Reported per endpoint and mode: requests/s, p50 and p99 latency, and database commits per
+  second (`xact_commit` of the database in `pg_stat_database`, which also counts any other
+  client of that database during the run). Here latency is mostly queueing: by Little's law
+  the mean is connections / throughput, so the latency ratio follows the throughput ratio.
+* a fixed offered load: each connection waits a random think time (exponential) between
+  requests, so that both modes are offered the same rate, a share (`--load-share`, 0.5) of
+  what direct sustained on that endpoint. Latency there is what one request waits when the
+  server is not saturated.
+
+Each endpoint's ceiling is the app's endpoint of the same shape that touches no store
+(`/echo/...`: the same method, path, body and answer).
+
+    .venv/bin/python benchmarks/service_bench.py [--duration 5] [--connections 32] [--load-share 0.5]
 
 Needs wrk (Debian: apt-get install wrk) and the `service` extra.
 """
@@ -35,37 +46,54 @@ SYNC_URL = "postgresql+psycopg://postgres@127.0.0.1/test"
 ASYNC_URL = "postgresql+asyncpg://postgres@127.0.0.1/test"
 USERS = 1_000
 HOT = 100
+MODES = ("direct", "lazycache")
 
-# wrk scripts: each request picks a user at random (all users for writes, the hot ones for reads).
+
+def _script(method: str, path: str, users: int, body: str | None = None) -> str:
+    """A wrk script: `method` on `path` ({id}: a user picked at random of the first `users`)."""
+    lines = [f'wrk.method = "{method}"']
+    if body is not None:
+        lines += ['wrk.headers["Content-Type"] = "application/json"', f"wrk.body = '{body}'"]
+    target = ('"' + path.replace("{id}", f'u" .. math.random(0, {users - 1}) .. "') + '"').replace(
+        ' .. ""', ""
+    )
+    lines.append(f"request = function() return wrk.format(nil, {target}) end")
+    return "\n".join(lines) + "\n"
+
+
+PROFILE = '{"name": "someone", "email": "someone@example.com"}'
+
+# Each request picks a user at random (all users for writes, the hot ones for reads). Each
+# endpoint is followed by its ceiling: the same request and answer, without the store.
 SCRIPTS = {
-    "POST /users/{id}/views": f"""
-wrk.method = "POST"
-request = function() return wrk.format(nil, "/users/u" .. math.random(0, {USERS - 1}) .. "/views") end
-""",
-    "PUT /users/{id}": f"""
-wrk.method = "PUT"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{{"name": "someone", "email": "someone@example.com"}}'
-request = function() return wrk.format(nil, "/users/u" .. math.random(0, {USERS - 1})) end
-""",
-    "GET /users/{id} (hot)": f"""
-request = function() return wrk.format(nil, "/users/u" .. math.random(0, {HOT - 1})) end
-""",
-    "GET /health (ceiling)": """
-request = function() return wrk.format(nil, "/health") end
-""",
-    # PUT /users/{id}'s request without the store: the same body parsed and validated.
-    "PUT /echo/{id} (ceiling)": f"""
-wrk.method = "PUT"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{{"name": "someone", "email": "someone@example.com"}}'
-request = function() return wrk.format(nil, "/echo/u" .. math.random(0, {USERS - 1})) end
-""",
+    "POST /users/{id}/views": _script("POST", "/users/{id}/views", USERS),
+    "POST /echo/{id}/views (ceiling)": _script("POST", "/echo/{id}/views", USERS),
+    "PUT /users/{id}": _script("PUT", "/users/{id}", USERS, PROFILE),
+    "PUT /echo/{id} (ceiling)": _script("PUT", "/echo/{id}", USERS, PROFILE),
+    "GET /users/{id} (hot)": _script("GET", "/users/{id}", HOT),
+    "GET /echo/{id} (ceiling)": _script("GET", "/echo/{id}", HOT),
 }
 
-CEILINGS = {"PUT /users/{id}": "PUT /echo/{id} (ceiling)"}
-"""The ceiling of each endpoint: a request of the same shape that touches no store (a body to
-parse costs FastAPI more than the bare GET); the others' is GET /health."""
+CEILINGS = {
+    "POST /users/{id}/views": "POST /echo/{id}/views (ceiling)",
+    "PUT /users/{id}": "PUT /echo/{id} (ceiling)",
+    "GET /users/{id} (hot)": "GET /echo/{id} (ceiling)",
+}
+"""The ceiling of each endpoint: the app's endpoint of the same shape (method, path, body and
+answer) that touches no store."""
+
+PACED_LIKE = {ceiling: endpoint for endpoint, ceiling in CEILINGS.items()}
+
+STATS_SETTLE = 11.0
+"""Seconds for a run's commits to reach `pg_stat_database`: PostgreSQL (15 and later) reports
+a backend's counts at most once a second, and those of a backend gone idle after 10 s."""
+"""Under a fixed offered load, a ceiling is offered the rate of the endpoint it is the ceiling of."""
+
+
+def paced(script: str, connections: int, rate: float) -> str:
+    """The script with an exponential think time: `connections` of them offer about `rate`/s."""
+    mean_ms = 1000.0 * connections / rate
+    return script + f"delay = function() return -{mean_ms:.3f} * math.log(1 - math.random()) end\n"
 
 
 def commits(engine: sa.Engine) -> int:
@@ -135,57 +163,83 @@ def run_wrk(url: str, script: str, duration: int, connections: int) -> dict[str,
 
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     assert rps, out
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "rps": float(rps.group(1)),
-        "p50": latency("50"),
-        "p99": latency("99"),
-        "errors": float(errors.group(1)) if errors else 0.0,
-    }
+    # A run that met errors measured something else than the endpoint: it stops the benchmark.
+    if re.search(r"Non-2xx or 3xx responses|Socket errors", out):
+        raise RuntimeError(f"wrk met errors:\n{out}")
+    return {"rps": float(rps.group(1)), "p50": latency("50"), "p99": latency("99")}
+
+
+def _commits(figures: dict[str, float]) -> str:
+    return f"{figures['commits/s']:,.0f}" if "commits/s" in figures else "—"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per endpoint and mode")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--load-share",
+        type=float,
+        default=0.5,
+        help="the fixed offered load, as a share of direct's saturated requests/s",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
     engine = sa.create_engine(SYNC_URL)
-    table = f"lcbench_svc_{uuid.uuid4().hex[:8]}"
+    tables = {mode: f"lcbench_svc_{mode}_{uuid.uuid4().hex[:8]}" for mode in MODES}
     results: dict[tuple[str, str], dict[str, float]] = {}
+    at_load: dict[tuple[str, str], dict[str, float]] = {}
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    # Both modes are served at once, each from its own table, and take turns on each
+    # endpoint: a machine whose speed drifts during the run moves both alike.
     try:
-        for mode in ("direct", "lazycache"):
-            port = 18000 + (os.getpid() % 1000)
-            process = start(mode, table, port)
-            try:
-                if mode == "direct":  # the users, written once through the API's own table
-                    with engine.begin() as conn:
-                        conn.exec_driver_sql(
-                            f"INSERT INTO {table} (key, value) SELECT 'u' || i, "
-                            '\'{"name": "user", "views": 0}\' FROM generate_series(0, %(n)s) i',
-                            {"n": USERS - 1},
-                        )
-                # Warm-up, not counted: every user read once (lazycache: loaded into memory).
-                warm = f"""
+        for number, mode in enumerate(MODES):
+            port = 18000 + (os.getpid() % 1000) * 2 + number
+            servers[mode] = (start(mode, tables[mode], port), f"http://127.0.0.1:{port}")
+            with engine.begin() as conn:  # the users, written once into the app's own table
+                conn.exec_driver_sql(
+                    f"INSERT INTO {tables[mode]} (key, value) SELECT 'u' || i, "
+                    '\'{"name": "user", "views": 0}\' FROM generate_series(0, %(n)s) i',
+                    {"n": USERS - 1},
+                )
+            # Warm-up, not counted: every user read once (lazycache: loaded into memory).
+            warm = f"""
 counter = -1
 request = function() counter = (counter + 1) % {USERS}; return wrk.format(nil, "/users/u" .. counter) end
 """
-                run_wrk(f"http://127.0.0.1:{port}", warm, max(2, args.duration // 2), 4)
-                for endpoint, script in SCRIPTS.items():
-                    before, started = commits(engine), time.monotonic()
-                    figures = run_wrk(
-                        f"http://127.0.0.1:{port}", script, args.duration, args.connections
-                    )
-                    figures["commits/s"] = (commits(engine) - before) / (time.monotonic() - started)
-                    results[(endpoint, mode)] = figures
-                    print(f"{mode:9} {endpoint:24} {figures}", flush=True)
-            finally:
-                process.terminate()
-                process.wait(60)
+            run_wrk(servers[mode][1], warm, max(2, args.duration // 2), 4)
+        for endpoint, script in SCRIPTS.items():
+            for mode in MODES:
+                before, started = commits(engine), time.monotonic()
+                figures = run_wrk(servers[mode][1], script, args.duration, args.connections)
+                elapsed = time.monotonic() - started
+                if endpoint in CEILINGS:  # (a ceiling, which commits nothing, needs no count)
+                    time.sleep(STATS_SETTLE)
+                    figures["commits/s"] = (commits(engine) - before) / elapsed
+                results[(endpoint, mode)] = figures
+                print(f"{mode:9} {endpoint:32} {figures}", flush=True)
+        for endpoint, script in SCRIPTS.items():
+            # Both modes are offered the same rate: a share of what direct sustained.
+            rate = args.load_share * results[(PACED_LIKE.get(endpoint, endpoint), "direct")]["rps"]
+            for mode in MODES:
+                figures = run_wrk(
+                    servers[mode][1],
+                    paced(script, args.connections, rate),
+                    2 * args.duration,
+                    args.connections,
+                )
+                figures["offered"] = rate
+                at_load[(endpoint, mode)] = figures
+                print(f"{mode:9} {endpoint:32} at {rate:,.0f}/s {figures}", flush=True)
     finally:
+        for process, _ in servers.values():
+            process.terminate()
+        for process, _ in servers.values():
+            process.wait(60)
         with engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+            for name in tables.values():
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
         engine.dispose()
     print()
     print(
@@ -193,18 +247,37 @@ request = function() counter = (counter + 1) % {USERS}; return wrk.format(nil, "
         f"uvicorn: 1 worker; load average at the end: {os.getloadavg()[0]:.1f}"
     )
     print()
+    print("Saturated:")
+    print()
     print(
-        "| endpoint | direct req/s | lazycache req/s | ratio | lazycache / its ceiling | direct p50/p99 ms | lazycache p50/p99 ms | direct commits/s | lazycache commits/s |"
+        "| endpoint | direct req/s | lazycache req/s | ratio | lazycache / its ceiling | direct p50/p99 ms | lazycache p50/p99 ms | p99 ratio | direct commits/s | lazycache commits/s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for endpoint in SCRIPTS:
         d, lc = results[(endpoint, "direct")], results[(endpoint, "lazycache")]
-        ceiling = results[(CEILINGS.get(endpoint, "GET /health (ceiling)"), "lazycache")]["rps"]
+        ceiling = results[(CEILINGS.get(endpoint, endpoint), "lazycache")]["rps"]
         print(
             f"| {endpoint} | {d['rps']:,.0f} | {lc['rps']:,.0f} | {lc['rps'] / d['rps']:.1f}× "
             f"| {lc['rps'] / ceiling:.0%} "
             f"| {d['p50']:.1f} / {d['p99']:.1f} | {lc['p50']:.1f} / {lc['p99']:.1f} "
-            f"| {d['commits/s']:,.0f} | {lc['commits/s']:,.0f} |"
+            f"| {d['p99'] / lc['p99']:.1f}× | {_commits(d)} | {_commits(lc)} |"
+        )
+    print()
+    print(
+        f"At a fixed offered load ({args.load_share:.0%} of direct's saturated rate on each "
+        f"endpoint; {2 * args.duration}s per endpoint and mode):"
+    )
+    print()
+    print(
+        "| endpoint | offered req/s | direct req/s | lazycache req/s | direct p50/p99 ms | lazycache p50/p99 ms | p50 ratio | p99 ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for endpoint in SCRIPTS:
+        d, lc = at_load[(endpoint, "direct")], at_load[(endpoint, "lazycache")]
+        print(
+            f"| {endpoint} | {d['offered']:,.0f} | {d['rps']:,.0f} | {lc['rps']:,.0f} "
+            f"| {d['p50']:.2f} / {d['p99']:.2f} | {lc['p50']:.2f} / {lc['p99']:.2f} "
+            f"| {d['p50'] / lc['p50']:.1f}× | {d['p99'] / lc['p99']:.1f}× |"
         )
 
 

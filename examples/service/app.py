@@ -97,10 +97,24 @@ async def health() -> dict[str, str]:
     return {"mode": MODE}
 
 
+# The ceilings of the benchmark: each endpoint's request and answer, of the same shape,
+# without the store.
+@app.get("/echo/{user_id}")
+async def echo_get_user(user_id: str) -> dict[str, Any]:
+    """GET /users/{id}'s work without the store: its ceiling."""
+    return _profile(user_id, {"name": "user", "views": 0})
+
+
 @app.put("/echo/{user_id}")
-async def echo_user(user_id: str, profile: ProfileIn) -> dict[str, Any]:
+async def echo_put_user(user_id: str, profile: ProfileIn) -> dict[str, Any]:
     """PUT /users/{id}'s work without the store (parse, validate, answer): its ceiling."""
-    return _profile(user_id, profile.model_dump())
+    return _profile(user_id, {**profile.model_dump(), "views": 0})
+
+
+@app.post("/echo/{user_id}/views")
+async def echo_add_view(user_id: str) -> dict[str, Any]:
+    """POST /users/{id}/views's work without the store: its ceiling."""
+    return {"id": user_id, "views": 1}
 
 
 @app.get("/users/{user_id}")
