@@ -18,7 +18,11 @@ from typing import Any
 import griffe
 
 _CLASS = "lazycache.cache.LazyWriterCache"
-_IMPLEMENTATIONS = ("lazycache._cache_layer._CacheLayer", "lazycache._core_py.Core")
+_IMPLEMENTATIONS = (
+    "lazycache._cache_layer._CacheLayer",
+    "lazycache._read_through._ReadThroughLayer",
+    "lazycache._core_py.Core",
+)
 
 
 class LazyWriterCacheDocs(griffe.Extension):

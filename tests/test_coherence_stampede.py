@@ -12,7 +12,7 @@ import pytest
 from helpers import TIMEOUT, run_threads, wait_until
 from services import delete_redis_keys, redis_client, redis_url, unique_name
 
-import lazycache._cache_layer as cache_module
+import lazycache._read_through as read_through_module
 from lazycache import MemoryStore
 from lazycache.coherence.redis import RedisCoherence
 from lazycache.stores.redis import RedisStore
@@ -84,12 +84,12 @@ def waiters(monkeypatch: pytest.MonkeyPatch) -> LoadWaiters:
     """Counts the waits for a shared read-through load (the cache's _Load.wait)."""
     counter = LoadWaiters()
 
-    class CountedLoad(cache_module._Load):
+    class CountedLoad(read_through_module._Load):
         def wait(self) -> Any:
             counter.arrived()
             return super().wait()
 
-    monkeypatch.setattr(cache_module, "_Load", CountedLoad)
+    monkeypatch.setattr(read_through_module, "_Load", CountedLoad)
     return counter
 
 

@@ -41,6 +41,7 @@ check_imports = load_tool()
 CACHE_LAYER = (
     "lazycache.cache",
     "lazycache._cache_layer",
+    "lazycache._read_through",
     "lazycache._journaled_layer",
     "lazycache._journaling",
     "lazycache._lifecycle",

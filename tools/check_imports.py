@@ -115,10 +115,15 @@ LAYERS: Layers = [
         ],
     ),
     # What the cache layer is made of: its views, its journaling scope, its life at exit, in the
-    # garbage collector and across forks.
+    # garbage collector and across forks, and its base that loads (read-through).
     (
         "cache layer's parts",
-        ["lazycache._views", "lazycache._journaling", "lazycache._lifecycle"],
+        [
+            "lazycache._views",
+            "lazycache._journaling",
+            "lazycache._lifecycle",
+            "lazycache._read_through",
+        ],
     ),
     ("cache layer", ["lazycache._cache_layer"]),
     # LazyWriterCache: the layer over each core, and its journaled variant.

@@ -2,11 +2,12 @@
 
 `lazycache.cache` builds `LazyWriterCache` by mixing `_CacheLayer` over the active core
 (compiled when available), the core first in the MRO for the hot dict methods. This layer
-adds what needs Python: the store, the writer and pruner threads, read-through (one load
-per key however many readers miss it), backpressure (`max_pending`, `on_full`), the
-compound writes, flushing and closing. It calls the core through its private methods
-(typed by `CoreMapping`, see `lazycache._contracts`), and the core calls back the hooks
-below (`_load_missing`, `_delete_missing`, `_wake`, `_backpressure`) without its lock held.
+adds what needs Python: the store, the writer and pruner threads, backpressure
+(`max_pending`, `on_full`), the compound writes, flushing and closing; read-through (one
+load per key however many readers miss it) is its base, `lazycache._read_through`. It
+calls the core through its private methods (typed by `CoreMapping`, see
+`lazycache._contracts`), and the core calls back the hooks below (`_delete_missing`,
+`_wake`, `_backpressure`; `_load_missing` is read-through's) without its lock held.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Collection, ItemsView, Iterable, KeysView, Mapping, ValuesView
+from collections.abc import Collection, ItemsView, Iterable, KeysView, ValuesView
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from ._checks import MAX_SECONDS, check_int, check_seconds
-from ._contracts import CoreMapping
+from ._checks import check_int, check_seconds
 from ._core_common import SIGNAL_PRUNE, SIGNAL_WRITE, Full, ttl_ns
 from ._journaling import NO_JOURNAL, JournalScope, NoJournal, serializer_for_journal
 from ._lifecycle import close_collected, track, untrack
+from ._read_through import _ReadThroughLayer
 from ._sentinels import ABSENT, MISSING
 from ._views import _ItemsView, _KeysView, _ValuesView
 from ._worker import Backoff, Worker
@@ -92,7 +93,7 @@ def check_options(where: str, given: Iterable[str], accepted: Collection[str]) -
             raise TypeError(f"{where} got an unexpected keyword argument {name!r}{hint}")
 
 
-class _CacheLayer(CoreMapping):
+class _CacheLayer(_ReadThroughLayer):
     """Everything of LazyWriterCache that is not the core. See LazyWriterCache."""
 
     implementation: str
@@ -183,8 +184,7 @@ class _CacheLayer(CoreMapping):
         self.name = name
         self._coherence = coherence
         self._coherent = True  # False while the coherence channel is down: loads are not cached
-        self._loading: dict[Any, _Load] = {}  # read-through loads in progress, one per key
-        self._loading_lock = threading.Lock()
+        self._init_read_through()
         super().__init__(
             maxsize=maxsize,
             write_threshold=batch_size,
@@ -224,7 +224,6 @@ class _CacheLayer(CoreMapping):
         self.on_full = on_full
         self.flush_on_close = bool(flush_on_close)
         self.owns_store = bool(owns_store)
-        self._loads = 0
         self._close_lock = threading.Lock()
         self._is_closed = False
         self._write_interval = write_interval
@@ -345,127 +344,6 @@ class _CacheLayer(CoreMapping):
         return self._batch_writer.on_write_error
 
     # ----------------------------------------------------------- hooks called by the core
-    def _reads_through(self) -> bool:
-        """Whether a miss goes to the store: False with read_through off; raises once closed.
-
-        A closed cache answers from memory only: its store may be closed (`owns_store`), or
-        belong to someone else by now. Raising, rather than reporting a miss as absent, never
-        passes a key the store holds for a missing one.
-        """
-        if not self.read_through:
-            return False
-        if self._is_closed:
-            raise RuntimeError(
-                "the cache is closed: it answers from memory only, and this read needs the store"
-            )
-        return True
-
-    def _fetch(self, key: Any) -> Any:
-        """Reads key from the store without caching it; MISSING if absent or read-through is off."""
-        if not self._reads_through():
-            return MISSING
-        found = self.store.load_many([key])
-        if key not in found:
-            return MISSING
-        self._loads += 1
-        return found[key]
-
-    def _load_from_store(self, keys: list[Any]) -> tuple[Mapping[Any, Any], Mapping[Any, float]]:
-        """(what the store holds of keys, the seconds left to those it will expire): a read-through's load."""
-        store = self.store
-        if store.reports_ttls:
-            found, ttls = store.load_many_with_ttls(keys)
-        else:
-            found, ttls = store.load_many(keys), {}
-        self._loads += len(found)
-        return found, ttls
-
-    def _loaded_ttl(self, seconds: float | None) -> int:
-        """The TTL (ns, or -1 for the cache's) of an entry the store keeps `seconds` more (None: for good).
-
-        The store's deadline, or the cache's own expire_after_write if that comes sooner.
-        """
-        if seconds is None:
-            return -1
-        cache_ttl = self.expire_after_write
-        if cache_ttl is not None and cache_ttl < seconds:
-            return -1
-        # A store that says "no time left" gets an entry that expires at once, not an error.
-        return ttl_ns("the store's TTL", min(max(seconds, 1e-9), MAX_SECONDS))
-
-    def _load_missing(self, key: Any) -> Any:
-        # Concurrent misses of one key share one store load (no stampede on a hot key).
-        return self._load_once(key, lambda: self._load_through(key))
-
-    def _load_through(self, key: Any) -> Any:
-        """Reads key from the store and caches it clean, expiring when the store would drop it."""
-        epoch, current = self._load_start(key, over_delete=False)
-        if current is not ABSENT:
-            return current
-        if not self._reads_through():
-            return MISSING
-        found, ttls = self._load_from_store([key])
-        if key not in found:
-            return MISSING
-        return self._load_end(key, found[key], epoch, False, self._loaded_ttl(ttls.get(key)))
-
-    def _load_once(self, token: Any, load: Callable[[], Any]) -> Any:
-        """Runs `load()` once for every caller that comes with `token` while it runs.
-
-        The others wait and get its value, or its exception. `token` is the key for a
-        read-through and `(_LOADER, key)` for `get_or_load`: a reader never waits on a
-        loader it did not pass (nor gets its exception).
-        """
-        with self._loading_lock:
-            pending = self._loading.get(token)
-            leader = pending is None
-            if pending is None:
-                pending = self._loading[token] = _Load()
-        if not leader:
-            return pending.wait()
-        try:
-            value = load()
-        except BaseException as exc:
-            pending.fail(exc)
-            raise
-        else:
-            pending.done(value)
-            return value
-        finally:
-            with self._loading_lock:
-                del self._loading[token]
-
-    def _load_and_cache(
-        self, key: Any, fetch: Callable[[Any], Any], over_delete: bool = False
-    ) -> Any:
-        """`fetch(key)`, cached clean (see the core's _insert_loaded); returns what a reader sees.
-
-        MISSING passes through; a value is not cached while the coherence channel is down.
-        A delete of key made meanwhile wins (MISSING), unless `over_delete`: then the
-        fetched value is returned, uncached.
-        """
-        epoch, current = self._load_start(key, over_delete)
-        if current is not ABSENT:
-            return current
-        return self._load_end(key, fetch(key), epoch, over_delete)
-
-    def _load_start(self, key: Any, over_delete: bool) -> tuple[int, Any]:
-        """(the memory epoch before the load, what memory answers already or ABSENT): a load's start."""
-        epoch = self._memory_epoch  # before: see _insert_loaded
-        # A load of key that ended between our caller's miss and our start has cached its value.
-        current, _ = self._read_versioned(key)
-        if current is not ABSENT and not (current is MISSING and over_delete):
-            return epoch, current
-        return epoch, ABSENT
-
-    def _load_end(self, key: Any, value: Any, epoch: int, over_delete: bool, ttl: int = -1) -> Any:
-        """Caches a loaded value clean (see `_load_and_cache`; `ttl` as `_insert_loaded`'s);
-        returns what a reader sees."""
-        if value is MISSING or not self._coherent:
-            return value
-        current = self._insert_loaded(key, value, epoch, ttl)
-        return value if current is MISSING and over_delete else current
-
     def _delete_missing(self, key: Any) -> None:
         if self._fetch(key) is MISSING:
             raise KeyError(key)
@@ -684,68 +562,6 @@ class _CacheLayer(CoreMapping):
             if not inserted:
                 journal.undo(mark)
         return value
-
-    # ----------------------------------------------------------- lookups
-    def get_or_load(self, key: Any, loader: Callable[[Any], Any]) -> Any:
-        """The value memory holds for key, else `loader(key)`'s, which is then cached clean.
-
-        The loader stands in for the store: the store is not read, and the value is cached
-        as a read-through's would be, clean (never written to the store: assign it to
-        persist it). Concurrent callers for one key share one call of the loader, across
-        threads; its exception reaches each of them and nothing is cached. A key deleted
-        in memory (its delete not written yet) gets the loader's value, not cached.
-        """
-        if not callable(loader):
-            raise TypeError(f"loader must be callable, not {type(loader).__name__}")
-        value = self._peek(key)
-        if value is not ABSENT and value is not MISSING:
-            return value
-        return self._load_once(
-            (_LOADER, key), lambda: self._load_and_cache(key, _checked(loader), over_delete=True)
-        )
-
-    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
-        """{key: value} for the keys of `keys` that have a value, in their order.
-
-        Memory answers what it holds; the other keys are read through in one
-        `Store.load_many` call (when `read_through` is on), and what it finds is cached clean.
-        """
-        keys = list(keys)
-        found, misses = self._memory_pass(keys)
-        if misses:
-            found.update(self._load_batch(list(dict.fromkeys(misses))))
-        return {key: found[key] for key in keys if key in found}
-
-    def _memory_pass(self, keys: list[Any]) -> tuple[dict[Any, Any], list[Any]]:
-        """({key: value} memory holds, the keys to read through) for get_many and aget_many."""
-        peek = self._peek
-        reads_through = self.read_through
-        found: dict[Any, Any] = {}
-        misses: list[Any] = []
-        for key in keys:
-            value = peek(key)
-            if value is ABSENT:
-                if reads_through:
-                    misses.append(key)
-            elif value is not MISSING:
-                found[key] = value
-        return found, misses
-
-    def _load_batch(self, keys: list[Any]) -> dict[Any, Any]:
-        """Loads keys in one store call and caches what it found; returns what readers see."""
-        if not self._reads_through():  # raises once the cache is closed
-            return {}
-        epoch = self._memory_epoch
-        stored, ttls = self._load_from_store(keys)
-        found: dict[Any, Any] = {}
-        for key in keys:
-            if key in stored:
-                value = stored[key]
-                if self._coherent:  # with the channel down, loads are not cached (as `get`)
-                    value = self._insert_loaded(key, value, epoch, self._loaded_ttl(ttls.get(key)))
-                if value is not MISSING:
-                    found[key] = value
-        return found
 
     def discard(self, key: Any) -> None:
         """Deletes key from the cache and, in a later flush, from the store, whether or not memory holds it."""
@@ -1124,21 +940,6 @@ _OPTIONS = frozenset(
 """The keywords LazyWriterCache (and AsyncLazyWriterCache) takes: `store` and the options."""
 
 
-_LOADER: Any = object()  # tags get_or_load's loads apart from read-through loads of the same key
-
-
-def _checked(loader: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`loader`, refusing MISSING as its result (see `_loaded_value`)."""
-    return lambda key: _loaded_value(loader(key))
-
-
-def _loaded_value(value: Any) -> Any:
-    """A loader's value; ValueError for MISSING (it cannot be cached, nor told from a miss)."""
-    if value is MISSING:
-        raise ValueError("the loader returned lazycache.MISSING, which cannot be cached")
-    return value
-
-
 class _Wait:
     """The deadline of one write that backpressure holds back, shared by all of its waits."""
 
@@ -1146,28 +947,3 @@ class _Wait:
 
     def __init__(self) -> None:
         self.deadline: float | None = None  # set at the first wait
-
-
-class _Load:
-    """One read-through load that other readers of the same key wait for."""
-
-    __slots__ = ("_error", "_event", "_value")
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._value: Any = MISSING
-        self._error: BaseException | None = None
-
-    def done(self, value: Any) -> None:
-        self._value = value
-        self._event.set()
-
-    def fail(self, exc: BaseException) -> None:
-        self._error = exc
-        self._event.set()
-
-    def wait(self) -> Any:
-        self._event.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value

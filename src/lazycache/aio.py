@@ -37,9 +37,10 @@ from collections.abc import Awaitable, Iterable
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
-from ._cache_layer import _LOADER, _CacheLayer, _loaded_value
+from ._cache_layer import _CacheLayer
 from ._compat import IMPLEMENTATION
 from ._journaled_layer import add_journaled_variant
+from ._read_through import _LOADER, _loaded_value
 from ._sentinels import ABSENT, MISSING
 from .cache import LazyWriterCache, _classes, implementation_class
 from .writer import BackpressureError, FlushResult
