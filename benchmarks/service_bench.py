@@ -83,11 +83,11 @@ CEILINGS = {
 answer) that touches no store."""
 
 PACED_LIKE = {ceiling: endpoint for endpoint, ceiling in CEILINGS.items()}
+"""Under a fixed offered load, a ceiling is offered the rate of the endpoint it is the ceiling of."""
 
 STATS_SETTLE = 11.0
 """Seconds for a run's commits to reach `pg_stat_database`: PostgreSQL (15 and later) reports
 a backend's counts at most once a second, and those of a backend gone idle after 10 s."""
-"""Under a fixed offered load, a ceiling is offered the rate of the endpoint it is the ceiling of."""
 
 
 def paced(script: str, connections: int, rate: float) -> str:
