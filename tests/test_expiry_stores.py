@@ -10,6 +10,7 @@ a key written with PX 1.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -100,6 +101,26 @@ def test_sql_a_late_write_still_replaces_the_older_row(database, db_cache) -> No
     assert expires_at(database, store.table.name) == {"k": int(WALL * 1000) + 1}
     wall.advance(0.002)
     assert store.load_many(["k"]) == {}  # not the older value
+
+
+@pytest.mark.parametrize("count", [3, 700], ids=["one-statement", "in-chunks"])
+def test_sql_each_rows_deadline_goes_through_the_drivers_fast_path(database, count) -> None:
+    wall = FakeClock(WALL)
+    store = SQLAlchemyStore(database.engine, database.table_name(), expiry=True, clock=wall)
+    assert store._layout.fast_path is not None  # psycopg, sqlite3 and PyMySQL each have one
+    keys = [f"k{i}" for i in range(count)]
+    # A deadline of its own for each key (a row given another's would show), every third none.
+    ttls = {key: 1 + i / 4 for i, key in enumerate(keys) if i % 3}
+    store.write([(key, {"i": i}) for i, key in enumerate(keys)], [], ttls)
+    now = int(WALL * 1000)
+    assert expires_at(database, store.table.name) == {
+        key: now + math.ceil(ttls[key] * 1000) if key in ttls else None for key in keys
+    }
+    # Rewritten without TTLs, a batch whose deadlines are all NULL: every deadline cleared.
+    store.write([(key, {"i": -1}) for key in keys], [])
+    assert set(expires_at(database, store.table.name).values()) == {None}
+    wall.advance(3600)
+    assert store.load_many(keys) == {key: {"i": -1} for key in keys}
 
 
 def test_sql_expiry_needs_the_column_and_the_key_value_mode(database) -> None:

@@ -3,8 +3,8 @@
 Values are serialised ("json" by default, "pickle", "msgpack" or your own pair; see
 `lazycache.serializers`). Writes go through the driver's own fast path where there is one
 (`postgresql`, `sqlite`, `mysql`: this is where the time goes), else through SQLAlchemy
-Core. With `expiry=True` the table has a third column, `expires_at`, and its writes go
-through Core.
+Core. With `expiry=True` the table has a third column, `expires_at` (written by the same
+fast paths).
 """
 
 from __future__ import annotations
@@ -78,8 +78,7 @@ class KeyValueLayout(TableLayout[Sequence[tuple[Any, Any]]]):
         # another (SQLite turns 1 into '1' in a text column; PostgreSQL will not compare
         # them): refuse them everywhere.
         self._key_class = key_type if key_type in (str, int, uuid.UUID, bytes) else None
-        # The drivers' fast paths write two columns: an expiry table goes through Core.
-        self.fast_path: KeyValueUpsert | None = None if expiry else self._fast_path()
+        self.fast_path: KeyValueUpsert | None = self._fast_path()
 
     def _check_value_column(self, stored: sa.types.TypeEngine[Any]) -> None:
         """An existing table's value column must be of the serializer's kind (text or binary)."""
@@ -97,14 +96,17 @@ class KeyValueLayout(TableLayout[Sequence[tuple[Any, Any]]]):
     def _fast_path(self) -> KeyValueUpsert | None:
         """The driver-level upsert of the key-value hot path, or None to go through Core."""
         table, dialect, encode = self.table, self.engine.dialect, self._encode
+        expires_at = EXPIRES_AT if self.expiry else None
         name, driver = dialect.name, dialect.driver
         if name == "postgresql" and driver in postgresql.KeyValueUpsert.drivers:
-            return postgresql.KeyValueUpsert(table, dialect, encode, binary=self.serializer.binary)
+            return postgresql.KeyValueUpsert(
+                table, dialect, encode, expires_at, binary=self.serializer.binary
+            )
         if name == "sqlite" and driver in sqlite.KeyValueUpsert.drivers:
-            return sqlite.KeyValueUpsert(table, dialect, encode)
+            return sqlite.KeyValueUpsert(table, dialect, encode, expires_at)
         if name in mysql.NAMES and driver in mysql.KeyValueUpsert.drivers:
             assert self.packets is not None
-            return mysql.KeyValueUpsert(table, dialect, encode, limit=self.packets)
+            return mysql.KeyValueUpsert(table, dialect, encode, expires_at, limit=self.packets)
         return None
 
     def describe(self) -> str:
@@ -178,8 +180,19 @@ class KeyValueLayout(TableLayout[Sequence[tuple[Any, Any]]]):
         if self.fast_path is None:
             self._upsert_core(conn, batch, ttls)
         else:
-            self.fast_path.write(conn, batch)
+            self.fast_path.write(conn, batch, self._expiries(batch, ttls) if self.expiry else None)
         return None
+
+    def _expiries(
+        self, upserts: Sequence[tuple[Any, Any]], ttls: Mapping[Any, float] | None
+    ) -> list[int | None]:
+        """The `expires_at` of each upsert: now plus its TTL (at least 1 ms), or None (no TTL)."""
+        now = self._now_ms()
+        expiries: list[int | None] = []
+        for key, _ in upserts:
+            left = ttls.get(key) if ttls else None
+            expiries.append(None if left is None else now + max(1, math.ceil(left * 1000)))
+        return expiries
 
     def _encode(self, pairs: Sequence[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
         """(keys as the driver takes them, encoded values) of a slice of upserts."""
@@ -215,10 +228,8 @@ class KeyValueLayout(TableLayout[Sequence[tuple[Any, Any]]]):
                 raise SerializationError(key, TypeError(self._wrong_key(key)))
             params.append({"key": key, "value": encode(key, value)})
         if self.expiry:
-            now = self._now_ms()
-            for (key, _), row in zip(upserts, params):
-                left = ttls.get(key) if ttls else None
-                row[EXPIRES_AT] = None if left is None else now + max(1, math.ceil(left * 1000))
+            for row, expires in zip(params, self._expiries(upserts, ttls)):
+                row[EXPIRES_AT] = expires
         table = self.table
         name = self.engine.dialect.name
         updated = ("value", EXPIRES_AT) if self.expiry else ("value",)

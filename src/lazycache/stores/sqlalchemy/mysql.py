@@ -25,7 +25,7 @@ from ..._pacing import GilPacer
 from ...serializers import SerializationError
 from . import fastpath
 from .errors import driver_errors, mysql_code
-from .fastpath import Encode
+from .fastpath import Encode, Expiries
 
 NAMES = ("mysql", "mariadb")
 """The SQLAlchemy dialect names this module serves."""
@@ -235,35 +235,48 @@ class KeyValueUpsert(fastpath.KeyValueUpsert):
     drivers = ("pymysql", "mysqldb")
 
     def __init__(
-        self, table: sa.Table, dialect: sa.engine.Dialect, encode: Encode, *, limit: PacketLimit
+        self,
+        table: sa.Table,
+        dialect: sa.engine.Dialect,
+        encode: Encode,
+        expires_at: str | None = None,
+        *,
+        limit: PacketLimit,
     ) -> None:
-        super().__init__(table, dialect, encode)
-        value = self._value
-        self._head = f"INSERT INTO {self._table_name} ({self._key}, {value}) VALUES "
-        self._tail = f" ON DUPLICATE KEY UPDATE {value} = VALUES({value})"
-        self.sql = f"{self._head}(%s, %s){self._tail}"
+        super().__init__(table, dialect, encode, expires_at)
+        columns = self._columns
+        self._head = f"INSERT INTO {self._table_name} ({', '.join(columns)}) VALUES "
+        self._tail = " ON DUPLICATE KEY UPDATE " + self._assignments("{c} = VALUES({c})")
+        self.sql = f"{self._head}({', '.join(['%s'] * len(columns))}){self._tail}"
         self._pipelined = dialect.driver == "pymysql"
         self._limit = limit
 
-    def write(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
+    def write(
+        self,
+        conn: Connection,
+        upserts: Sequence[tuple[Any, Any]],
+        expiries: Expiries | None = None,
+    ) -> None:
         if self._pipelined and len(upserts) > _SINGLE_STATEMENT:
-            self._write_pipelined(conn, upserts)
+            self._write_pipelined(conn, upserts, expiries)
             return
-        keys, values = self._encode(upserts)
+        rows = list(zip(*self._rows(upserts, expiries)))
         limit = self._limit
         with driver_errors(conn, self.sql) as driver:
-            for (key, _), bound_key, value in zip(upserts, keys, values):
-                limit.row_size(driver, key, (bound_key, value))
+            for (key, _), row in zip(upserts, rows):
+                limit.row_size(driver, key, row)
             cursor = driver.cursor()
             try:
                 # The driver's multi-row INSERTs stop at max_stmt_length (1 MB for
                 # PyMySQL): stop them sooner if the server takes less.
                 cursor.max_stmt_length = min(cursor.max_stmt_length, limit.budget)
-                cursor.executemany(self.sql, list(zip(keys, values)))
+                cursor.executemany(self.sql, rows)
             finally:
                 cursor.close()
 
-    def _write_pipelined(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
+    def _write_pipelined(
+        self, conn: Connection, upserts: Sequence[tuple[Any, Any]], expiries: Expiries | None
+    ) -> None:
         """PyMySQL: multi-row INSERTs sent by a helper thread while this one encodes the next.
 
         The client-side work (serialising, escaping) and the server's upserting take about
@@ -305,12 +318,13 @@ class KeyValueUpsert(fastpath.KeyValueUpsert):
                         break
                     if start:
                         pacer.pace()
-                    pairs = upserts[start : start + _CHUNK_ROWS]
-                    keys, values = self._encode(pairs)
+                    end = start + _CHUNK_ROWS
+                    pairs = upserts[start:end]
+                    columns = self._rows(pairs, None if expiries is None else expiries[start:end])
                     rows: list[str] = []
                     size = 0
-                    for (original, _), key, value in zip(pairs, keys, values):
-                        row = f"({escape(key)},{escape(value)})"
+                    for (original, _), *fields in zip(pairs, *columns):
+                        row = f"({','.join(map(escape, fields))})"
                         if size + len(row) > chunk_chars and rows:
                             statements.put(head + ",".join(rows) + tail)
                             rows, size = [], 0

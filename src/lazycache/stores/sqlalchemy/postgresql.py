@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from ..._pacing import GilPacer
 from . import fastpath
 from .errors import driver_errors
-from .fastpath import Encode
+from .fastpath import Encode, Expiries
 
 _SINGLE_STATEMENT = 64
 """Key-value batches up to this size go as one statement; larger ones are pipelined in chunks
@@ -40,25 +40,37 @@ class KeyValueUpsert(fastpath.KeyValueUpsert):
     drivers = ("psycopg",)
 
     def __init__(
-        self, table: sa.Table, dialect: sa.engine.Dialect, encode: Encode, *, binary: bool
+        self,
+        table: sa.Table,
+        dialect: sa.engine.Dialect,
+        encode: Encode,
+        expires_at: str | None = None,
+        *,
+        binary: bool,
     ) -> None:
-        super().__init__(table, dialect, encode)
-        key, value = self._key, self._value
+        super().__init__(table, dialect, encode, expires_at)
         key_sql = table.c.key.type.compile(dialect=dialect)
-        value_sql = "BYTEA" if binary else "TEXT"
+        arrays = [f"%b::{key_sql}[]", f"%b::{'BYTEA' if binary else 'TEXT'}[]"]
+        if expires_at is not None:
+            arrays.append("%b::BIGINT[]")
         self.sql = (
-            f"INSERT INTO {self._table_name} ({key}, {value}) "
-            f"SELECT * FROM unnest(%b::{key_sql}[], %b::{value_sql}[]) "
-            f"ON CONFLICT ({key}) DO UPDATE SET {value} = EXCLUDED.{value}"
+            f"INSERT INTO {self._table_name} ({', '.join(self._columns)}) "
+            f"SELECT * FROM unnest({', '.join(arrays)}) "
+            f"ON CONFLICT ({self._key}) DO UPDATE SET " + self._assignments("{c} = EXCLUDED.{c}")
         )
 
-    def write(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
-        sql, encode = self.sql, self._encode
+    def write(
+        self,
+        conn: Connection,
+        upserts: Sequence[tuple[Any, Any]],
+        expiries: Expiries | None = None,
+    ) -> None:
+        sql = self.sql
         count = len(upserts)
         with driver_errors(conn, sql) as driver:
             with driver.cursor(binary=True) as cursor:
                 if count <= _SINGLE_STATEMENT:
-                    cursor.execute(sql, encode(upserts))
+                    cursor.execute(sql, self._rows(upserts, expiries))
                     return
                 # Pipeline mode: each chunk is sent without waiting for the previous one's
                 # result, so the server upserts chunk i while Python encodes chunk i + 1.
@@ -70,4 +82,11 @@ class KeyValueUpsert(fastpath.KeyValueUpsert):
                     for start in range(0, count, chunk):
                         if start:
                             pacer.pace()
-                        cursor.execute(sql, encode(upserts[start : start + chunk]))
+                        end = start + chunk
+                        cursor.execute(
+                            sql,
+                            self._rows(
+                                upserts[start:end],
+                                None if expiries is None else expiries[start:end],
+                            ),
+                        )

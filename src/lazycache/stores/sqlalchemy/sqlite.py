@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import fastpath
 from .errors import driver_errors
-from .fastpath import Encode
+from .fastpath import Encode, Expiries
 
 _log = logging.getLogger("lazycache.store.sqlalchemy")
 
@@ -201,19 +201,31 @@ class KeyValueUpsert(fastpath.KeyValueUpsert):
 
     drivers = ("pysqlite",)
 
-    def __init__(self, table: sa.Table, dialect: sa.engine.Dialect, encode: Encode) -> None:
-        super().__init__(table, dialect, encode)
-        key, value = self._key, self._value
+    def __init__(
+        self,
+        table: sa.Table,
+        dialect: sa.engine.Dialect,
+        encode: Encode,
+        expires_at: str | None = None,
+    ) -> None:
+        super().__init__(table, dialect, encode, expires_at)
+        columns = self._columns
         self.sql = (
-            f"INSERT INTO {self._table_name} ({key}, {value}) VALUES (?, ?) "
-            f"ON CONFLICT ({key}) DO UPDATE SET {value} = excluded.{value}"
+            f"INSERT INTO {self._table_name} ({', '.join(columns)}) "
+            f"VALUES ({', '.join(['?'] * len(columns))}) "
+            f"ON CONFLICT ({self._key}) DO UPDATE SET " + self._assignments("{c} = excluded.{c}")
         )
 
-    def write(self, conn: Connection, upserts: Sequence[tuple[Any, Any]]) -> None:
-        keys, values = self._encode(upserts)
+    def write(
+        self,
+        conn: Connection,
+        upserts: Sequence[tuple[Any, Any]],
+        expiries: Expiries | None = None,
+    ) -> None:
+        rows = list(zip(*self._rows(upserts, expiries)))
         with driver_errors(conn, self.sql) as driver:
             cursor = driver.cursor()
             try:
-                cursor.executemany(self.sql, list(zip(keys, values)))
+                cursor.executemany(self.sql, rows)
             finally:
                 cursor.close()
