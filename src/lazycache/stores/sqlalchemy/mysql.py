@@ -14,7 +14,7 @@ import decimal
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -323,8 +323,7 @@ class KeyValueUpsert(fastpath.KeyValueUpsert):
                     columns = self._rows(pairs, None if expiries is None else expiries[start:end])
                     rows: list[str] = []
                     size = 0
-                    for (original, _), *fields in zip(pairs, *columns):
-                        row = f"({','.join(map(escape, fields))})"
+                    for (original, _), row in zip(pairs, _escaped_rows(escape, columns)):
                         if size + len(row) > chunk_chars and rows:
                             statements.put(head + ",".join(rows) + tail)
                             rows, size = [], 0
@@ -341,6 +340,14 @@ class KeyValueUpsert(fastpath.KeyValueUpsert):
                 sender.join()
             if failures:
                 raise failures[0]
+
+
+def _escaped_rows(escape: Callable[[Any], str], columns: list[list[Any]]) -> Iterator[str]:
+    """Each row of `columns` (two or three: key, value, expires_at) as SQL: `(k,v)` or `(k,v,e)`."""
+    # Spelled out per width: joining the fields of each row costs this loop 10-30% more.
+    if len(columns) == 2:
+        return (f"({escape(k)},{escape(v)})" for k, v in zip(*columns))
+    return (f"({escape(k)},{escape(v)},{escape(e)})" for k, v, e in zip(*columns))
 
 
 # ----------------------------------------------------------------------------- row upserts
