@@ -246,39 +246,79 @@ request = function() counter = (counter + 1) % {USERS}; return wrk.format(nil, "
         f"wrk: 1 thread, {args.connections} connections, {args.duration}s per endpoint and mode; "
         f"uvicorn: 1 worker; load average at the end: {os.getloadavg()[0]:.1f}"
     )
-    print()
-    print("Saturated:")
-    print()
-    print(
-        "| endpoint | direct req/s | lazycache req/s | ratio | lazycache / its ceiling | direct p50/p99 ms | lazycache p50/p99 ms | p99 ratio | direct commits/s | lazycache commits/s |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    saturated = []
     for endpoint in SCRIPTS:
         d, lc = results[(endpoint, "direct")], results[(endpoint, "lazycache")]
         ceiling = results[(CEILINGS.get(endpoint, endpoint), "lazycache")]["rps"]
-        print(
-            f"| {endpoint} | {d['rps']:,.0f} | {lc['rps']:,.0f} | {lc['rps'] / d['rps']:.1f}× "
-            f"| {lc['rps'] / ceiling:.0%} "
-            f"| {d['p50']:.1f} / {d['p99']:.1f} | {lc['p50']:.1f} / {lc['p99']:.1f} "
-            f"| {d['p99'] / lc['p99']:.1f}× | {_commits(d)} | {_commits(lc)} |"
+        saturated.append(
+            [
+                endpoint,
+                f"{d['rps']:,.0f}",
+                f"{lc['rps']:,.0f}",
+                f"{lc['rps'] / d['rps']:.1f}×",
+                f"{lc['rps'] / ceiling:.0%}",
+                f"{d['p50']:.1f} / {d['p99']:.1f}",
+                f"{lc['p50']:.1f} / {lc['p99']:.1f}",
+                f"{d['p99'] / lc['p99']:.1f}×",
+                _commits(d),
+                _commits(lc),
+            ]
         )
-    print()
-    print(
-        f"At a fixed offered load ({args.load_share:.0%} of direct's saturated rate on each "
-        f"endpoint; {2 * args.duration}s per endpoint and mode):"
+    _print_table(
+        "Saturated:",
+        [
+            "endpoint",
+            "direct req/s",
+            "lazycache req/s",
+            "ratio",
+            "lazycache / its ceiling",
+            "direct p50/p99 ms",
+            "lazycache p50/p99 ms",
+            "p99 ratio",
+            "direct commits/s",
+            "lazycache commits/s",
+        ],
+        saturated,
     )
-    print()
-    print(
-        "| endpoint | offered req/s | direct req/s | lazycache req/s | direct p50/p99 ms | lazycache p50/p99 ms | p50 ratio | p99 ratio |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    loaded = []
     for endpoint in SCRIPTS:
         d, lc = at_load[(endpoint, "direct")], at_load[(endpoint, "lazycache")]
-        print(
-            f"| {endpoint} | {d['offered']:,.0f} | {d['rps']:,.0f} | {lc['rps']:,.0f} "
-            f"| {d['p50']:.2f} / {d['p99']:.2f} | {lc['p50']:.2f} / {lc['p99']:.2f} "
-            f"| {d['p50'] / lc['p50']:.1f}× | {d['p99'] / lc['p99']:.1f}× |"
+        loaded.append(
+            [
+                endpoint,
+                f"{d['offered']:,.0f}",
+                f"{d['rps']:,.0f}",
+                f"{lc['rps']:,.0f}",
+                f"{d['p50']:.2f} / {d['p99']:.2f}",
+                f"{lc['p50']:.2f} / {lc['p99']:.2f}",
+                f"{d['p50'] / lc['p50']:.1f}×",
+                f"{d['p99'] / lc['p99']:.1f}×",
+            ]
         )
+    _print_table(
+        f"At a fixed offered load ({args.load_share:.0%} of direct's saturated rate on each "
+        f"endpoint; {2 * args.duration}s per endpoint and mode):",
+        [
+            "endpoint",
+            "offered req/s",
+            "direct req/s",
+            "lazycache req/s",
+            "direct p50/p99 ms",
+            "lazycache p50/p99 ms",
+            "p50 ratio",
+            "p99 ratio",
+        ],
+        loaded,
+    )
+
+
+def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    """`title`, then a Markdown table (as benchmarks/README.md shows them)."""
+    print()
+    print(title)
+    print()
+    for cells in [header, ["---"] * len(header), *rows]:
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
