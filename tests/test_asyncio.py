@@ -104,12 +104,17 @@ class Gate:
         self.entered = threading.Event()
         self.release = threading.Event()
         self.calls = 0
+        self.arguments: list[tuple[Any, ...]] = []  # each call's, in the order they came
+        self._came = threading.Condition()
         if method == "load_many" and store.reports_ttls:
             method = "load_many_with_ttls"  # what a read-through calls on such a store
         inner = getattr(store, method)
 
         def gated(*args: Any) -> Any:
-            self.calls += 1
+            with self._came:
+                self.calls += 1
+                self.arguments.append(args)
+                self._came.notify_all()
             self.entered.set()
             assert self.release.wait(TIMEOUT * 2), "the test never released the gate"
             return inner(*args)
@@ -118,6 +123,13 @@ class Gate:
 
     async def wait_entered(self) -> None:
         assert await asyncio.to_thread(self.entered.wait, TIMEOUT), "the gated call never came"
+
+    async def wait_calls(self, count: int) -> None:
+        def wait() -> bool:
+            with self._came:
+                return self._came.wait_for(lambda: self.calls >= count, TIMEOUT)
+
+        assert await asyncio.to_thread(wait), f"{count} calls never came ({self.calls} did)"
 
 
 async def stored_elsewhere(target: Target, values: dict[str, Any]) -> None:
@@ -175,6 +187,73 @@ def test_concurrent_misses_of_a_key_from_tasks_and_threads_share_one_load(target
         assert await asyncio.gather(*tasks, *threads) == ["v"] * 52
         assert gate.calls == 1
         assert cache.stats.loads == 1
+
+    run(scenario)
+
+
+def test_misses_of_many_keys_in_one_pass_of_the_loop_load_in_one_store_call(target: Target) -> None:
+    async def scenario() -> None:
+        stored = {f"k{i}": i for i in range(40)}
+        await stored_elsewhere(target, stored)
+        cache = await target.open()
+        gate = Gate(cache.store, "load_many")
+        gate.release.set()
+        keys = [*stored, "absent", "k0"]  # every reader's first step runs in the same pass
+        got = await asyncio.gather(*(cache.aget(key, "none") for key in keys))
+        assert got == [*stored.values(), "none", 0]
+        assert [sorted(args[0]) for args in gate.arguments] == [sorted([*stored, "absent"])]
+        assert cache.stats.loads == 40 and cache.pending == 0
+        assert await cache.aget_many(keys) == stored  # now from memory, but for "absent"
+        assert [sorted(args[0]) for args in gate.arguments[1:]] == [["absent"]]
+
+    run(scenario)
+
+
+def test_a_batch_of_misses_waits_for_a_key_a_thread_loads_and_loads_the_others_once(
+    target: Target,
+) -> None:
+    async def scenario() -> None:
+        await stored_elsewhere(target, {"a": 1, "b": 2, "c": 3})
+        cache = await target.open()
+        gate = Gate(cache.store, "load_many")
+        thread = asyncio.create_task(asyncio.to_thread(cache.get, "a"))
+        await gate.wait_entered()  # the thread's load of "a" is held at its start
+        readers = asyncio.gather(cache.aget("a"), cache.aget("b"), cache.aget_many(["c", "a"]))
+        await gate.wait_calls(2)  # the readers' load: "a" is the thread's
+        gate.release.set()
+        assert await readers == [1, 2, {"c": 3, "a": 1}]
+        assert await thread == 1
+        assert [sorted(args[0]) for args in gate.arguments] == [["a"], ["b", "c"]]
+        assert cache.stats.loads == 3 and cache._loading == {} and cache._aloads == {}
+
+    run(scenario)
+
+
+def test_a_failed_load_in_a_thread_fails_its_key_only_in_a_batch_that_waited_for_it(
+    sql_target: Target,
+) -> None:
+    import sqlalchemy as sa
+
+    async def scenario() -> None:
+        await stored_elsewhere(sql_target, {"bad": 0, "good": 1})
+        engine = sa.create_engine(sync_url(sql_target.url))
+        with engine.begin() as conn:  # a row another program wrote, that the serializer refuses
+            table = sa.Table(sql_target.table, sa.MetaData(), autoload_with=conn)
+            conn.execute(table.update().where(table.c.key == "bad").values(value="not json"))
+        engine.dispose()
+        cache = await sql_target.open()
+        gate = Gate(cache.store, "load_many")
+        thread = asyncio.create_task(asyncio.to_thread(cache.get, "bad"))
+        await gate.wait_entered()
+        readers = asyncio.gather(cache.aget("bad"), cache.aget("good"), return_exceptions=True)
+        await gate.wait_calls(2)
+        gate.release.set()
+        bad, good = await readers
+        assert good == 1
+        with pytest.raises(type(bad)):
+            await thread  # the thread's own load failed: the batch got its error, for "bad" only
+        assert isinstance(bad, ValueError), bad
+        assert "bad" not in cache._keys() and cache._loading == {} and cache._aloads == {}
 
     run(scenario)
 

@@ -88,19 +88,74 @@ class _ReadThroughLayer(CoreMapping):
 
     def _load_missing(self, key: Any) -> Any:
         # Concurrent misses of one key share one store load (no stampede on a hot key).
-        return self._load_once(key, lambda: self._load_through(key))
+        values, errors = self._load_missing_many([key])
+        if errors:
+            raise errors[key]
+        return values[key]
 
-    def _load_through(self, key: Any) -> Any:
-        """Reads key from the store and caches it clean, expiring when the store would drop it."""
-        epoch, current = self._load_start(key, over_delete=False)
-        if current is not ABSENT:
-            return current
-        if not self._reads_through():
-            return MISSING
-        found, ttls = self._load_from_store([key])
-        if key not in found:
-            return MISSING
-        return self._load_end(key, found[key], epoch, False, self._loaded_ttl(ttls.get(key)))
+    def _load_missing_many(
+        self, keys: Iterable[Any]
+    ) -> tuple[dict[Any, Any], dict[Any, BaseException]]:
+        """`_load_missing` of each key, with one store call for those it loads.
+
+        Returns ({key: value or MISSING}, {key: the exception its load raised}). A key that
+        another caller is loading already is waited for, not loaded twice; the others are
+        loaded here, and their callers wait for this call.
+        """
+        leading: dict[Any, _Load] = {}
+        following: dict[Any, _Load] = {}
+        with self._loading_lock:
+            for key in keys:
+                pending = self._loading.get(key)
+                if pending is None:
+                    leading[key] = self._loading[key] = _Load()
+                elif key not in leading:
+                    following[key] = pending
+        values: dict[Any, Any] = {}
+        errors: dict[Any, BaseException] = {}
+        try:
+            if leading:
+                values = self._load_through(list(leading))
+        except BaseException as exc:
+            for load in leading.values():
+                load.fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+            errors = dict.fromkeys(leading, exc)
+        else:
+            for key, load in leading.items():
+                load.done(values[key])
+        finally:
+            with self._loading_lock:
+                for key in leading:
+                    del self._loading[key]
+        for key, load in following.items():
+            try:
+                values[key] = load.wait()
+            except Exception as exc:
+                errors[key] = exc
+        return values, errors
+
+    def _load_through(self, keys: list[Any]) -> dict[Any, Any]:
+        """Reads keys from the store in one call and caches each found clean, expiring when
+        the store would drop it; returns {key: what a reader sees (MISSING if none)}."""
+        epoch = self._memory_epoch  # before: see _insert_loaded
+        seen: dict[Any, Any] = {}
+        absent: list[Any] = []
+        for key in keys:
+            # A load of key that ended between our caller's miss and our start has cached its value.
+            current, _ = self._read_versioned(key)
+            if current is ABSENT:
+                absent.append(key)
+            else:
+                seen[key] = current
+        if absent and self._reads_through():
+            found, ttls = self._load_from_store(absent)
+            for key in absent:
+                if key in found:
+                    ttl = self._loaded_ttl(ttls.get(key))
+                    seen[key] = self._load_end(key, found[key], epoch, False, ttl)
+        return {key: seen.get(key, MISSING) for key in keys}
 
     def _load_once(self, token: Any, load: Callable[[], Any]) -> Any:
         """Runs `load()` once for every caller that comes with `token` while it runs.
@@ -183,43 +238,36 @@ class _ReadThroughLayer(CoreMapping):
 
         Memory answers what it holds; the other keys are read through in one
         `Store.load_many` call (when `read_through` is on), and what it finds is cached clean.
+        Keys another caller is loading already are waited for, not loaded twice.
         """
         keys = list(keys)
         found, misses = self._memory_pass(keys)
         if misses:
-            found.update(self._load_batch(list(dict.fromkeys(misses))))
+            values, errors = self._load_missing_many(misses)
+            for error in errors.values():
+                raise error
+            found.update(_present(values))
         return {key: found[key] for key in keys if key in found}
 
     def _memory_pass(self, keys: list[Any]) -> tuple[dict[Any, Any], list[Any]]:
-        """({key: value} memory holds, the keys to read through) for get_many and aget_many."""
+        """({key: value} memory holds, the keys to read through, once each) for get_many and aget_many."""
         peek = self._peek
         reads_through = self.read_through
         found: dict[Any, Any] = {}
-        misses: list[Any] = []
+        misses: dict[Any, None] = {}
         for key in keys:
             value = peek(key)
             if value is ABSENT:
                 if reads_through:
-                    misses.append(key)
+                    misses[key] = None
             elif value is not MISSING:
                 found[key] = value
-        return found, misses
+        return found, list(misses)
 
-    def _load_batch(self, keys: list[Any]) -> dict[Any, Any]:
-        """Loads keys in one store call and caches what it found; returns what readers see."""
-        if not self._reads_through():  # raises once the cache is closed
-            return {}
-        epoch = self._memory_epoch
-        stored, ttls = self._load_from_store(keys)
-        found: dict[Any, Any] = {}
-        for key in keys:
-            if key in stored:
-                value = stored[key]
-                if self._coherent:  # with the channel down, loads are not cached (as `get`)
-                    value = self._insert_loaded(key, value, epoch, self._loaded_ttl(ttls.get(key)))
-                if value is not MISSING:
-                    found[key] = value
-        return found
+
+def _present(values: Mapping[Any, Any]) -> dict[Any, Any]:
+    """The keys of a load's {key: value or MISSING} that have a value."""
+    return {key: value for key, value in values.items() if value is not MISSING}
 
 
 _LOADER: Any = object()  # tags get_or_load's loads apart from read-through loads of the same key

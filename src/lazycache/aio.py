@@ -3,8 +3,9 @@
 `AsyncLazyWriterCache` is a `LazyWriterCache` (same core, same writer thread, same store)
 with awaitable methods for the operations that may wait on I/O:
 
-* `aget`, `aget_many`: read-through; a miss loads in a worker thread, and concurrent
-  misses of one key share one load (across tasks, and with threads reading the same key);
+* `aget`, `aget_many`: read-through; a miss loads in a worker thread, concurrent
+  misses of one key share one load (across tasks, and with threads reading the same key),
+  and the keys missed in one pass of the loop load together, in one store call;
 * `aget_or_load`: `get_or_load` with a loader that may be a coroutine function;
 * `aset`: a write that, under `max_pending` with `on_full="block"`, waits for room
   without blocking the loop;
@@ -34,20 +35,17 @@ import contextvars
 import inspect
 import threading
 from collections.abc import Awaitable, Iterable
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, overload
 
 from ._cache_layer import _CacheLayer
 from ._compat import IMPLEMENTATION
 from ._journaled_layer import add_journaled_variant
-from ._read_through import _LOADER, _loaded_value
+from ._read_through import _LOADER, _loaded_value, _present
 from ._sentinels import ABSENT, MISSING
 from .cache import LazyWriterCache, _classes, implementation_class
 from .writer import BackpressureError, FlushResult
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from typing_extensions import Self
 
 K = TypeVar("K")
@@ -85,21 +83,43 @@ class _WouldBlock(Exception):
         self.reason = reason
 
 
-@contextmanager
-def _memory_only(prefetched: dict[Any, Any] | None = None) -> Iterator[None]:
-    token = _on_loop.set(True)
-    given = _prefetched.set(prefetched)
-    try:
-        yield
-    finally:
-        _prefetched.reset(given)
-        _on_loop.reset(token)
+class _MemoryOnly:
+    """Sets `_on_loop` (and `_prefetched`) for a block: the in-memory part of an awaitable method.
+
+    A class rather than a generator-based context manager: this is on every awaitable call's
+    path, and it costs half as much.
+    """
+
+    __slots__ = ("_given", "_prefetched", "_token")
+
+    def __init__(self, prefetched: dict[Any, Any] | None = None) -> None:
+        self._prefetched = prefetched
+
+    def __enter__(self) -> None:
+        self._token = _on_loop.set(True)
+        self._given = _prefetched.set(self._prefetched)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _prefetched.reset(self._given)
+        _on_loop.reset(self._token)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
     # A load every awaiting task gave up on (cancelled) must not log "exception never retrieved".
     if not future.cancelled():
         future.exception()
+
+
+def _outcomes(
+    job: asyncio.Future[tuple[dict[Any, Any], dict[Any, BaseException]]], keys: list[Any]
+) -> tuple[dict[Any, Any], dict[Any, BaseException]]:
+    """What a finished `_load_missing_many` job gave: its result, or its error for every key."""
+    if job.cancelled():  # (the loop's executor cancels what it never started, at shutdown)
+        return {}, dict.fromkeys(keys, asyncio.CancelledError())
+    error = job.exception()
+    if error is not None:
+        return {}, dict.fromkeys(keys, error)
+    return job.result()
 
 
 def _in_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -165,7 +185,7 @@ class _AsyncLayer(_CacheLayer):
     # ----------------------------------------------------------- reads
     async def aget(self, key: Any, default: Any = None) -> Any:
         """The value of key, or default; a miss reads through without blocking the loop."""
-        with _memory_only():
+        with _MemoryOnly():
             try:
                 return self.get(key, default)
             except _WouldBlock:
@@ -177,47 +197,74 @@ class _AsyncLayer(_CacheLayer):
         """{key: value} for the keys of `keys` that have a value; the misses load in one store call."""
         keys = list(keys)
         found, misses = self._memory_pass(keys)
-        if not misses:
-            return found
-        loop = asyncio.get_running_loop()
-        # Keys already loading (a concurrent aget) are awaited, not loaded twice.
-        waiting = {key: self._aloads[(loop, key)] for key in misses if (loop, key) in self._aloads}
-        batch = list(dict.fromkeys(key for key in misses if key not in waiting))
-        if batch:
-            loaded = await asyncio.shield(loop.run_in_executor(None, self._load_batch, batch))
-            found.update(loaded)
-        for key, load in waiting.items():
-            value = await asyncio.shield(load)
-            if value is not MISSING:
-                found[key] = value
+        if misses:
+            values = await asyncio.gather(*(self._aload(key) for key in misses))
+            found.update(_present(dict(zip(misses, values))))
         return {key: found[key] for key in keys if key in found}
+
+    def _loop_state(self, name: str) -> dict[Any, Any]:
+        # The class only adds methods to the cache's own (see _upgrade): its state is made here.
+        try:
+            state: dict[Any, Any] = self.__dict__[name]
+        except KeyError:
+            state = self.__dict__.setdefault(name, {})
+        return state
 
     @property
     def _aloads(self) -> dict[tuple[asyncio.AbstractEventLoop, Any], asyncio.Future[Any]]:
-        # Per (loop, key): the load in progress that tasks of that loop wait for.
-        loads: dict[tuple[asyncio.AbstractEventLoop, Any], asyncio.Future[Any]]
-        try:
-            loads = self.__dict__["_aloads_"]
-        except KeyError:
-            loads = self.__dict__.setdefault("_aloads_", {})
-        return loads
+        """Per (loop, key): the load in progress that tasks of that loop wait for."""
+        return self._loop_state("_aloads_")
+
+    @property
+    def _abatches(self) -> dict[asyncio.AbstractEventLoop, list[Any]]:
+        """Per loop: the keys missed since its last batch of loads was sent."""
+        return self._loop_state("_abatches_")
 
     def _aload(self, key: Any) -> asyncio.Future[Any]:
         """The value of one missed key (or MISSING), loaded in the default executor.
 
-        Tasks missing the same key share one future; the load itself goes through
-        `_load_missing`, where threads missing it share one store call, and is shielded:
-        a cancelled reader stops waiting, the load completes and is cached (or not) whole.
+        Tasks missing the same key share one future. The keys missed during one pass of the
+        loop load together, in one `_load_missing_many` call: one store call, which threads
+        missing those keys share too. The load is shielded: a cancelled reader stops
+        waiting, the load completes and is cached (or not) whole.
         """
         loop = asyncio.get_running_loop()
         loads = self._aloads
         load = loads.get((loop, key))
         if load is None:
-            load = loop.run_in_executor(None, self._load_missing, key)
-            loads[(loop, key)] = load
-            load.add_done_callback(lambda done: loads.pop((loop, key), None))
+            load = loads[(loop, key)] = loop.create_future()
             load.add_done_callback(_consume)
+            batch = self._abatches.get(loop)
+            if batch is None:
+                batch = self._abatches[loop] = []
+                loop.call_soon(self._send_loads, loop)
+            batch.append(key)
         return asyncio.shield(load)
+
+    def _send_loads(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Loads the keys `_aload` gathered on `loop` in a worker thread; settles their futures."""
+        keys = self._abatches.pop(loop)
+        try:
+            job = loop.run_in_executor(None, self._load_missing_many, keys)
+        except Exception as exc:  # the executor is shut down: every reader gets the error
+            self._settle_loads(loop, keys, ({}, dict.fromkeys(keys, exc)))
+            return
+        job.add_done_callback(lambda done: self._settle_loads(loop, keys, _outcomes(done, keys)))
+
+    def _settle_loads(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        keys: list[Any],
+        outcomes: tuple[dict[Any, Any], dict[Any, BaseException]],
+    ) -> None:
+        values, errors = outcomes
+        loads = self._aloads
+        for key in keys:
+            load = loads.pop((loop, key))
+            if key in errors:
+                load.set_exception(errors[key])
+            else:
+                load.set_result(values[key])
 
     async def aget_or_load(self, key: Any, loader: Callable[[Any], Any]) -> Any:
         """`get_or_load` awaited: the value memory holds for key, else the loader's, cached clean.
@@ -265,7 +312,7 @@ class _AsyncLayer(_CacheLayer):
         """
         deadline: float | None = None
         while True:
-            with _memory_only():
+            with _MemoryOnly():
                 try:
                     self[key] = value
                     return
@@ -292,7 +339,7 @@ class _AsyncLayer(_CacheLayer):
                 _on_loop.reset(token)
 
         while True:
-            with _memory_only(prefetched):
+            with _MemoryOnly(prefetched):
                 try:
                     if default is _UNSET:
                         return self.update_entry(key, apply)
