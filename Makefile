@@ -80,6 +80,12 @@ bench-service: $(STAMP)
 bench-loop-lag: $(STAMP)
 	$(PY) benchmarks/asyncio_loop_lag.py $(BENCH_ARGS)
 
+# make bench-cold-reads: many tasks reading keys memory does not hold, from the local PostgreSQL
+# (benchmarks/asyncio_cold_reads.py): aget against one load per miss and direct async SQLAlchemy.
+.PHONY: bench-cold-reads
+bench-cold-reads: $(STAMP)
+	$(PY) benchmarks/asyncio_cold_reads.py $(BENCH_ARGS)
+
 # The tools of `make docs` and `make lint`: the extra of the same name, added to the
 # development install (one stamp per extra, e.g. $(STAMP).docs).
 $(STAMP).%: $(STAMP)

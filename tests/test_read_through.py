@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
-from helpers import FailingStore
+from helpers import TIMEOUT, FailingStore
 
 from lazycache import MemoryStore
 
@@ -165,3 +168,78 @@ def test_del_racing_a_set_ends_with_one_of_the_two_orders(make_cache) -> None:
     del cache["a"]  # the store has "a": no KeyError
     cache.flush()
     assert (cache.get("a"), store.data.get("a")) in [(None, None), ("newer", "newer")]
+
+
+class GatedLoadsStore(MemoryStore):
+    """Holds every load_many at its start until `release` is set; records each call's keys."""
+
+    def __init__(self, data) -> None:
+        super().__init__(data)
+        self.release = threading.Event()
+        self.calls: list[list] = []
+        self._came = threading.Condition()
+
+    def load_many(self, keys):
+        with self._came:
+            self.calls.append(list(keys))
+            self._came.notify_all()
+        assert self.release.wait(TIMEOUT), "the test never released the store"
+        return super().load_many(keys)
+
+    def wait_calls(self, count: int) -> None:
+        with self._came:
+            assert self._came.wait_for(lambda: len(self.calls) >= count, TIMEOUT), self.calls
+
+
+def test_get_many_waits_for_a_key_another_thread_is_loading_and_loads_the_others_once(
+    make_cache,
+) -> None:
+    store = GatedLoadsStore({"a": 1, "b": 2})
+    cache = make_cache(store, quiet=True)
+    with ThreadPoolExecutor(2) as pool:
+        reader = pool.submit(cache.get, "a")
+        store.wait_calls(1)  # the reader's load of "a" is held at its start
+        many = pool.submit(cache.get_many, ["a", "b", "c"])
+        store.wait_calls(2)  # get_many's own: "a" is the reader's
+        store.release.set()
+        assert many.result(TIMEOUT) == {"a": 1, "b": 2}
+        assert reader.result(TIMEOUT) == 1
+    assert store.calls == [["a"], ["b", "c"]]
+    assert cache.stats.loads == 2 and cache._loading == {}
+
+
+def test_get_many_raises_a_failed_loads_error_and_caches_nothing(make_cache) -> None:
+    store = FailingStore({"a": 1, "b": 2})
+    cache = make_cache(store, quiet=True)
+    store.fail_loads = True
+    with pytest.raises(ConnectionError):
+        cache.get_many(["a", "b"])
+    assert len(cache) == 0 and cache._loading == {}
+    store.fail_loads = False
+    assert cache.get_many(["b", "a"]) == {"b": 2, "a": 1}
+
+
+def test_a_hostile_key_in_get_many_leaves_no_load_behind(make_cache) -> None:
+    class CollidesAndRaises:
+        """Hashes as "a" does; comparing it with "a" raises."""
+
+        def __hash__(self) -> int:
+            return hash("a")
+
+        def __eq__(self, other: object) -> bool:
+            if other == "a":
+                raise RuntimeError("hostile eq")
+            return other is self
+
+    store = GatedLoadsStore({"a": 1, "b": 2})
+    cache = make_cache(store, quiet=True)
+    with ThreadPoolExecutor(1) as pool:
+        reader = pool.submit(cache.get, "a")
+        store.wait_calls(1)  # "a" is loading: the hostile key meets it among the loads
+        with pytest.raises(RuntimeError, match="hostile eq"):
+            cache.get_many(["b", CollidesAndRaises()])
+        assert list(cache._loading) == ["a"]  # "b", registered first, is not left behind
+        store.release.set()
+        assert reader.result(TIMEOUT) == 1
+    assert cache.get("b") == 2  # not left waiting on a load nobody runs
+    assert store.calls == [["a"], ["b"]]

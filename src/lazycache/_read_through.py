@@ -2,8 +2,10 @@
 
 `_ReadThroughLayer` is the part of the cache layer (`lazycache._cache_layer`) that loads:
 the core calls `_load_missing` (without its lock held) when a read misses; `get_or_load`
-and `get_many` come here too, and `lazycache.aio` awaits the same steps. Concurrent misses
-of one key share one load (`_load_once`). What a load finds is cached clean by the core's
+and `get_many` come here too, and `lazycache.aio` awaits the same steps. Misses load in
+batches, one store call each (`_load_missing_many`: one key for the core's hook, a loop
+pass's misses for `lazycache.aio`), and concurrent misses of one key share one load
+(`_load_once` for loaders). What a load finds is cached clean by the core's
 `_insert_loaded`, expiring when the store would drop it, unless a write or a delete of the
 key came meanwhile (the memory epoch, `_load_start`/`_load_end`), or the coherence channel
 is down (then it is returned, not cached).
@@ -105,12 +107,17 @@ class _ReadThroughLayer(CoreMapping):
         leading: dict[Any, _Load] = {}
         following: dict[Any, _Load] = {}
         with self._loading_lock:
-            for key in keys:
-                pending = self._loading.get(key)
-                if pending is None:
-                    leading[key] = self._loading[key] = _Load()
-                elif key not in leading:
-                    following[key] = pending
+            try:
+                for key in keys:
+                    pending = self._loading.get(key)
+                    if pending is None:
+                        leading[key] = self._loading[key] = _Load()
+                    elif key not in leading:
+                        following[key] = pending
+            except BaseException:  # a key whose hash or eq raised: nothing is left registered
+                for key in leading:
+                    self._loading.pop(key, None)
+                raise
         values: dict[Any, Any] = {}
         errors: dict[Any, BaseException] = {}
         try:
