@@ -145,6 +145,15 @@ def session_of(engine: Any, kind: str) -> list[Any]:
         return [server, conn.connection.info.get("opened_by")]
 
 
+def session_ids(conn: Any, kind: str) -> set[int]:
+    """The server's open sessions."""
+    sql = {
+        "postgresql": "SELECT pid FROM pg_stat_activity",
+        "mariadb": "SELECT ID FROM information_schema.PROCESSLIST",
+    }[kind]
+    return {int(row[0]) for row in conn.exec_driver_sql(sql)}
+
+
 def read_own_rows(cache: Any, prefix: str) -> list[Any]:
     """Reads prefix0..prefix{READS-1} through the store; returns what was not that key's own row."""
     wrong = []
@@ -207,6 +216,78 @@ def test_child_uses_a_session_of_its_own_and_its_close_ends_none_of_the_parents(
         cache.close()
         if engine_from == "engine":
             engine.dispose()
+
+
+def holding(lock: Any) -> Callable[[], None]:
+    """Holds `lock` in a thread of its own (as a parent thread busy at the fork would); returns
+    what lets it go and waits for the thread."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait(TIMEOUT * 4)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(TIMEOUT)
+
+    def let_go() -> None:
+        release.set()
+        holder.join()
+
+    return let_go
+
+
+@pytest.mark.parametrize("database", ["postgresql", "mariadb"], indirect=True)
+def test_child_settles_the_in_doubt_sessions_it_inherited_though_a_parent_thread_was_settling(
+    database: Database,  # noqa: F811  (fixture)
+    impl: str,
+) -> None:
+    table = database.table_name()
+    cache = implementation_class(impl)(SQLAlchemyStore(database.url, table), **QUIET)
+    # A write whose connection was lost: its server session may still commit, so every
+    # later write waits until it has ended (`InDoubtSessions`). Here, a session of its own.
+    other = database.new_engine()
+    doubtful = other.connect()
+    session = doubtful.exec_driver_sql(SESSION_SQL[database.kind]).scalar()
+    store = cache.store
+    store._in_doubt.add(session)
+    let_go = holding(store._in_doubt._settle_lock)  # the writer thread, settling at the fork
+    try:
+
+        def child() -> int:
+            cache["c"] = "child"
+            return cache.close().written  # ends the session first, then writes
+
+        assert run_in_forked_child(child) == 1
+    finally:
+        let_go()
+    with other.connect() as conn:  # the child ended the doubtful session
+        assert session not in session_ids(conn, database.kind)
+    doubtful.invalidate()  # (its session is gone: nothing to roll back)
+    assert cache["c"] == "child"
+    cache["p"] = "parent"
+    assert cache.flush().written == 1  # the parent's own settle finds it gone too
+    cache.close()
+
+
+def test_child_writes_to_a_memory_store_a_parent_thread_was_writing_to_at_the_fork(
+    impl: str,
+) -> None:
+    store = lazycache.MemoryStore()
+    cache = implementation_class(impl)(store, **QUIET)
+    let_go = holding(store._lock)
+    try:
+
+        def child() -> int:
+            cache["c"] = "child"
+            return cache.close().written
+
+        assert run_in_forked_child(child) == 1
+    finally:
+        let_go()
+    cache.close()
 
 
 def test_parent_and_child_reading_at_once_each_get_their_own_rows(

@@ -27,5 +27,9 @@ class MemoryStore(Store[K, V]):
                 self.data.pop(key, None)
         return None
 
+    def after_fork_in_child(self) -> None:
+        # A parent thread may have held the lock at the fork (writing): the child's is its own.
+        self._lock = threading.Lock()
+
     def __repr__(self) -> str:
         return f"MemoryStore({len(self.data)} keys)"

@@ -119,6 +119,12 @@ class InDoubtSessions:
     def __bool__(self) -> bool:
         return bool(self._sessions)
 
+    def after_fork_in_child(self) -> None:
+        """In a forked child: locks of its own (a parent thread may have held them at the fork,
+        settling); the sessions stay, so that the child too ends them before it writes."""
+        self._lock = threading.Lock()
+        self._settle_lock = threading.Lock()
+
     def add(self, session: int) -> None:
         """Remembers `session`: no write goes before it has ended (`settle`)."""
         with self._lock:

@@ -282,6 +282,7 @@ class SQLAlchemyStore(Store[Any, Any]):
         in-memory SQLite database is the exception: its one connection is the child's own
         copy of the database, which a new connection would not see.
         """
+        self._in_doubt.after_fork_in_child()
         engine = self.engine
         if engine.dialect.name == "sqlite" and not is_sqlite_file(engine.url):
             return
