@@ -261,6 +261,8 @@ class _AsyncLayer(_CacheLayer):
         loads = self._aloads
         for key in keys:
             load = loads.pop((loop, key))
+            if load.done():  # cancelled by hand: readers only ever get it shielded
+                continue
             if key in errors:
                 load.set_exception(errors[key])
             else:
