@@ -396,17 +396,8 @@ def test_child_does_not_wait_for_a_redis_lock_a_parent_thread_held_at_the_fork(
     # A parent thread inside redis-py at the fork: taking a connection from the pool
     # (under the pool's lock), or running a command on the dedicated connection.
     lock = client.connection_pool._lock if client_kind == "url" else client.single_connection_lock
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with lock:
-            held.set()
-            release.wait(TIMEOUT * 4)
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
+    let_go = holding(lock)
     try:
-        assert held.wait(TIMEOUT)
 
         def child() -> int:
             cache["c"] = "child"
@@ -414,8 +405,7 @@ def test_child_does_not_wait_for_a_redis_lock_a_parent_thread_held_at_the_fork(
 
         assert run_in_forked_child(child) == 1
     finally:
-        release.set()
-        holder.join()
+        let_go()
     assert cache["c"] == "child"
 
 
