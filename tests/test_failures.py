@@ -155,7 +155,9 @@ def test_a_store_that_stays_down_is_logged_at_doubling_attempts_then_once_back(
         summary = attempt in (1, 2, 4, 8)
         assert record.levelno == (logging.WARNING if summary else logging.DEBUG), attempt
     store.fail = False
-    wait_until(lambda: cache.pending == 0)
+    # The writer logs the recovery just after it commits the batch (pending is 0 before it).
+    wait_until(lambda: any("store is back" in r.getMessage() for r in caplog.records))
+    assert cache.pending == 0
     back = [r for r in caplog.records if "store is back" in r.getMessage()]
     assert len(back) == 1 and back[0].levelno == logging.WARNING
     assert re.search(
