@@ -43,7 +43,6 @@ class KeyValueUpsert(ABC):
         expires_at: str | None = None,
     ) -> None:
         preparer = dialect.identifier_preparer
-        self._table_name = preparer.format_table(table)
         key, value = preparer.quote("key"), preparer.quote("value")
         self._key = key
         self._columns = [key, value]
@@ -52,6 +51,8 @@ class KeyValueUpsert(ABC):
             self._columns.append(preparer.quote(expires_at))
         self._updated = self._columns[1:]
         """The columns an upsert of an existing key sets."""
+        self._insert = f"INSERT INTO {preparer.format_table(table)} ({', '.join(self._columns)})"
+        """The statement's head, which each driver's statement goes on from."""
         self._encode = encode
 
     def _assignments(self, template: str) -> str:

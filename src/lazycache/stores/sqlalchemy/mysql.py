@@ -244,10 +244,9 @@ class KeyValueUpsert(fastpath.KeyValueUpsert):
         limit: PacketLimit,
     ) -> None:
         super().__init__(table, dialect, encode, expires_at)
-        columns = self._columns
-        self._head = f"INSERT INTO {self._table_name} ({', '.join(columns)}) VALUES "
+        self._head = f"{self._insert} VALUES "
         self._tail = " ON DUPLICATE KEY UPDATE " + self._assignments("{c} = VALUES({c})")
-        self.sql = f"{self._head}({', '.join(['%s'] * len(columns))}){self._tail}"
+        self.sql = f"{self._head}({', '.join(['%s'] * len(self._columns))}){self._tail}"
         self._pipelined = dialect.driver == "pymysql"
         self._limit = limit
 

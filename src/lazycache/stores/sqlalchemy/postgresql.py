@@ -54,8 +54,7 @@ class KeyValueUpsert(fastpath.KeyValueUpsert):
         if expires_at is not None:
             arrays.append("%b::BIGINT[]")
         self.sql = (
-            f"INSERT INTO {self._table_name} ({', '.join(self._columns)}) "
-            f"SELECT * FROM unnest({', '.join(arrays)}) "
+            f"{self._insert} SELECT * FROM unnest({', '.join(arrays)}) "
             f"ON CONFLICT ({self._key}) DO UPDATE SET " + self._assignments("{c} = EXCLUDED.{c}")
         )
 

@@ -209,10 +209,8 @@ class KeyValueUpsert(fastpath.KeyValueUpsert):
         expires_at: str | None = None,
     ) -> None:
         super().__init__(table, dialect, encode, expires_at)
-        columns = self._columns
         self.sql = (
-            f"INSERT INTO {self._table_name} ({', '.join(columns)}) "
-            f"VALUES ({', '.join(['?'] * len(columns))}) "
+            f"{self._insert} VALUES ({', '.join(['?'] * len(self._columns))}) "
             f"ON CONFLICT ({self._key}) DO UPDATE SET " + self._assignments("{c} = excluded.{c}")
         )
 
