@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
-from helpers import LONG, SHORT, close_caches, quiet_class, require_implementation
+from helpers import (
+    EVENT_LOOPS,
+    LONG,
+    SHORT,
+    close_caches,
+    event_loop_kind,
+    quiet_class,
+    require_implementation,
+)
 from hypothesis import settings
 
 from lazycache import MemoryStore
@@ -37,6 +45,14 @@ def impl(request: pytest.FixtureRequest) -> str:
     """Which core the test runs on: "python" or "cython"."""
     require_implementation(request.param)
     return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=EVENT_LOOPS)
+def loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Which event loop `helpers.run_async` runs the test's scenarios on: "asyncio" or "uvloop"
+    (a module opts in with `pytestmark = pytest.mark.usefixtures("loop_kind")`)."""
+    with event_loop_kind(request.param):
+        yield request.param
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ block, and it records what it was asked to do.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
 import importlib.util
@@ -19,7 +20,8 @@ import sysconfig
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import pytest
@@ -90,6 +92,41 @@ def require_implementation(name: str) -> type:
                 pytrace=False,
             )
     return implementation_class(name)
+
+
+EVENT_LOOPS = ("asyncio", "uvloop")
+"""The event loops the awaitable API is tested on (the `loop_kind` fixture): asyncio's own, and
+uvloop, which uvicorn runs a service on when it is installed (the `service` extra installs it)."""
+
+_loop_kind = "asyncio"
+
+
+@contextmanager
+def event_loop_kind(kind: str) -> Iterator[None]:
+    """Within it, `run_async` runs its scenarios on a new event loop of `kind` (EVENT_LOOPS);
+    a uvloop test skips where uvloop is not installed, or where asyncio.Runner (3.11+) is not."""
+    global _loop_kind
+    if kind == "uvloop":
+        pytest.importorskip("uvloop")
+        if sys.version_info < (3, 11):
+            pytest.skip("running a scenario on uvloop takes asyncio.Runner (Python 3.11+)")
+    _loop_kind, before = kind, _loop_kind
+    try:
+        yield
+    finally:
+        _loop_kind = before
+
+
+def run_async(scenario: Callable[[], Awaitable[Any]], timeout: float = TIMEOUT * 6) -> Any:
+    """`scenario()` run to its end, with a deadline, as asyncio.run runs it: on a new event loop
+    of the kind the test runs on (`event_loop_kind`), closed afterwards."""
+    main = asyncio.wait_for(scenario(), timeout)
+    if _loop_kind == "asyncio":
+        return asyncio.run(main)
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT, message: str = "") -> None:

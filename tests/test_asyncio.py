@@ -1,8 +1,9 @@
 """lazycache.aio: the awaitable API, on both cores, over the real SQLite, PostgreSQL, MariaDB and Redis.
 
-Each test runs its scenario with `asyncio.run` (no pytest plugin needed). Stores are the real
-ones `lazycache.aio.open` makes from an async URL; a `Gate` holds one of the store's calls at
-its start (the real call then runs), so that tests synchronise on events, never on timing.
+Each test runs its scenario with `helpers.run_async` (no pytest plugin needed), once on
+asyncio's event loop and once on uvloop's. Stores are the real ones `lazycache.aio.open` makes
+from an async URL; a `Gate` holds one of the store's calls at its start (the real call then
+runs), so that tests synchronise on events, never on timing.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Awaitable, Iterator
-from typing import Any, Callable
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from helpers import TIMEOUT, require_module
+from helpers import TIMEOUT, require_module, run_async
 from services import POSTGRES_URL, delete_redis_keys, mariadb_url, postgres_url, redis_url
 
 import lazycache.aio as aio
@@ -23,12 +24,10 @@ from lazycache.aio import AsyncLazyWriterCache, sync_url
 
 require_module("greenlet")  # SQLAlchemy's asyncio engines (the AsyncEngine tests)
 
+pytestmark = pytest.mark.usefixtures("loop_kind")
+
 STORES = ["sqlite", "postgresql", "mariadb", "redis"]
 SQL = ["sqlite", "postgresql", "mariadb"]
-
-
-def run(scenario: Callable[[], Awaitable[Any]]) -> Any:
-    return asyncio.run(asyncio.wait_for(scenario(), TIMEOUT * 6))
 
 
 class Target:
@@ -153,7 +152,7 @@ def test_aget_reads_through_once_then_serves_memory(target: Target) -> None:
         assert (stats.loads, stats.hits, stats.misses) == (1, 1, 2)
         assert cache.pending == 0  # a loaded value is clean
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_aget_many_returns_found_keys_in_order_with_one_store_call(target: Target) -> None:
@@ -169,7 +168,7 @@ def test_aget_many_returns_found_keys_in_order_with_one_store_call(target: Targe
         assert await cache.aget_many(["a", "b", "c"]) == {"a": 1, "b": 2, "c": 3}
         assert gate.calls == 1  # now all from memory
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_concurrent_misses_of_a_key_from_tasks_and_threads_share_one_load(target: Target) -> None:
@@ -188,7 +187,7 @@ def test_concurrent_misses_of_a_key_from_tasks_and_threads_share_one_load(target
         assert gate.calls == 1
         assert cache.stats.loads == 1
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_misses_of_many_keys_in_one_pass_of_the_loop_load_in_one_store_call(target: Target) -> None:
@@ -206,7 +205,7 @@ def test_misses_of_many_keys_in_one_pass_of_the_loop_load_in_one_store_call(targ
         assert await cache.aget_many(keys) == stored  # now from memory, but for "absent"
         assert [sorted(args[0]) for args in gate.arguments[1:]] == [["absent"]]
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_a_batch_of_misses_waits_for_a_key_a_thread_loads_and_loads_the_others_once(
@@ -226,7 +225,7 @@ def test_a_batch_of_misses_waits_for_a_key_a_thread_loads_and_loads_the_others_o
         assert [sorted(args[0]) for args in gate.arguments] == [["a"], ["b", "c"]]
         assert cache.stats.loads == 3 and cache._loading == {} and cache._aloads == {}
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_a_failed_load_in_a_thread_fails_its_key_only_in_a_batch_that_waited_for_it(
@@ -255,7 +254,7 @@ def test_a_failed_load_in_a_thread_fails_its_key_only_in_a_batch_that_waited_for
         assert isinstance(bad, ValueError), bad
         assert "bad" not in cache._keys() and cache._loading == {} and cache._aloads == {}
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_cancelled_aget_leaves_the_load_whole_and_cached(target: Target) -> None:
@@ -275,7 +274,7 @@ def test_cancelled_aget_leaves_the_load_whole_and_cached(target: Target) -> None
         assert await cache.aget("k") == 7
         assert gate.calls == 1 and cache.pending == 0
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_a_store_error_on_a_read_through_reaches_every_awaiting_task(sql_target: Target) -> None:
@@ -293,7 +292,7 @@ def test_a_store_error_on_a_read_through_reaches_every_awaiting_task(sql_target:
         assert all(isinstance(outcome, sa.exc.DBAPIError) for outcome in outcomes), outcomes
         assert "k" not in cache._keys() and cache._aloads == {}
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_aget_of_a_deleted_key_returns_the_default_without_loading(target: Target) -> None:
@@ -307,7 +306,7 @@ def test_aget_of_a_deleted_key_returns_the_default_without_loading(target: Targe
         assert await cache.aget_many(["k"]) == {}
         assert gate.calls == 0
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_aget_without_read_through_never_touches_the_store(target: Target) -> None:
@@ -320,7 +319,7 @@ def test_aget_without_read_through_never_touches_the_store(target: Target) -> No
         assert await cache.aget_many(["k"]) == {}
         assert gate.calls == 0
 
-    run(scenario)
+    run_async(scenario)
 
 
 # ----------------------------------------------------------------------------- writes
@@ -337,7 +336,7 @@ def test_aupdate_entry_reads_through_then_writes_back(target: Target) -> None:
         await cache.aflush()
         assert dict(cache.store.load_many(["n", "fresh", "nope"])) == {"n": 42, "fresh": 1}
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_aset_under_a_full_backlog_waits_while_the_loop_runs(target: Target) -> None:
@@ -360,7 +359,7 @@ def test_aset_under_a_full_backlog_waits_while_the_loop_runs(target: Target) -> 
         await cache.aflush()
         assert dict(cache.store.load_many(["a", "b", "c"])) == {"a": 1, "b": 2, "c": 3}
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_aset_refuses_after_block_timeout_and_keeps_nothing(target: Target) -> None:
@@ -376,7 +375,7 @@ def test_aset_refuses_after_block_timeout_and_keeps_nothing(target: Target) -> N
         gate.release.set()
         await flushing
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_cancelled_aset_while_waiting_for_room_writes_nothing(target: Target) -> None:
@@ -397,7 +396,7 @@ def test_cancelled_aset_while_waiting_for_room_writes_nothing(target: Target) ->
         assert "b" not in cache._keys()
         assert dict(cache.store.load_many(["a", "b"])) == {"a": 1}
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_aset_under_write_through_waits_off_the_loop(target: Target) -> None:
@@ -418,7 +417,7 @@ def test_aset_under_write_through_waits_off_the_loop(target: Target) -> None:
         assert cache.pending == 0
         assert dict(cache.store.load_many(["a", "b"])) == {"a": 1, "b": 2}
 
-    run(scenario)
+    run_async(scenario)
 
 
 # ----------------------------------------------------------------------------- flush, close, failures
@@ -442,7 +441,7 @@ def test_cancelled_aflush_leaves_every_entry_written_or_pending(target: Target) 
         keys = [f"k{i}" for i in range(10)]
         assert dict(cache.store.load_many(keys)) == {f"k{i}": i for i in range(10)}
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_aflush_isolates_a_poisoned_entry_and_writes_the_rest(target: Target) -> None:
@@ -461,7 +460,7 @@ def test_aflush_isolates_a_poisoned_entry_and_writes_the_rest(target: Target) ->
             "also good": 2,
         }
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_aflush_with_timeout_returns_by_its_deadline_when_the_store_hangs(target: Target) -> None:
@@ -477,7 +476,7 @@ def test_aflush_with_timeout_returns_by_its_deadline_when_the_store_hangs(target
         assert (await cache.aflush()).ok
         assert cache.store.load_many(["a"]) == {"a": 1}
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_async_with_flushes_and_closes(target: Target) -> None:
@@ -489,7 +488,7 @@ def test_async_with_flushes_and_closes(target: Target) -> None:
         async with await target.open() as fresh:
             assert await fresh.aget_many(["a", "b"]) == {"a": 1, "b": 2}
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_aclose_names_unwritten_keys_and_keeps_them(target: Target) -> None:
@@ -504,7 +503,7 @@ def test_aclose_names_unwritten_keys_and_keeps_them(target: Target) -> None:
         gate.release.set()
         assert (await cache.aflush()).ok
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_a_lost_postgresql_connection_is_retried_within_the_flush_deadline(impl: str) -> None:
@@ -533,7 +532,7 @@ def test_a_lost_postgresql_connection_is_retried_within_the_flush_deadline(impl:
         assert dict(cache.store.load_many(["a", "b"])) == {"a": 1, "b": 2}
 
     try:
-        run(scenario)
+        run_async(scenario)
     finally:
         target.teardown()
 
@@ -559,7 +558,7 @@ def test_open_takes_an_async_engine_and_leaves_it_to_its_owner(sql_target: Targe
         finally:
             await engine.dispose()
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_open_takes_a_redis_asyncio_client(impl: str) -> None:
@@ -578,7 +577,7 @@ def test_open_takes_a_redis_asyncio_client(impl: str) -> None:
             await client.aclose()
 
     try:
-        run(scenario)
+        run_async(scenario)
     finally:
         target.teardown()
 
@@ -608,7 +607,7 @@ def test_sync_methods_stay_available_and_in_memory(target: Target) -> None:
         assert cache.implementation == target.impl
         assert isinstance(cache, aio.async_implementation_class(target.impl))
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_a_cache_made_directly_over_a_store_of_ones_own_is_awaitable(
@@ -631,7 +630,7 @@ def test_a_cache_made_directly_over_a_store_of_ones_own_is_awaitable(
             pass
         assert store.data == {"k": 1, "j": 2}
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_aupdate_entry_whose_fn_reads_another_missed_key_completes(target: Target) -> None:
@@ -641,4 +640,4 @@ def test_aupdate_entry_whose_fn_reads_another_missed_key_completes(target: Targe
         total = await cache.aupdate_entry("qty", lambda q: q * cache.get("price"))
         assert total == 15 and cache.stats.loads == 2
 
-    run(scenario)
+    run_async(scenario)

@@ -2,25 +2,22 @@
 
 The loader stands in for the store, so these run over a MemoryStore (no database, nor the
 asyncio engines' greenlet: they run on free-threaded builds too), on both cores. Loaders
-are held on events, never on timing.
+are held on events, never on timing. Each runs once on asyncio's event loop and once on uvloop's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from helpers import TIMEOUT, FailingStore
+from helpers import FailingStore, run_async
 
 from lazycache import MISSING, MemoryStore
 from lazycache.aio import AsyncLazyWriterCache, async_implementation_class
 
-
-def run(scenario: Callable[[], Awaitable[Any]]) -> Any:
-    return asyncio.run(asyncio.wait_for(scenario(), TIMEOUT * 6))
+pytestmark = pytest.mark.usefixtures("loop_kind")
 
 
 @pytest.fixture
@@ -71,7 +68,7 @@ def test_a_miss_awaits_the_loader_once_and_caches_its_value_clean(make_async_cac
         assert await cache.aget_or_load("k", loader) == "made k"
         assert await cache.aget_or_load("k", never) == "made k"
 
-    run(scenario)
+    run_async(scenario)
     assert store.load_calls == []  # the loader stands in for the store
     assert cache.pending == 0 and cache.copy() == {"k": "made k"}
     assert cache.stats.hits == 1 and cache.stats.misses == 1
@@ -97,7 +94,7 @@ def test_a_plain_loader_runs_off_the_loop_and_an_awaitable_it_returns_is_awaited
         assert await cache.aget_or_load("b", lambda key: fetch(key)) == "fetched b"
         return threading.get_ident()
 
-    loop_thread = run(scenario)
+    loop_thread = run_async(scenario)
     assert threads and threads[0] != loop_thread
     assert cache.copy() == {"a": "A", "b": "fetched b"}
 
@@ -115,7 +112,7 @@ def test_concurrent_tasks_share_one_call_of_the_loader(make_async_cache) -> None
         assert loader.calls == ["k"]
         assert cache._aloads == {}
 
-    run(scenario)
+    run_async(scenario)
     assert cache.copy() == {"k": "loaded"}
 
 
@@ -137,7 +134,7 @@ def test_a_loader_error_reaches_every_task_and_nothing_is_cached(make_async_cach
 
         assert await cache.aget_or_load("k", second) == "second try"  # not remembered
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_a_cancelled_caller_leaves_the_load_whole_and_cached(make_async_cache) -> None:
@@ -155,7 +152,7 @@ def test_a_cancelled_caller_leaves_the_load_whole_and_cached(make_async_cache) -
         assert await load == 7  # the load went on, and completed
         assert cache._aloads == {}
 
-    run(scenario)
+    run_async(scenario)
     assert cache.copy() == {"k": 7} and cache.pending == 0
 
 
@@ -170,7 +167,7 @@ def test_a_set_during_the_load_wins_and_is_what_the_caller_gets(make_async_cache
         loader.release.set()
         assert await caller == "set"
 
-    run(scenario)
+    run_async(scenario)
     assert cache.copy() == {"k": "set"} and cache.pending == 1
 
 
@@ -186,7 +183,7 @@ def test_a_plain_read_never_waits_on_a_loader(make_async_cache) -> None:
         with pytest.raises(LookupError):
             await caller
 
-    run(scenario)
+    run_async(scenario)
     assert cache.copy() == {"k": "stored"}
 
 
@@ -197,7 +194,7 @@ def test_a_key_deleted_in_memory_gets_the_loaded_value_uncached(make_async_cache
     async def fresh(key: str) -> str:
         return "fresh"
 
-    assert run(lambda: cache.aget_or_load("k", fresh)) == "fresh"
+    assert run_async(lambda: cache.aget_or_load("k", fresh)) == "fresh"
     assert "k" not in cache.copy()
     assert cache.pending == 1  # the delete is still to be written
 
@@ -216,7 +213,7 @@ def test_bad_loaders_are_refused_and_nothing_is_cached(make_async_cache) -> None
         with pytest.raises(ValueError, match="MISSING"):
             await cache.aget_or_load("k", lambda key: MISSING)
 
-    run(scenario)
+    run_async(scenario)
     assert len(cache) == 0
 
 
@@ -232,5 +229,5 @@ def test_a_closed_cache_awaits_the_loader_and_caches_nothing(make_async_cache) -
         assert await cache.aget_or_load("held", two) == 1
         assert await cache.aget_or_load("new", two) == 2
 
-    run(scenario)
+    run_async(scenario)
     assert "new" not in cache.copy()

@@ -6,11 +6,10 @@ go to the store raises RuntimeError instead of reconnecting or reporting the key
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
-from helpers import TIMEOUT, FailingStore
+from helpers import FailingStore, run_async
 from services import database  # noqa: F401  (the fixture)
 
 import lazycache
@@ -93,6 +92,7 @@ def test_closed_cache_still_flushes_and_closes_again(make_cache: Any) -> None:
     assert cache.flush().ok and cache.close() is None
 
 
+@pytest.mark.usefixtures("loop_kind")
 def test_closed_async_cache_behaves_as_the_sync_one(impl: str) -> None:
     store = FailingStore({"only": 1})
     cache = async_implementation_class(impl)(store, write_interval=3600)
@@ -118,7 +118,7 @@ def test_closed_async_cache_behaves_as_the_sync_one(impl: str) -> None:
                 pass
         assert cache.copy() == {"mem": 2}
 
-    asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+    run_async(scenario)
 
 
 def test_opened_cache_after_close_does_not_reconnect_to_its_disposed_engine(

@@ -6,7 +6,7 @@ import glob
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from helpers import FailingStore, wait_until
@@ -15,16 +15,28 @@ from services import database  # noqa: F401 (fixture)
 from lazycache.cli import main
 
 
-def leave_a_journal(make_cache: Any, path: str, **options: Any) -> str:
-    """Journals 10 sets and a delete through a cache whose store is down; returns the segment."""
+def journal_while_the_store_is_down(
+    make_cache: Any, path: str, write: Callable[[Any], None], **options: Any
+) -> None:
+    """`write(cache)` on a cache journaling to `path` whose store is down, then its close,
+    which fails: every write is left in the journal."""
     store = FailingStore()
     store.fail = True
     cache = make_cache(store, journal=path, close_may_fail=True, write_interval=3600, **options)
-    for i in range(10):
-        cache[f"k{i}"] = {"n": i}
-    del cache["k3"]
+    write(cache)
     with pytest.raises(Exception):
         cache.close(timeout=0.3)
+
+
+def leave_a_journal(make_cache: Any, path: str, **options: Any) -> str:
+    """Journals 10 sets and a delete through a cache whose store is down; returns the segment."""
+
+    def write(cache: Any) -> None:
+        for i in range(10):
+            cache[f"k{i}"] = {"n": i}
+        del cache["k3"]
+
+    journal_while_the_store_is_down(make_cache, path, write, **options)
     (segment,) = [n for n in glob.glob(path + ".*.*") if os.path.getsize(n)]
     return segment
 
@@ -122,16 +134,17 @@ def leave_timed_writes(make_cache: Any, path: str) -> tuple[int, int]:
     through a cache whose store is down; returns the wall-clock ms before and after them."""
     from lazycache.journal import wall_ms
 
-    store = FailingStore()
-    store.fail = True
-    cache = make_cache(store, journal=path, close_may_fail=True, write_interval=3600)
-    before = wall_ms()
-    cache.set("due", 1, ttl=0.001)
-    cache.set("later", 2, ttl=3600)
-    cache["plain"] = 3
-    after = wall_ms()
-    with pytest.raises(Exception):
-        cache.close(timeout=0.3)
+    times: list[int] = []
+
+    def write(cache: Any) -> None:
+        times.append(wall_ms())
+        cache.set("due", 1, ttl=0.001)
+        cache.set("later", 2, ttl=3600)
+        cache["plain"] = 3
+        times.append(wall_ms())
+
+    journal_while_the_store_is_down(make_cache, path, write)
+    before, after = times
     wait_until(lambda: wall_ms() > after + 1, message="the wall clock stands still")
     return before, after
 

@@ -34,7 +34,7 @@ IMPORTS = {
     "asyncpg": ["lazycache.aio", "asyncpg", "psycopg"],
     "aiosqlite": ["lazycache.aio", "aiosqlite"],
     "aiomysql": ["lazycache.aio", "aiomysql", "pymysql"],
-    "service": ["lazycache.aio", "fastapi", "uvicorn", "asyncpg"],
+    "service": ["lazycache.aio", "fastapi", "uvicorn", "asyncpg", "uvloop", "httptools"],
 }
 """What each extra is for: the modules a user of it imports. An extra missing here fails the check."""
 

@@ -35,7 +35,8 @@
 #     compatible).
 #   * SQLAlchemy[asyncio] (greenlet: its newest sdist does not build on 3.13t, --prefer-binary
 #     takes the last release with a 3.13t wheel), and FastAPI and uvicorn from the `service`
-#     extra, with pydantic-core only as a wheel: pydantic
+#     extra, without uvloop and httptools (no 3.13t wheels; the uvloop tests skip, saying so,
+#     and uvicorn serves on asyncio's loop and h11), with pydantic-core only as a wheel: pydantic
 #     pins one exact pydantic-core, whose newest releases have no 3.13t wheel and an sdist that
 #     needs Rust, so pip must step pydantic back to a release whose pydantic-core has one
 #     (2.41.4 when written).
@@ -117,9 +118,9 @@ if [ "\$(cat $VENV/.lazycache-stamp 2>/dev/null)" != "\$stamp" ]; then
     \$py src/tools/extra_requirements.py dev > dev-requirements.txt
     MSGPACK_PUREPYTHON=1 \$py -m pip install --quiet --prefer-binary -r dev-requirements.txt
     # greenlet (the asyncio extra's), FastAPI and uvicorn (the service extra's; its
-    # lazywritercache[asyncpg] is installed already).
+    # lazywritercache[asyncpg] is installed already; uvloop and httptools have no 3.13t wheels).
     { \$py src/tools/extra_requirements.py asyncio; \$py src/tools/extra_requirements.py service; } |
-        grep -v '^lazywritercache' > service-requirements.txt
+        grep -v -E '^(lazywritercache|uvloop|httptools)' > service-requirements.txt
     \$py -m pip install --quiet --prefer-binary --only-binary pydantic-core -r service-requirements.txt
     echo "\$stamp" > $VENV/.lazycache-stamp
 fi
