@@ -84,7 +84,7 @@ from typing import Any
 from ._checks import MAX_SECONDS
 from ._core_common import LATE_TTL_NS, ttl_ns
 from ._sentinels import MISSING
-from .serializers import JSON, SerializationError, Serializer
+from .serializers import JSON, SerializationError, Serializer, compact_json
 
 log = logging.getLogger("lazycache.journal")
 
@@ -151,10 +151,7 @@ def encode_key(key: Any) -> bytes:
             f"the journal cannot record the key {key!r}: {exc}; journaled keys must be "
             "str, int, float, bool, None, bytes or tuples of them (exact types)"
         ) from None
-    return _json_key(tree).encode("utf-8")
-
-
-_json_key = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+    return compact_json(tree).encode("utf-8")
 
 
 def _key_from_tree(tree: Any) -> Any:

@@ -80,9 +80,11 @@ class Serializer:
 
 # One encoder for every call: json.dumps with non-default options builds a new
 # JSONEncoder each time, a quarter of the cost of encoding a small record.
-_json_encode: Callable[[Any], str] = json.JSONEncoder(
+compact_json: Callable[[Any], str] = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=False, allow_nan=False
 ).encode
+"""`json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)`, with one
+encoder for every call: the JSON serializer's, the journal's keys' and coherence messages'."""
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,7 @@ def _checked(
     return dumps
 
 
-_json_dumps: Callable[[Any], str] = _checked(_JSON_TYPES, _json_encode)  # type: ignore[assignment]
+_json_dumps: Callable[[Any], str] = _checked(_JSON_TYPES, compact_json)  # type: ignore[assignment]
 
 
 def _pickle_dumps(value: Any) -> bytes:

@@ -22,6 +22,8 @@ import pickle
 from collections.abc import Sequence
 from typing import Any, Final
 
+from ..serializers import compact_json
+
 __all__ = [
     "ALL_KEYS",
     "KEY_FORMATS",
@@ -76,10 +78,7 @@ def encode_keys(keys: Sequence[Any], key_format: str) -> list[str]:
             )
             for key in keys
         ]
-    return [
-        json.dumps(_key_to_json(key), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        for key in keys
-    ]
+    return [compact_json(_key_to_json(key)) for key in keys]
 
 
 def encode_message(sender: str, keys: Sequence[Any], key_format: str) -> str:
@@ -96,12 +95,7 @@ def encode_message(sender: str, keys: Sequence[Any], key_format: str) -> str:
         )
     else:
         field, items = "keys", [_key_to_json(key) for key in keys]
-    return json.dumps(
-        {"v": 1, "from": sender, field: items},
-        ensure_ascii=False,
-        separators=(",", ":"),
-        allow_nan=False,
-    )
+    return compact_json({"v": 1, "from": sender, field: items})
 
 
 def envelope(sender: str, encoded: Sequence[str], key_format: str) -> str:
