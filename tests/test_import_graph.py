@@ -54,7 +54,7 @@ CACHE_LAYER = (
 COHERENCE_IMPORTS = {
     "lazycache.coherence": {"lazycache.coherence.base"},
     "lazycache.coherence.base": set(),
-    "lazycache.coherence.message": set(),
+    "lazycache.coherence.message": {"lazycache.serializers"},  # its one JSON encoder (a leaf)
     "lazycache.coherence.channel": {
         "lazycache._checks",
         "lazycache.coherence.base",
