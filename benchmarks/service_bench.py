@@ -5,11 +5,10 @@ once, each with a table of its own; wrk, a load generator in its own process, dr
 endpoint of one mode and then of the other at a fixed concurrency for a fixed time, in two
 regimes:
 
-* saturated: every connection sends its next request as soon as the last one is answered,
-  an endpoint and its ceiling taking turns (`ROUNDS` of them). Reported per endpoint and
-  mode: requests/s, p50 and p99 latency, and database commits per second (`xact_commit` of
-  the database in `pg_stat_database`, which also counts any other client of that database
-  during the run). Here latency is mostly queueing: by Little's law
+* saturated: every connection sends its next request as soon as the last one is answered.
+  Reported per endpoint and mode: requests/s, p50 and p99 latency, and database commits per
+  second (`xact_commit` of the database in `pg_stat_database`, which also counts any other
+  client of that database during the run). Here latency is mostly queueing: by Little's law
   the mean is connections / throughput, so the latency ratio follows the throughput ratio.
 * a fixed offered load: each connection waits a random think time (exponential) between
   requests, so that both modes are offered the same rate, a share (`--load-share`, 0.5) of
@@ -22,7 +21,7 @@ over the ceiling's, is the p99 ratio the app would reach if its store cost nothi
 can better it. Before the runs, every endpoint is driven for `WARM_UP` seconds in each mode,
 not counted.
 
-    .venv/bin/python benchmarks/service_bench.py [--duration 6] [--connections 32] [--load-share 0.5]
+    .venv/bin/python benchmarks/service_bench.py [--duration 5] [--connections 32] [--load-share 0.5]
 
 Needs wrk (Debian: apt-get install wrk) and the `service` extra.
 """
@@ -34,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,11 +92,6 @@ WARM_UP = 2
 """Seconds each endpoint is driven in each mode before the runs (not counted). Without it the
 first write endpoint measured met each server's first writes: its p99 came out 10-30% higher
 than in the runs after it."""
-
-ROUNDS = 3
-"""Saturated, an endpoint and its ceiling take turns, `ROUNDS` times in each mode, each turn a
-third of `--duration`: a machine whose speed drifts (this one's did, by up to 30% from one run
-to the next) moves an endpoint and its ceiling alike."""
 
 STATS_SETTLE = 11.0
 """Seconds for a run's commits to reach `pg_stat_database`: PostgreSQL (15 and later) reports
@@ -184,16 +177,6 @@ def run_wrk(url: str, script: str, duration: int, connections: int) -> dict[str,
     return {"rps": float(rps.group(1)), "p50": latency("50"), "p99": latency("99")}
 
 
-def _summary(runs: list[dict[str, float]]) -> dict[str, float]:
-    """Turns of one endpoint as one figure: the mean of their requests/s (the turns are equally
-    long), the median of their p50 and of their p99."""
-    return {
-        "rps": statistics.mean(run["rps"] for run in runs),
-        "p50": statistics.median(run["p50"] for run in runs),
-        "p99": statistics.median(run["p99"] for run in runs),
-    }
-
-
 def _bound(endpoint: str, direct: dict[str, float], ceiling: dict[str, float]) -> str:
     """Direct's p99 over that of the endpoint's ceiling (in lazycache's process): the p99 ratio
     the app would have if the store cost nothing, which no store can better."""
@@ -206,9 +189,7 @@ def _commits(figures: dict[str, float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--duration", type=int, default=6, help="seconds per endpoint and mode (saturated)"
-    )
+    parser.add_argument("--duration", type=int, default=5, help="seconds per endpoint and mode")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument(
         "--load-share",
@@ -247,24 +228,16 @@ request = function() counter = (counter + 1) % {USERS}; return wrk.format(nil, "
         for script in SCRIPTS.values():
             for mode in MODES:
                 run_wrk(servers[mode][1], script, WARM_UP, args.connections)
-        turn = max(1, args.duration // ROUNDS)
-        for endpoint, no_store in CEILINGS.items():
+        for endpoint, script in SCRIPTS.items():
             for mode in MODES:
-                turns: dict[str, list[dict[str, float]]] = {endpoint: [], no_store: []}
                 before, started = commits(engine), time.monotonic()
-                for _ in range(ROUNDS):
-                    for name in turns:
-                        url = servers[mode][1]
-                        turns[name].append(run_wrk(url, SCRIPTS[name], turn, args.connections))
+                figures = run_wrk(servers[mode][1], script, args.duration, args.connections)
                 elapsed = time.monotonic() - started
-                for name, done in turns.items():
-                    results[(name, mode)] = _summary(done)
-                time.sleep(STATS_SETTLE)
-                # Every commit of the turns is the endpoint's (its ceiling commits nothing),
-                # made in its half of the time.
-                results[(endpoint, mode)]["commits/s"] = (commits(engine) - before) / (elapsed / 2)
-                for name in turns:
-                    print(f"{mode:9} {name:32} {results[(name, mode)]}", flush=True)
+                if endpoint in CEILINGS:  # (a ceiling, which commits nothing, needs no count)
+                    time.sleep(STATS_SETTLE)
+                    figures["commits/s"] = (commits(engine) - before) / elapsed
+                results[(endpoint, mode)] = figures
+                print(f"{mode:9} {endpoint:32} {figures}", flush=True)
         for endpoint, script in SCRIPTS.items():
             # Both modes are offered the same rate: a share of what direct sustained.
             rate = args.load_share * results[(PACED_LIKE.get(endpoint, endpoint), "direct")]["rps"]
@@ -289,8 +262,7 @@ request = function() counter = (counter + 1) % {USERS}; return wrk.format(nil, "
         engine.dispose()
     print()
     print(
-        f"wrk: 1 thread, {args.connections} connections, {args.duration}s per endpoint and mode "
-        f"({ROUNDS} turns, saturated); "
+        f"wrk: 1 thread, {args.connections} connections, {args.duration}s per endpoint and mode; "
         f"uvicorn: 1 worker; load average at the end: {os.getloadavg()[0]:.1f}"
     )
     saturated = []
